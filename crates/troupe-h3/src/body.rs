@@ -1,0 +1,382 @@
+//! Message bodies: [`Body`] is what we send, [`RecvBody`] is what we receive.
+//!
+//! A [`RecvBody`] reads from a buffer owned by its stream actor. Bytes reach that buffer only
+//! against credit: the connection actor reads a stream from quiche only while the stream has
+//! credit, and the reader returns credit to the connection as it consumes. So the bytes
+//! buffered for one stream never exceed its receive window ([`crate::H3Settings::recv_window`]).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use ractor::ActorRef;
+use troupe_transport::ConnMsg;
+
+use crate::conn::H3Msg;
+use crate::stream::StreamMsg;
+
+/// A boxed error, as body streams carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a received body ended early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The peer reset the stream (RESET_STREAM) with this code.
+    #[error("stream reset by peer with code 0x{0:x}")]
+    Reset(u64),
+    /// The connection closed (or the stream actor stopped) before the body ended.
+    #[error("body aborted: {0}")]
+    Aborted(String),
+}
+
+/// An outgoing body: empty, one buffer, or a stream of chunks.
+pub struct Body {
+    kind: Kind,
+}
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>),
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Empty => f.write_str("Body::Empty"),
+            Kind::Full(b) => write!(f, "Body::Full({} bytes)", b.as_ref().map_or(0, |b| b.len())),
+            Kind::Stream(_) => f.write_str("Body::Stream"),
+        }
+    }
+}
+
+impl Body {
+    /// No body: the headers carry FIN.
+    pub fn empty() -> Self {
+        Body { kind: Kind::Empty }
+    }
+
+    /// A body produced by a stream of chunks; an `Err` item resets the stream
+    /// (H3_INTERNAL_ERROR).
+    pub fn from_stream<S, E>(s: S) -> Self
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        use futures::TryStreamExt;
+        Body {
+            kind: Kind::Stream(Box::pin(s.map_err(Into::into))),
+        }
+    }
+
+    /// True when the body is known to have no bytes, so the headers can carry FIN.
+    pub fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+            Kind::Stream(_) => false,
+        }
+    }
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, BoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(Ok)),
+            Kind::Stream(s) => s.as_mut().poll_next(cx),
+        }
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Body::empty()
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body {
+            kind: Kind::Full(Some(b)),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(b: Vec<u8>) -> Self {
+        Bytes::from(b).into()
+    }
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Self {
+        Bytes::from(s).into()
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(s: &'static str) -> Self {
+        Bytes::from_static(s.as_bytes()).into()
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(s: &'static [u8]) -> Self {
+        Bytes::from_static(s).into()
+    }
+}
+
+impl From<RecvBody> for Body {
+    fn from(r: RecvBody) -> Self {
+        Body::from_stream(r)
+    }
+}
+
+/// How a received body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum End {
+    Fin,
+    Reset(u64),
+    Aborted(String),
+}
+
+#[derive(Default)]
+struct Inner {
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    max_buffered: usize,
+    received: u64,
+    end: Option<End>,
+    waker: Option<Waker>,
+    trailers: Option<http::HeaderMap>,
+}
+
+/// The buffer between a stream actor (writer) and a [`RecvBody`] (reader).
+#[derive(Default)]
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock means a panic while holding it; the data (plain counters and
+        // buffers) is still consistent, so carry on.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The stream actor's end of the buffer. Dropping it before the end (the actor stopped or
+/// failed) aborts the body, so a reader never waits forever.
+pub(crate) struct BodyWriter {
+    shared: Arc<Shared>,
+}
+
+impl BodyWriter {
+    pub(crate) fn new() -> (BodyWriter, Arc<Shared>) {
+        let shared = Arc::new(Shared::default());
+        (
+            BodyWriter {
+                shared: shared.clone(),
+            },
+            shared,
+        )
+    }
+
+    pub(crate) fn push(&self, chunks: Vec<Bytes>) {
+        let mut g = self.shared.lock();
+        if g.end.is_some() {
+            return;
+        }
+        for c in chunks {
+            g.buffered += c.len();
+            g.received += c.len() as u64;
+            g.chunks.push_back(c);
+        }
+        g.max_buffered = g.max_buffered.max(g.buffered);
+        if let Some(w) = g.waker.take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) fn set_trailers(&self, t: http::HeaderMap) {
+        self.shared.lock().trailers = Some(t);
+    }
+
+    pub(crate) fn end(&self, end: End) {
+        let mut g = self.shared.lock();
+        if g.end.is_none() {
+            g.end = Some(end);
+            if let Some(w) = g.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        self.end(End::Aborted("stream ended before the body".into()));
+    }
+}
+
+/// Figures about a received body, readable at any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RecvBodyStats {
+    /// Bytes received from the peer so far.
+    pub received: u64,
+    /// Bytes buffered now (received, not yet read).
+    pub buffered: usize,
+    /// The most bytes ever buffered at once.
+    pub max_buffered: usize,
+}
+
+/// A received body (request body on a server, response body on a client).
+///
+/// Read it as a [`Stream`] of chunks, with [`RecvBody::chunk`], or whole with
+/// [`RecvBody::collect`]. Dropping it before the end tells the peer to stop sending
+/// (STOP_SENDING with H3_REQUEST_CANCELLED).
+pub struct RecvBody {
+    shared: Arc<Shared>,
+    stream_id: u64,
+    conn: Option<ActorRef<ConnMsg<H3Msg>>>,
+    actor: Option<ActorRef<StreamMsg>>,
+    unreported: usize,
+    report_at: usize,
+}
+
+impl std::fmt::Debug for RecvBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBody")
+            .field("stream_id", &self.stream_id)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl RecvBody {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        stream_id: u64,
+        conn: ActorRef<ConnMsg<H3Msg>>,
+        actor: ActorRef<StreamMsg>,
+        window: usize,
+    ) -> Self {
+        RecvBody {
+            shared,
+            stream_id,
+            conn: Some(conn),
+            actor: Some(actor),
+            unreported: 0,
+            // Return credit in quarters of the window: few messages, and the connection never
+            // runs dry while the reader keeps up.
+            report_at: (window / 4).max(1),
+        }
+    }
+
+    /// The QUIC stream this body arrives on.
+    pub fn stream_id(&self) -> u64 {
+        self.stream_id
+    }
+
+    /// Buffer figures for this body.
+    pub fn stats(&self) -> RecvBodyStats {
+        let g = self.shared.lock();
+        RecvBodyStats {
+            received: g.received,
+            buffered: g.buffered,
+            max_buffered: g.max_buffered,
+        }
+    }
+
+    /// Trailers, once the body has ended (if the peer sent any).
+    pub fn trailers(&self) -> Option<http::HeaderMap> {
+        self.shared.lock().trailers.clone()
+    }
+
+    /// The next chunk; `None` at the end of the body.
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, BodyError>> {
+        futures::StreamExt::next(self).await
+    }
+
+    /// Reads the whole body.
+    pub async fn collect(mut self) -> Result<Bytes, BodyError> {
+        let mut out = BytesMut::new();
+        while let Some(c) = self.chunk().await {
+            out.extend_from_slice(&c?);
+        }
+        Ok(out.freeze())
+    }
+
+    fn credit(&mut self, n: usize, force: bool) {
+        self.unreported += n;
+        if self.unreported > 0 && (force || self.unreported >= self.report_at) {
+            if let Some(conn) = &self.conn {
+                let _ = conn.cast(ConnMsg::App(H3Msg::Credit {
+                    stream_id: self.stream_id,
+                    bytes: self.unreported,
+                }));
+            }
+            self.unreported = 0;
+        }
+    }
+}
+
+impl Stream for RecvBody {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let (chunk, end) = {
+            let mut g = self.shared.lock();
+            match g.chunks.pop_front() {
+                Some(c) => {
+                    g.buffered -= c.len();
+                    (Some(c), None)
+                }
+                None => match &g.end {
+                    Some(e) => (None, Some(e.clone())),
+                    None => {
+                        g.waker = Some(cx.waker().clone());
+                        (None, None)
+                    }
+                },
+            }
+        };
+        match (chunk, end) {
+            (Some(c), _) => {
+                let n = c.len();
+                self.credit(n, false);
+                Poll::Ready(Some(Ok(c)))
+            }
+            (None, Some(End::Fin)) => {
+                self.conn = None;
+                Poll::Ready(None)
+            }
+            (None, Some(End::Reset(code))) => Poll::Ready(Some(Err(BodyError::Reset(code)))),
+            (None, Some(End::Aborted(why))) => Poll::Ready(Some(Err(BodyError::Aborted(why)))),
+            (None, None) => {
+                // Nothing buffered: hand back what was consumed so the connection reads on.
+                self.credit(0, true);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        let ended = self.shared.lock().end.is_some();
+        if !ended {
+            if let Some(a) = &self.actor {
+                let _ = a.cast(StreamMsg::RecvDropped);
+            }
+        }
+    }
+}

@@ -1,0 +1,615 @@
+//! The HTTP/3 application inside a connection actor.
+//!
+//! It owns the `quiche::h3::Connection`, turns `h3::Event`s into stream-actor messages, spawns a
+//! linked stream actor per request stream, and moves body bytes between quiche and the stream
+//! actors under credit. Per stream it keeps only the route: the actor, the receive credit the
+//! actor granted, and the frames the actor handed over that quiche has not taken yet (bounded by
+//! the actor's send window).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use quiche::h3::{self, Header};
+use ractor::{Actor, ActorId, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
+use tracing::{debug, trace, warn};
+use troupe_transport::{AppError, CloseReason, ConnCx, ConnectionApp};
+
+use crate::body::RecvBody;
+use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR};
+use crate::error::RequestError;
+use crate::headers;
+use crate::server::Handler;
+use crate::settings::H3Settings;
+use crate::stream::{Role, StreamActor, StreamArgs, StreamMsg};
+
+/// Largest single read from quiche for one stream. 64 KiB: a few packets' worth, so one
+/// allocation carries many packets of body.
+const MAX_READ: usize = 64 * 1024;
+
+/// A frame a stream actor hands to the connection for sending.
+pub enum OutFrame {
+    /// A header section (the first one: request or response headers).
+    Headers {
+        /// The header list.
+        list: Vec<Header>,
+        /// Whether FIN follows the headers.
+        fin: bool,
+    },
+    /// Body bytes, perhaps empty when only carrying FIN.
+    Data {
+        /// The bytes.
+        bytes: Bytes,
+        /// Whether FIN follows.
+        fin: bool,
+    },
+}
+
+/// Messages to the HTTP/3 layer of a connection actor.
+pub enum H3Msg {
+    /// Frames for a stream, in order.
+    Send {
+        /// The stream.
+        stream_id: u64,
+        /// The frames.
+        frames: Vec<OutFrame>,
+    },
+    /// The reader consumed `bytes`: the connection may read that many more.
+    Credit {
+        /// The stream.
+        stream_id: u64,
+        /// Bytes of new credit.
+        bytes: usize,
+    },
+    /// Send STOP_SENDING with `code`.
+    StopSending {
+        /// The stream.
+        stream_id: u64,
+        /// Error code.
+        code: u64,
+    },
+    /// Send RESET_STREAM with `code`.
+    Reset {
+        /// The stream.
+        stream_id: u64,
+        /// Error code.
+        code: u64,
+    },
+    /// Client: start a request.
+    Request(PendingRequest),
+}
+
+/// A client request not yet on the wire.
+pub struct PendingRequest {
+    pub(crate) head: http::request::Parts,
+    pub(crate) body: crate::Body,
+    pub(crate) reply: oneshot::Sender<Result<http::Response<RecvBody>, RequestError>>,
+}
+
+/// Receiving side of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadRoute {
+    /// Reading allowed while `credit > 0`; `blocked` = quiche had more when credit ran out
+    /// (`h3::Event::Data` is edge-triggered, so we must resume on our own when credit returns).
+    Open { credit: usize, blocked: bool },
+    /// FIN or RESET delivered, or STOP_SENDING sent: nothing more to read.
+    Done,
+}
+
+struct Route {
+    actor: ActorRef<StreamMsg>,
+    read: ReadRoute,
+    out: VecDeque<OutFrame>,
+    /// Whether this stream is in the write queue.
+    queued: bool,
+    /// The first header section has been sent.
+    headers_sent: bool,
+}
+
+/// Which side of the connection we are.
+enum Side {
+    Server { handler: Arc<dyn Handler> },
+    Client { waiting: VecDeque<PendingRequest> },
+}
+
+/// The HTTP/3 application of one connection (see the module docs).
+pub struct H3App {
+    side: Side,
+    settings: Arc<H3Settings>,
+    h3: Option<h3::Connection>,
+    routes: HashMap<u64, Route>,
+    by_actor: HashMap<ActorId, u64>,
+    write_queue: Vec<u64>,
+    trace_id: String,
+}
+
+impl H3App {
+    pub(crate) fn server(handler: Arc<dyn Handler>, settings: Arc<H3Settings>) -> Self {
+        Self::new(Side::Server { handler }, settings)
+    }
+
+    pub(crate) fn client(settings: Arc<H3Settings>) -> Self {
+        Self::new(
+            Side::Client {
+                waiting: VecDeque::new(),
+            },
+            settings,
+        )
+    }
+
+    fn new(side: Side, settings: Arc<H3Settings>) -> Self {
+        H3App {
+            side,
+            settings,
+            h3: None,
+            routes: HashMap::new(),
+            by_actor: HashMap::new(),
+            write_queue: Vec::new(),
+            trace_id: String::new(),
+        }
+    }
+
+    fn h3_config(&self) -> Result<h3::Config, AppError> {
+        let mut c = h3::Config::new().map_err(internal)?;
+        if let Some(n) = self.settings.max_field_section_size {
+            c.set_max_field_section_size(n);
+        }
+        c.set_qpack_max_table_capacity(self.settings.qpack_max_table_capacity);
+        c.set_qpack_blocked_streams(self.settings.qpack_blocked_streams);
+        Ok(c)
+    }
+
+    async fn spawn_stream(
+        &mut self,
+        cx: &mut ConnCx<'_, H3Msg>,
+        stream_id: u64,
+        role: Role,
+    ) -> Result<(), ()> {
+        let args = StreamArgs {
+            stream_id,
+            conn: cx.myself.clone(),
+            settings: self.settings.clone(),
+            trace_id: cx.trace_id.to_string(),
+            role,
+        };
+        match Actor::spawn_linked(None, StreamActor, args, cx.myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), stream_id);
+                self.routes.insert(
+                    stream_id,
+                    Route {
+                        actor,
+                        read: ReadRoute::Open {
+                            credit: self.settings.recv_window,
+                            blocked: false,
+                        },
+                        out: VecDeque::new(),
+                        queued: false,
+                        headers_sent: matches!(self.side, Side::Client { .. }),
+                    },
+                );
+                Ok(())
+            }
+            Err(e) => {
+                warn!(stream_id, "cannot spawn stream actor: {e}");
+                Err(())
+            }
+        }
+    }
+
+    async fn on_request_headers(
+        &mut self,
+        cx: &mut ConnCx<'_, H3Msg>,
+        stream_id: u64,
+        list: Vec<Header>,
+        more_frames: bool,
+    ) {
+        let Side::Server { handler } = &self.side else {
+            return;
+        };
+        let handler = handler.clone();
+        let head = match headers::parse_request(&list) {
+            Ok(h) => h,
+            Err(e) => {
+                // RFC 9114 §4.1.2: a malformed request is a stream error.
+                debug!(stream_id, "{e}: H3_MESSAGE_ERROR");
+                shutdown_both(cx.conn, stream_id, H3_MESSAGE_ERROR);
+                return;
+            }
+        };
+        let role = Role::Server {
+            head,
+            fin: !more_frames,
+            handler,
+        };
+        if self.spawn_stream(cx, stream_id, role).await.is_err() {
+            shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
+            return;
+        }
+        if !more_frames {
+            if let Some(r) = self.routes.get_mut(&stream_id) {
+                r.read = ReadRoute::Done;
+            }
+        }
+    }
+
+    /// Reads a stream's body from quiche while it has credit, and hands it over in one message.
+    fn read_stream(&mut self, conn: &mut quiche::Connection, stream_id: u64) {
+        let Some(h3) = self.h3.as_mut() else { return };
+        let Some(route) = self.routes.get_mut(&stream_id) else {
+            // No actor (it ended): nothing will consume this, discard it.
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = h3.recv_body(conn, stream_id, &mut sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+            return;
+        };
+        let ReadRoute::Open { mut credit, .. } = route.read else {
+            return;
+        };
+        let mut chunks = Vec::new();
+        let mut reset = None;
+        while credit > 0 {
+            let want = credit.min(MAX_READ);
+            let mut buf = BytesMut::with_capacity(want);
+            match h3.recv_body_buf(conn, stream_id, &mut (&mut buf).limit(want)) {
+                Ok(0) => break,
+                Ok(n) => {
+                    credit -= n;
+                    chunks.push(buf.freeze());
+                }
+                Err(h3::Error::Done) => break,
+                Err(h3::Error::TransportError(quiche::Error::StreamReset(code))) => {
+                    reset = Some(code);
+                    break;
+                }
+                Err(e) => {
+                    debug!(stream_id, "recv_body: {e}");
+                    break;
+                }
+            }
+        }
+        let fin = conn.stream_finished(stream_id);
+        let blocked = credit == 0 && conn.stream_readable(stream_id);
+        route.read = if fin || reset.is_some() {
+            ReadRoute::Done
+        } else {
+            ReadRoute::Open { credit, blocked }
+        };
+        if !chunks.is_empty() || fin {
+            let _ = route.actor.cast(StreamMsg::Body { chunks, fin });
+        }
+        if let Some(code) = reset {
+            let _ = route.actor.cast(StreamMsg::PeerReset(code));
+        }
+    }
+
+    fn queue_write(&mut self, stream_id: u64) {
+        if let Some(r) = self.routes.get_mut(&stream_id) {
+            if !r.queued && !r.out.is_empty() {
+                r.queued = true;
+                self.write_queue.push(stream_id);
+            }
+        }
+    }
+
+    /// Writes queued frames into quiche as far as stream capacity allows.
+    fn write_streams(&mut self, conn: &mut quiche::Connection) {
+        let Some(h3) = self.h3.as_mut() else { return };
+        let mut i = 0;
+        while i < self.write_queue.len() {
+            let id = self.write_queue[i];
+            let Some(route) = self.routes.get_mut(&id) else {
+                self.write_queue.swap_remove(i);
+                continue;
+            };
+            let mut written = 0usize;
+            let mut fin_written = false;
+            let mut stopped = None;
+            while let Some(frame) = route.out.front_mut() {
+                match frame {
+                    OutFrame::Headers { list, fin } => {
+                        let r = if route.headers_sent {
+                            h3.send_additional_headers(conn, id, list, *fin, *fin)
+                        } else {
+                            h3.send_response(conn, id, list, *fin)
+                        };
+                        match r {
+                            Ok(()) => {
+                                route.headers_sent = true;
+                                fin_written |= *fin;
+                                route.out.pop_front();
+                            }
+                            Err(h3::Error::StreamBlocked) | Err(h3::Error::Done) => break,
+                            Err(h3::Error::TransportError(quiche::Error::StreamStopped(code))) => {
+                                stopped = Some(code);
+                                break;
+                            }
+                            Err(e) => {
+                                debug!(stream_id = id, "sending headers failed: {e}");
+                                stopped = Some(H3_INTERNAL_ERROR);
+                                let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, H3_INTERNAL_ERROR);
+                                break;
+                            }
+                        }
+                    }
+                    OutFrame::Data { bytes, fin } => {
+                        if bytes.is_empty() && !*fin {
+                            route.out.pop_front();
+                            continue;
+                        }
+                        match h3.send_body(conn, id, bytes, *fin) {
+                            Ok(n) if n == bytes.len() => {
+                                written += n;
+                                fin_written |= *fin;
+                                route.out.pop_front();
+                            }
+                            Ok(n) => {
+                                written += n;
+                                bytes.advance(n);
+                                break;
+                            }
+                            Err(h3::Error::Done) | Err(h3::Error::StreamBlocked) => break,
+                            Err(h3::Error::TransportError(quiche::Error::StreamStopped(code))) => {
+                                stopped = Some(code);
+                                break;
+                            }
+                            Err(e) => {
+                                debug!(stream_id = id, "sending body failed: {e}");
+                                stopped = Some(H3_INTERNAL_ERROR);
+                                let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, H3_INTERNAL_ERROR);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(code) = stopped {
+                route.out.clear();
+                let _ = route.actor.cast(StreamMsg::PeerStopSending(code));
+            } else if written > 0 || fin_written {
+                let _ = route.actor.cast(StreamMsg::Written {
+                    bytes: written,
+                    fin: fin_written,
+                });
+            }
+            if route.out.is_empty() {
+                route.queued = false;
+                self.write_queue.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Client: put waiting requests on the wire while the peer allows new streams.
+    async fn start_waiting_requests(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
+        loop {
+            let Side::Client { waiting } = &mut self.side else { return };
+            if waiting.is_empty() || cx.conn.peer_streams_left_bidi() == 0 {
+                return;
+            }
+            let Some(req) = waiting.pop_front() else { return };
+            self.start_request(cx, req).await;
+        }
+    }
+
+    async fn start_request(&mut self, cx: &mut ConnCx<'_, H3Msg>, req: PendingRequest) {
+        let Some(h3) = self.h3.as_mut() else {
+            let _ = req.reply.send(Err(RequestError::ConnectionClosed("no HTTP/3 connection".into())));
+            return;
+        };
+        let list = match headers::request_headers(&req.head) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = req.reply.send(Err(RequestError::InvalidRequest(e)));
+                return;
+            }
+        };
+        let fin = req.body.is_end_stream();
+        match h3.send_request(cx.conn, &list, fin) {
+            Ok(stream_id) => {
+                trace!(stream_id, "request sent");
+                let role = Role::Client {
+                    body: req.body,
+                    fin_sent: fin,
+                    reply: req.reply,
+                };
+                if self.spawn_stream(cx, stream_id, role).await.is_err() {
+                    shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
+                }
+            }
+            Err(h3::Error::StreamBlocked)
+            | Err(h3::Error::TransportError(quiche::Error::StreamLimit)) => {
+                // Wait for MAX_STREAMS: retried when packets arrive, no timer.
+                if let Side::Client { waiting } = &mut self.side {
+                    waiting.push_front(req);
+                }
+            }
+            Err(h3::Error::FrameUnexpected) => {
+                let _ = req.reply.send(Err(RequestError::GoingAway));
+            }
+            Err(e) => {
+                let _ = req.reply.send(Err(RequestError::ConnectionClosed(e.to_string())));
+            }
+        }
+    }
+}
+
+fn internal(e: h3::Error) -> AppError {
+    AppError {
+        code: H3_INTERNAL_ERROR,
+        reason: e.to_string(),
+    }
+}
+
+fn shutdown_both(conn: &mut quiche::Connection, stream_id: u64, code: u64) {
+    let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
+    let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+}
+
+impl ConnectionApp for H3App {
+    type Msg = H3Msg;
+
+    async fn on_established(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        self.trace_id = cx.trace_id.to_string();
+        let config = self.h3_config()?;
+        let h3 = h3::Connection::with_transport(cx.conn, &config).map_err(internal)?;
+        self.h3 = Some(h3);
+        Ok(())
+    }
+
+    async fn on_readable(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        loop {
+            let Some(h3) = self.h3.as_mut() else { return Ok(()) };
+            let (stream_id, event) = match h3.poll(cx.conn) {
+                Ok(ev) => ev,
+                Err(h3::Error::Done) => break,
+                Err(e) => {
+                    // quiche has already closed the connection with the right code.
+                    debug!("h3 poll: {e}");
+                    break;
+                }
+            };
+            match event {
+                h3::Event::Headers { list, more_frames } => {
+                    if let Some(route) = self.routes.get_mut(&stream_id) {
+                        let fin = !more_frames;
+                        if fin {
+                            route.read = ReadRoute::Done;
+                        }
+                        let _ = route.actor.cast(StreamMsg::Headers { list, fin });
+                    } else if cx.conn.is_server() {
+                        self.on_request_headers(cx, stream_id, list, more_frames).await;
+                    }
+                }
+                h3::Event::Data => self.read_stream(cx.conn, stream_id),
+                h3::Event::Finished => {
+                    if let Some(route) = self.routes.get_mut(&stream_id) {
+                        if matches!(route.read, ReadRoute::Open { .. }) {
+                            route.read = ReadRoute::Done;
+                            let _ = route.actor.cast(StreamMsg::Body {
+                                chunks: Vec::new(),
+                                fin: true,
+                            });
+                        }
+                    }
+                }
+                h3::Event::Reset(code) => {
+                    if let Some(route) = self.routes.get_mut(&stream_id) {
+                        route.read = ReadRoute::Done;
+                        let _ = route.actor.cast(StreamMsg::PeerReset(code));
+                    }
+                }
+                h3::Event::PriorityUpdate => {
+                    if let Some(h3) = self.h3.as_mut() {
+                        let _ = h3.take_last_priority_update(stream_id);
+                    }
+                }
+                h3::Event::GoAway => {
+                    debug!(id = stream_id, "GOAWAY received");
+                    if let Side::Client { waiting } = &mut self.side {
+                        for req in waiting.drain(..) {
+                            let _ = req.reply.send(Err(RequestError::GoingAway));
+                        }
+                    }
+                }
+            }
+        }
+        self.start_waiting_requests(cx).await;
+        Ok(())
+    }
+
+    async fn on_message(&mut self, cx: &mut ConnCx<'_, H3Msg>, msg: H3Msg) -> Result<(), AppError> {
+        match msg {
+            H3Msg::Send { stream_id, frames } => {
+                if let Some(route) = self.routes.get_mut(&stream_id) {
+                    route.out.extend(frames);
+                    self.queue_write(stream_id);
+                }
+            }
+            H3Msg::Credit { stream_id, bytes } => {
+                let resume = match self.routes.get_mut(&stream_id) {
+                    Some(Route {
+                        read: ReadRoute::Open { credit, blocked },
+                        ..
+                    }) => {
+                        *credit += bytes;
+                        std::mem::take(blocked)
+                    }
+                    _ => false,
+                };
+                if resume {
+                    self.read_stream(cx.conn, stream_id);
+                }
+            }
+            H3Msg::StopSending { stream_id, code } => {
+                let _ = cx.conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
+                if let Some(route) = self.routes.get_mut(&stream_id) {
+                    route.read = ReadRoute::Done;
+                }
+            }
+            H3Msg::Reset { stream_id, code } => {
+                let _ = cx.conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+                if let Some(route) = self.routes.get_mut(&stream_id) {
+                    route.out.clear();
+                }
+            }
+            H3Msg::Request(req) => {
+                let waiting = matches!(&self.side, Side::Client { waiting } if !waiting.is_empty());
+                if waiting || cx.conn.peer_streams_left_bidi() == 0 {
+                    if let Side::Client { waiting } = &mut self.side {
+                        waiting.push_back(req);
+                    }
+                } else {
+                    self.start_request(cx, req).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_child_event(
+        &mut self,
+        cx: &mut ConnCx<'_, H3Msg>,
+        event: SupervisionEvent,
+    ) -> Result<(), AppError> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if let Some(id) = self.by_actor.remove(&cell.get_id()) {
+                    // Both directions were terminal; any STOP_SENDING or RESET it asked for
+                    // arrives as a message of its own (supervision events overtake messages).
+                    self.routes.remove(&id);
+                    trace!(stream_id = id, "stream actor stopped");
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(id) = self.by_actor.remove(&cell.get_id()) {
+                    self.routes.remove(&id);
+                    warn!(conn_id = %self.trace_id, stream_id = id, "stream actor failed, resetting the stream: {err}");
+                    shutdown_both(cx.conn, id, H3_INTERNAL_ERROR);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn before_flush(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        self.write_streams(cx.conn);
+        Ok(())
+    }
+
+    fn on_closed(&mut self, reason: &CloseReason) {
+        if let Side::Client { waiting } = &mut self.side {
+            for req in waiting.drain(..) {
+                let _ = req
+                    .reply
+                    .send(Err(RequestError::ConnectionClosed(reason.to_string())));
+            }
+        }
+    }
+}

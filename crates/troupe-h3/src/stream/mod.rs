@@ -1,0 +1,454 @@
+//! The stream actor: one per HTTP/3 request stream, on both the server and the client.
+//!
+//! It owns the stream's two directions as explicit state machines ([`SendState`],
+//! [`RecvState`]), the buffer of received body bytes (through [`BodyWriter`]), the outgoing
+//! body, and — on a server — the handler's future, which it polls itself: a panic in the handler
+//! is a panic of this actor, which its supervisor (the connection actor) turns into a reset of
+//! this stream alone.
+
+pub mod state;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::Bytes;
+use futures::Stream;
+use http::{Request, Response};
+use quiche::h3::Header;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+use tracing::{debug, info_span, trace, Instrument};
+use troupe_transport::ConnMsg;
+
+use crate::body::{Body, BodyWriter, End, RecvBody};
+use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_REQUEST_CANCELLED};
+use crate::conn::{H3Msg, OutFrame};
+use crate::error::RequestError;
+use crate::headers;
+use crate::server::Handler;
+use crate::settings::H3Settings;
+pub use state::{RecvState, SendState};
+
+/// Largest chunk taken from a body stream in one poll is whatever it yields; this bounds how
+/// many chunks are batched into one message to the connection. 64: one message per ~1 MB of
+/// 16 KB chunks, keeping per-message latency low.
+const MAX_CHUNKS_PER_MESSAGE: usize = 64;
+
+/// Messages to a stream actor.
+pub enum StreamMsg {
+    /// Body bytes read from quiche (within credit), and whether the peer's FIN followed.
+    Body {
+        /// The chunks, in order.
+        chunks: Vec<Bytes>,
+        /// The peer's FIN was read.
+        fin: bool,
+    },
+    /// A header section arrived after the first (client: the response; either side: trailers).
+    Headers {
+        /// The header list.
+        list: Vec<Header>,
+        /// Whether it ended the stream.
+        fin: bool,
+    },
+    /// The peer reset its sending direction (RESET_STREAM).
+    PeerReset(u64),
+    /// The peer asked us to stop sending (STOP_SENDING).
+    PeerStopSending(u64),
+    /// The connection wrote `bytes` of our body into quiche, and our FIN if `fin`.
+    Written {
+        /// Body bytes written.
+        bytes: usize,
+        /// FIN written.
+        fin: bool,
+    },
+    /// A future or body stream this actor polls is ready to make progress.
+    Poll,
+    /// The application dropped the received body before its end.
+    RecvDropped,
+}
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+type ReplyTx = oneshot::Sender<Result<Response<RecvBody>, RequestError>>;
+
+/// What a stream actor starts with.
+pub(crate) struct StreamArgs {
+    pub(crate) stream_id: u64,
+    pub(crate) conn: ActorRef<ConnMsg<H3Msg>>,
+    pub(crate) settings: Arc<H3Settings>,
+    pub(crate) trace_id: String,
+    pub(crate) role: Role,
+}
+
+pub(crate) enum Role {
+    /// A server stream: the request head arrived; run the handler.
+    Server {
+        head: http::request::Parts,
+        /// The request headers carried FIN (no body).
+        fin: bool,
+        handler: Arc<dyn Handler>,
+    },
+    /// A client stream: the request headers are on the wire; send the body, await the reply.
+    Client {
+        body: Body,
+        /// The request headers carried FIN.
+        fin_sent: bool,
+        reply: ReplyTx,
+    },
+}
+
+pub(crate) struct StreamActor;
+
+pub(crate) struct StreamState {
+    id: u64,
+    conn: ActorRef<ConnMsg<H3Msg>>,
+    settings: Arc<H3Settings>,
+    send: SendState,
+    recv: RecvState,
+    /// Writer end of the received-body buffer; `None` before a client's response headers.
+    writer: Option<BodyWriter>,
+    pending_role: Option<Role>,
+    handler: Option<HandlerFuture>,
+    body: Option<Body>,
+    reply: Option<ReplyTx>,
+    waker: Arc<ActorWaker>,
+    span: tracing::Span,
+    stopping: bool,
+}
+
+/// Wakes the stream actor by casting it `Poll`, at most once until it is handled.
+struct ActorWaker {
+    actor: ActorRef<StreamMsg>,
+    scheduled: AtomicBool,
+}
+
+impl Wake for ActorWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            let _ = self.actor.cast(StreamMsg::Poll);
+        }
+    }
+}
+
+impl Actor for StreamActor {
+    type Msg = StreamMsg;
+    type State = StreamState;
+    type Arguments = StreamArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        args: StreamArgs,
+    ) -> Result<StreamState, ActorProcessingErr> {
+        // Runs inside the connection actor's handler (spawn_linked): keep it trivial.
+        let span = info_span!(parent: None, "stream", conn_id = %args.trace_id, stream_id = args.stream_id);
+        Ok(StreamState {
+            id: args.stream_id,
+            conn: args.conn,
+            settings: args.settings,
+            send: SendState::Idle,
+            recv: RecvState::AwaitingHeaders,
+            writer: None,
+            pending_role: Some(args.role),
+            handler: None,
+            body: None,
+            reply: None,
+            waker: Arc::new(ActorWaker {
+                actor: myself,
+                scheduled: AtomicBool::new(false),
+            }),
+            span,
+            stopping: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        st: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = st.span.clone();
+        let _g = span.enter();
+        match st.pending_role.take() {
+            Some(Role::Server { head, fin, handler }) => {
+                let body = st.open_recv(&myself);
+                if fin {
+                    st.recv_fin();
+                }
+                let req = Request::from_parts(head, body);
+                st.handler = Some(Box::pin(handler.call(req)));
+            }
+            Some(Role::Client {
+                body,
+                fin_sent,
+                reply,
+            }) => {
+                st.reply = Some(reply);
+                if fin_sent {
+                    st.send = SendState::FinSent;
+                } else {
+                    let _ = st.send.on_handed(0, false);
+                    st.body = Some(body);
+                }
+            }
+            None => {}
+        }
+        st.drive(&myself);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        msg: StreamMsg,
+        st: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = st.span.clone();
+        async {
+            st.on_message(&myself, msg);
+            st.drive(&myself);
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+}
+
+impl StreamState {
+    fn open_recv(&mut self, myself: &ActorRef<StreamMsg>) -> RecvBody {
+        let (writer, shared) = BodyWriter::new();
+        self.writer = Some(writer);
+        self.recv = RecvState::Open;
+        RecvBody::new(
+            shared,
+            self.id,
+            self.conn.clone(),
+            myself.clone(),
+            self.settings.recv_window,
+        )
+    }
+
+    fn recv_fin(&mut self) {
+        if self.recv.on_fin().is_ok() {
+            if let Some(w) = &self.writer {
+                w.end(End::Fin);
+            }
+        }
+    }
+
+    fn to_conn(&self, msg: H3Msg) {
+        let _ = self.conn.cast(ConnMsg::App(msg));
+    }
+
+    fn on_message(&mut self, myself: &ActorRef<StreamMsg>, msg: StreamMsg) {
+        match msg {
+            StreamMsg::Body { chunks, fin } => {
+                if self.recv.on_data().is_ok() {
+                    if let Some(w) = &self.writer {
+                        w.push(chunks);
+                    }
+                }
+                if fin {
+                    self.recv_fin();
+                }
+            }
+            StreamMsg::Headers { list, fin } => self.on_headers(myself, list, fin),
+            StreamMsg::PeerReset(code) => {
+                if self.recv.on_reset(code).is_ok() {
+                    debug!(code, "peer reset the stream");
+                    if let Some(w) = &self.writer {
+                        w.end(End::Reset(code));
+                    }
+                    if let Some(reply) = self.reply.take() {
+                        let _ = reply.send(Err(RequestError::StreamReset(code)));
+                    }
+                }
+            }
+            StreamMsg::PeerStopSending(code) => {
+                if self.send.on_stop_sending(code).is_ok() {
+                    debug!(code, "peer sent STOP_SENDING");
+                    self.body = None;
+                }
+            }
+            StreamMsg::Written { bytes, fin } => {
+                if self.send.on_written(bytes, fin).is_err() {
+                    trace!(bytes, fin, state = ?self.send, "late write report ignored");
+                }
+            }
+            StreamMsg::Poll => self.waker.scheduled.store(false, Ordering::Release),
+            StreamMsg::RecvDropped => {
+                if self.recv.on_stop_sending(H3_REQUEST_CANCELLED).is_ok() {
+                    self.to_conn(H3Msg::StopSending {
+                        stream_id: self.id,
+                        code: H3_REQUEST_CANCELLED,
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_headers(&mut self, myself: &ActorRef<StreamMsg>, list: Vec<Header>, fin: bool) {
+        if self.recv == RecvState::AwaitingHeaders {
+            let parts = match headers::parse_response(&list) {
+                Ok(p) => p,
+                Err(e) => {
+                    debug!("malformed response: {e}");
+                    self.abort_both(H3_MESSAGE_ERROR);
+                    if let Some(reply) = self.reply.take() {
+                        let _ = reply.send(Err(RequestError::MalformedResponse(e.0)));
+                    }
+                    return;
+                }
+            };
+            if parts.status.is_informational() {
+                // Interim responses (1xx) precede the final one; it is still awaited.
+                trace!(status = %parts.status, "interim response");
+                return;
+            }
+            let body = self.open_recv(myself);
+            if fin {
+                self.recv_fin();
+            }
+            if let Some(reply) = self.reply.take() {
+                let _ = reply.send(Ok(Response::from_parts(parts, body)));
+            }
+        } else if self.recv == RecvState::Open {
+            match headers::parse_trailers(&list) {
+                Ok(t) => {
+                    if let Some(w) = &self.writer {
+                        w.set_trailers(t);
+                    }
+                    if fin {
+                        self.recv_fin();
+                    }
+                }
+                Err(e) => {
+                    debug!("malformed trailers: {e}");
+                    self.abort_both(H3_MESSAGE_ERROR);
+                }
+            }
+        }
+    }
+
+    /// Resets our sending direction and stops the peer's, with one code.
+    fn abort_both(&mut self, code: u64) {
+        if self.send.on_reset(code).is_ok() {
+            self.body = None;
+            self.handler = None;
+            self.to_conn(H3Msg::Reset {
+                stream_id: self.id,
+                code,
+            });
+        }
+        if self.recv.on_stop_sending(code).is_ok() {
+            if let Some(w) = &self.writer {
+                w.end(End::Aborted(format!("stream aborted with code 0x{code:x}")));
+            }
+            self.to_conn(H3Msg::StopSending {
+                stream_id: self.id,
+                code,
+            });
+        }
+    }
+
+    /// Polls what this actor drives (the handler, then the outgoing body) and hands whatever
+    /// is ready to the connection in one message; stops the actor once both directions end.
+    fn drive(&mut self, myself: &ActorRef<StreamMsg>) {
+        let waker = Waker::from(self.waker.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut frames: Vec<OutFrame> = Vec::new();
+
+        if let Some(fut) = self.handler.as_mut() {
+            if let Poll::Ready(resp) = fut.as_mut().poll(&mut cx) {
+                self.handler = None;
+                if self.send.can_send() {
+                    let (parts, body) = resp.into_parts();
+                    let fin = body.is_end_stream();
+                    frames.push(OutFrame::Headers {
+                        list: headers::response_headers(&parts),
+                        fin,
+                    });
+                    let _ = self.send.on_handed(0, fin);
+                    if !fin {
+                        self.body = Some(body);
+                    }
+                }
+            }
+        }
+
+        if let Some(body) = self.body.as_mut() {
+            let window = self.settings.send_window;
+            let mut handed = 0usize;
+            let mut fin = false;
+            let mut failed = false;
+            while self.send.inflight() + handed < window && frames.len() < MAX_CHUNKS_PER_MESSAGE {
+                match Pin::new(&mut *body).poll_next(&mut cx) {
+                    Poll::Ready(Some(Ok(chunk))) => {
+                        if chunk.is_empty() {
+                            continue;
+                        }
+                        handed += chunk.len();
+                        frames.push(OutFrame::Data { bytes: chunk, fin: false });
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        debug!("body stream failed: {e}");
+                        failed = true;
+                        break;
+                    }
+                    Poll::Ready(None) => {
+                        fin = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if failed {
+                self.body = None;
+                frames.clear();
+                self.abort_send(H3_INTERNAL_ERROR);
+            } else {
+                if fin {
+                    self.body = None;
+                    match frames.last_mut() {
+                        Some(OutFrame::Data { fin: f, .. }) => *f = true,
+                        _ => frames.push(OutFrame::Data {
+                            bytes: Bytes::new(),
+                            fin: true,
+                        }),
+                    }
+                }
+                if handed > 0 || fin {
+                    let _ = self.send.on_handed(handed, fin);
+                }
+            }
+        }
+
+        if !frames.is_empty() {
+            self.to_conn(H3Msg::Send {
+                stream_id: self.id,
+                frames,
+            });
+        }
+
+        if self.send.is_terminal() && self.recv.is_terminal() && !self.stopping {
+            self.stopping = true;
+            trace!("stream done");
+            myself.stop(None);
+        }
+    }
+
+    fn abort_send(&mut self, code: u64) {
+        if self.send.on_reset(code).is_ok() {
+            self.to_conn(H3Msg::Reset {
+                stream_id: self.id,
+                code,
+            });
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The contract between a connection actor and the application protocol running over it
+//! (HTTP/3 in `troupe-h3`). The connection actor does I/O and timers; the application reacts.
+
+use std::future::Future;
+
+use ractor::{ActorRef, SupervisionEvent};
+
+use crate::connection::ConnMsg;
+
+/// Everything an application hook may touch while the connection actor runs it.
+pub struct ConnCx<'a, M: Send + 'static> {
+    /// The QUIC connection. Hooks run inside the connection actor, so this is exclusive.
+    pub conn: &'a mut quiche::Connection,
+    /// The connection actor itself: the supervisor for child actors, and their way back.
+    pub myself: &'a ActorRef<ConnMsg<M>>,
+    /// quiche's trace id for this connection, for log fields.
+    pub trace_id: &'a str,
+}
+
+/// An application error that closes the whole connection with an application error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppError {
+    /// The application error code put in CONNECTION_CLOSE (e.g. an HTTP/3 error code).
+    pub code: u64,
+    /// Reason phrase.
+    pub reason: String,
+}
+
+/// An application protocol over one QUIC connection.
+///
+/// Every hook runs inside the connection actor's message handler: it must not block, and it
+/// should not await anything but spawning child actors. The connection actor flushes packets
+/// after every turn, so hooks only queue work on `cx.conn`.
+pub trait ConnectionApp: Send + 'static {
+    /// Messages the application (and its child actors) send to the connection actor,
+    /// delivered to [`ConnectionApp::on_message`].
+    type Msg: Send + 'static;
+
+    /// The handshake completed; `cx.conn.is_established()` is true.
+    fn on_established(
+        &mut self,
+        cx: &mut ConnCx<'_, Self::Msg>,
+    ) -> impl Future<Output = Result<(), AppError>> + Send;
+
+    /// Packets were fed to quiche on an established connection: read what became readable.
+    fn on_readable(
+        &mut self,
+        cx: &mut ConnCx<'_, Self::Msg>,
+    ) -> impl Future<Output = Result<(), AppError>> + Send;
+
+    /// A message for the application arrived.
+    fn on_message(
+        &mut self,
+        cx: &mut ConnCx<'_, Self::Msg>,
+        msg: Self::Msg,
+    ) -> impl Future<Output = Result<(), AppError>> + Send;
+
+    /// A child actor spawned under the connection started, stopped or failed.
+    fn on_child_event(
+        &mut self,
+        cx: &mut ConnCx<'_, Self::Msg>,
+        event: SupervisionEvent,
+    ) -> impl Future<Output = Result<(), AppError>> + Send;
+
+    /// Called before every flush: move queued application data into quiche.
+    fn before_flush(&mut self, cx: &mut ConnCx<'_, Self::Msg>) -> Result<(), AppError>;
+
+    /// The connection is closed (or the actor is stopping). Children are stopped right after.
+    fn on_closed(&mut self, reason: &crate::connection::CloseReason);
+}

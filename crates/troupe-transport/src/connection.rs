@@ -1,0 +1,722 @@
+//! The connection actor: sole owner of one `quiche::Connection`.
+//!
+//! One turn of the actor = one message: packets fed in (all that were queued), or a timer
+//! expiry, or an application message; then the application is given a chance to read and
+//! write, then everything quiche wants to send is flushed, then the single timer is re-armed.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::net::UdpSocket;
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, info_span, trace, warn, Instrument};
+
+use crate::app::{AppError, ConnCx, ConnectionApp};
+use crate::route::{Inbox, Packet, Routes};
+use crate::stats::bump;
+
+/// Length of the connection IDs this endpoint issues. 16 bytes: unguessable, and well under the
+/// 20-byte maximum so routing keys stay small.
+pub const LOCAL_CID_LEN: usize = 16;
+
+/// How long a closing connection waits for its child actors to stop before it exits anyway.
+/// 2 s: children only flush state on stop, so anything slower is stuck.
+const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Handshake in progress; abandoned at the deadline.
+    Handshake {
+        /// When the handshake timeout fires.
+        deadline: Instant,
+    },
+    /// Handshake complete; application data flows.
+    Established {
+        /// When the handshake completed.
+        since: Instant,
+    },
+    /// A CONNECTION_CLOSE was sent or received; waiting out the draining period.
+    Draining,
+    /// Closed; the actor is stopping.
+    Closed,
+}
+
+/// Why a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The handshake did not complete within the handshake timeout.
+    HandshakeTimeout,
+    /// No packet within the idle timeout.
+    IdleTimeout,
+    /// We closed it.
+    Local {
+        /// Application (true) or transport (false) error space.
+        app: bool,
+        /// Error code.
+        code: u64,
+        /// Reason phrase.
+        reason: String,
+    },
+    /// The peer closed it.
+    Peer {
+        /// Application (true) or transport (false) error space.
+        app: bool,
+        /// Error code.
+        code: u64,
+        /// Reason phrase.
+        reason: String,
+    },
+    /// The actor stopped without a QUIC close (endpoint shutdown).
+    Aborted,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::HandshakeTimeout => write!(f, "handshake timeout"),
+            CloseReason::IdleTimeout => write!(f, "idle timeout"),
+            CloseReason::Local { app, code, reason } => {
+                write!(f, "closed locally ({} error 0x{code:x}", space(*app))?;
+                reason_suffix(f, reason)
+            }
+            CloseReason::Peer { app, code, reason } => {
+                write!(f, "closed by peer ({} error 0x{code:x}", space(*app))?;
+                reason_suffix(f, reason)
+            }
+            CloseReason::Aborted => write!(f, "aborted"),
+        }
+    }
+}
+
+fn space(app: bool) -> &'static str {
+    if app {
+        "application"
+    } else {
+        "transport"
+    }
+}
+
+fn reason_suffix(f: &mut std::fmt::Formatter<'_>, reason: &str) -> std::fmt::Result {
+    if reason.is_empty() {
+        write!(f, ")")
+    } else {
+        write!(f, ": {reason})")
+    }
+}
+
+fn close_reason(conn: &quiche::Connection) -> CloseReason {
+    let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
+    if let Some(e) = conn.peer_error() {
+        CloseReason::Peer {
+            app: e.is_app,
+            code: e.error_code,
+            reason: text(&e.reason),
+        }
+    } else if let Some(e) = conn.local_error() {
+        CloseReason::Local {
+            app: e.is_app,
+            code: e.error_code,
+            reason: text(&e.reason),
+        }
+    } else if conn.is_timed_out() {
+        CloseReason::IdleTimeout
+    } else {
+        CloseReason::Aborted
+    }
+}
+
+/// A point-in-time view of one connection.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// quiche's trace id.
+    pub trace_id: String,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Current stage.
+    pub stage: Stage,
+    /// Time from the first packet to handshake completion, once established.
+    pub handshake_time: Option<Duration>,
+    /// Smoothed RTT of the active path.
+    pub rtt: Option<Duration>,
+    /// Congestion window of the active path, bytes.
+    pub cwnd: Option<usize>,
+    /// quiche's counters.
+    pub stats: quiche::Stats,
+}
+
+/// Messages to a connection actor.
+pub enum ConnMsg<M> {
+    /// The receive loop queued packets in this connection's inbox.
+    PacketsReady,
+    /// The timer fired.
+    Timeout,
+    /// Flush what application messages queued (sent to self to coalesce flushes).
+    Flush,
+    /// For the application layer.
+    App(M),
+    /// Close the connection.
+    Close {
+        /// Application (true) or transport (false) error space.
+        app: bool,
+        /// Error code.
+        code: u64,
+        /// Reason phrase.
+        reason: Vec<u8>,
+    },
+    /// Ask for a snapshot.
+    Info(RpcReplyPort<ConnectionInfo>),
+}
+
+/// Handle to a live connection: its actor and a way to learn how it ended.
+pub struct Connection<M: Send + 'static> {
+    actor: ActorRef<ConnMsg<M>>,
+    closed: watch::Receiver<Option<CloseReason>>,
+    peer: SocketAddr,
+}
+
+impl<M: Send + 'static> Clone for Connection<M> {
+    fn clone(&self) -> Self {
+        Connection {
+            actor: self.actor.clone(),
+            closed: self.closed.clone(),
+            peer: self.peer,
+        }
+    }
+}
+
+impl<M: Send + 'static> Connection<M> {
+    pub(crate) fn new(
+        actor: ActorRef<ConnMsg<M>>,
+        closed: watch::Receiver<Option<CloseReason>>,
+        peer: SocketAddr,
+    ) -> Self {
+        Connection {
+            actor,
+            closed,
+            peer,
+        }
+    }
+
+    /// The connection actor.
+    pub fn actor(&self) -> &ActorRef<ConnMsg<M>> {
+        &self.actor
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Sends a message to the application layer of this connection.
+    pub fn send(&self, msg: M) -> Result<(), CloseReason> {
+        self.actor
+            .cast(ConnMsg::App(msg))
+            .map_err(|_| self.close_reason().unwrap_or(CloseReason::Aborted))
+    }
+
+    /// Closes the connection with an application error code.
+    pub fn close(&self, code: u64, reason: &str) {
+        let _ = self.actor.cast(ConnMsg::Close {
+            app: true,
+            code,
+            reason: reason.as_bytes().to_vec(),
+        });
+    }
+
+    /// The close reason, if the connection is closed.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed.borrow().clone()
+    }
+
+    /// Waits until the connection is closed and returns why.
+    pub async fn closed(&self) -> CloseReason {
+        let mut rx = self.closed.clone();
+        let r = match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone().unwrap_or(CloseReason::Aborted),
+            Err(_) => CloseReason::Aborted,
+        };
+        r
+    }
+
+    /// Asks the connection actor for a snapshot; `None` once it is gone.
+    pub async fn info(&self) -> Option<ConnectionInfo> {
+        self.actor
+            .call(ConnMsg::Info, Some(Duration::from_secs(5)))
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+    }
+}
+
+/// Result sent to whoever waits for a client connection to come up.
+pub(crate) type EstablishedTx = oneshot::Sender<Result<(), CloseReason>>;
+
+/// Everything a connection actor starts with.
+pub(crate) struct ConnArgs<A: ConnectionApp> {
+    pub(crate) conn: quiche::Connection,
+    pub(crate) app: A,
+    pub(crate) inbox: Arc<Inbox>,
+    pub(crate) routes: Routes,
+    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) handshake_timeout: Duration,
+    /// Routes this connection owns besides its source connection IDs (the client's original
+    /// destination connection ID on a server without Retry).
+    pub(crate) extra_routes: Vec<quiche::ConnectionId<'static>>,
+    pub(crate) established: Option<EstablishedTx>,
+    pub(crate) closed_tx: watch::Sender<Option<CloseReason>>,
+    pub(crate) max_udp_payload: usize,
+    pub(crate) keylog: Option<std::path::PathBuf>,
+    pub(crate) qlog_dir: Option<std::path::PathBuf>,
+}
+
+pub(crate) struct ConnState<A: ConnectionApp> {
+    conn: quiche::Connection,
+    app: A,
+    stage: Stage,
+    started: Instant,
+    handshake_time: Option<Duration>,
+    inbox: Arc<Inbox>,
+    routes: Routes,
+    socket: Arc<UdpSocket>,
+    extra_routes: Vec<quiche::ConnectionId<'static>>,
+    established: Option<EstablishedTx>,
+    closed_tx: watch::Sender<Option<CloseReason>>,
+    close_reason: Option<CloseReason>,
+    packets: VecDeque<Packet>,
+    out: Vec<u8>,
+    timer: watch::Sender<Option<Instant>>,
+    armed: Option<Instant>,
+    flush_scheduled: bool,
+    trace_id: String,
+    span: tracing::Span,
+}
+
+/// The connection actor. Generic over the application protocol running on the connection.
+pub(crate) struct ConnectionActor<A>(std::marker::PhantomData<fn() -> A>);
+
+impl<A> Default for ConnectionActor<A> {
+    fn default() -> Self {
+        ConnectionActor(std::marker::PhantomData)
+    }
+}
+
+/// The one timer of a connection: a task that sleeps until the deadline in the watch channel
+/// and casts `Timeout`. Re-arming is a watch update, never a new task.
+fn spawn_timer<M: Send + 'static>(me: ActorRef<ConnMsg<M>>) -> watch::Sender<Option<Instant>> {
+    let (tx, mut rx) = watch::channel::<Option<Instant>>(None);
+    tokio::spawn(async move {
+        loop {
+            let deadline = *rx.borrow_and_update();
+            match deadline {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(d.into()) => {
+                            if me.cast(ConnMsg::Timeout).is_err() {
+                                return;
+                            }
+                            // Wait for the actor to re-arm before sleeping again.
+                            if rx.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                        r = rx.changed() => if r.is_err() { return },
+                    }
+                }
+                None => {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+impl<A: ConnectionApp> Actor for ConnectionActor<A> {
+    type Msg = ConnMsg<A::Msg>;
+    type State = ConnState<A>;
+    type Arguments = ConnArgs<A>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        mut args: ConnArgs<A>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let me = myself.clone();
+        args.inbox.bind(
+            myself.get_id(),
+            Box::new(move || me.cast(ConnMsg::PacketsReady).is_ok()),
+        );
+        let trace_id = args.conn.trace_id().to_string();
+        let span = info_span!("conn", conn_id = %trace_id, peer = %args.conn.path_stats().next().map(|p| p.peer_addr.to_string()).unwrap_or_default());
+        if let Some(path) = &args.keylog {
+            match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                Ok(f) => args.conn.set_keylog(Box::new(f)),
+                Err(e) => warn!(path = %path.display(), "cannot open keylog file: {e}"),
+            }
+        }
+        if let Some(dir) = &args.qlog_dir {
+            let role = if args.conn.is_server() { "server" } else { "client" };
+            let path = dir.join(format!("{role}-{trace_id}.sqlog"));
+            match std::fs::File::create(&path) {
+                Ok(f) => args.conn.set_qlog(
+                    Box::new(std::io::BufWriter::new(f)),
+                    "troupe".into(),
+                    format!("troupe {role} {trace_id}"),
+                ),
+                Err(e) => warn!(path = %path.display(), "cannot create qlog file: {e}"),
+            }
+        }
+        let now = Instant::now();
+        Ok(ConnState {
+            conn: args.conn,
+            app: args.app,
+            stage: Stage::Handshake {
+                deadline: now + args.handshake_timeout,
+            },
+            started: now,
+            handshake_time: None,
+            inbox: args.inbox,
+            routes: args.routes,
+            socket: args.socket,
+            extra_routes: args.extra_routes,
+            established: args.established,
+            closed_tx: args.closed_tx,
+            close_reason: None,
+            packets: VecDeque::new(),
+            out: vec![0; args.max_udp_payload],
+            timer: spawn_timer(myself),
+            armed: None,
+            flush_scheduled: false,
+            trace_id,
+            span,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Packets that arrived before the actor existed (a server's first Initial).
+        let span = st.span.clone();
+        st.turn(&myself, Event::Packets).instrument(span).await;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Reached on every orderly stop (closed connection or endpoint shutdown).
+        if st.close_reason.is_none() {
+            st.close_reason = Some(CloseReason::Aborted);
+            st.app.on_closed(&CloseReason::Aborted);
+        }
+        st.remove_routes();
+        st.closed_tx.send_replace(st.close_reason.clone());
+        if let Some(tx) = st.established.take() {
+            let _ = tx.send(Err(st.close_reason.clone().unwrap_or(CloseReason::Aborted)));
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = st.span.clone();
+        let ev = match msg {
+            ConnMsg::PacketsReady => Event::Packets,
+            ConnMsg::Timeout => Event::Timeout,
+            ConnMsg::Flush => {
+                st.flush_scheduled = false;
+                Event::Flush
+            }
+            ConnMsg::App(m) => Event::App(m),
+            ConnMsg::Close { app, code, reason } => Event::Close { app, code, reason },
+            ConnMsg::Info(reply) => {
+                let _ = reply.send(st.info());
+                return Ok(());
+            }
+        };
+        st.turn(&myself, ev).instrument(span).await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Never stop because a child did: the application decides what a child's exit means.
+        let span = st.span.clone();
+        st.turn(&myself, Event::Child(evt)).instrument(span).await;
+        Ok(())
+    }
+}
+
+/// Borrows the connection for an application hook, leaving `self.app` free to borrow.
+macro_rules! cx {
+    ($st:ident, $me:ident) => {
+        ConnCx {
+            conn: &mut $st.conn,
+            myself: $me,
+            trace_id: &$st.trace_id,
+        }
+    };
+}
+
+enum Event<M> {
+    Packets,
+    Timeout,
+    Flush,
+    App(M),
+    Child(SupervisionEvent),
+    Close { app: bool, code: u64, reason: Vec<u8> },
+}
+
+impl<A: ConnectionApp> ConnState<A> {
+    fn info(&self) -> ConnectionInfo {
+        let path = self.conn.path_stats().next();
+        ConnectionInfo {
+            trace_id: self.trace_id.clone(),
+            peer: path.as_ref().map(|p| p.peer_addr).unwrap_or_else(|| {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }),
+            stage: self.stage,
+            handshake_time: self.handshake_time,
+            rtt: path.as_ref().map(|p| p.rtt),
+            cwnd: path.as_ref().map(|p| p.cwnd),
+            stats: self.conn.stats(),
+        }
+    }
+
+    /// One actor turn: apply the event, let the application react, flush, re-arm the timer.
+    async fn turn(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, ev: Event<A::Msg>) {
+        if self.stage == Stage::Closed {
+            return;
+        }
+        let mut force_rearm = false;
+        let mut app_result = Ok(());
+        match ev {
+            Event::Packets => {
+                self.inbox.drain(&mut self.packets);
+                let mut fed = 0usize;
+                while let Some(mut p) = self.packets.pop_front() {
+                    let info = quiche::RecvInfo {
+                        from: p.from,
+                        to: p.to,
+                    };
+                    match self.conn.recv(&mut p.data, info) {
+                        Ok(_) => fed += 1,
+                        Err(quiche::Error::Done) => {}
+                        Err(e) => trace!("packet rejected by quiche: {e}"),
+                    }
+                }
+                trace!(packets = fed, "fed packets");
+                self.check_established(myself).await;
+                if self.is_established() {
+                    let mut cx = cx!(self, myself);
+                    app_result = self.app.on_readable(&mut cx).await;
+                }
+            }
+            Event::Timeout => {
+                force_rearm = true;
+                if let Stage::Handshake { deadline } = self.stage {
+                    if Instant::now() >= deadline && !self.conn.is_established() {
+                        debug!("handshake timeout");
+                        let _ = self.conn.close(false, 0x0, b"handshake timeout");
+                        self.flush_packets().await;
+                        self.finish(myself, CloseReason::HandshakeTimeout).await;
+                        return;
+                    }
+                }
+                self.conn.on_timeout();
+            }
+            Event::Flush => {}
+            Event::App(m) => {
+                if self.is_established() {
+                    let mut cx = cx!(self, myself);
+                    app_result = self.app.on_message(&mut cx, m).await;
+                }
+                // Coalesce: flush once after the messages already queued are handled.
+                if !self.flush_scheduled {
+                    self.flush_scheduled = true;
+                    let _ = myself.cast(ConnMsg::Flush);
+                }
+                return self.after_app(myself, app_result).await;
+            }
+            Event::Child(evt) => {
+                let mut cx = cx!(self, myself);
+                app_result = self.app.on_child_event(&mut cx, evt).await;
+                if !self.flush_scheduled {
+                    self.flush_scheduled = true;
+                    let _ = myself.cast(ConnMsg::Flush);
+                }
+                return self.after_app(myself, app_result).await;
+            }
+            Event::Close { app, code, reason } => {
+                let _ = self.conn.close(app && self.is_established(), code, &reason);
+            }
+        }
+        if let Err(e) = app_result {
+            self.app_error(e);
+        }
+        self.flush(myself, force_rearm).await;
+    }
+
+    async fn after_app(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, r: Result<(), AppError>) {
+        if let Err(e) = r {
+            self.app_error(e);
+            self.flush(myself, false).await;
+        }
+    }
+
+    fn app_error(&mut self, e: AppError) {
+        debug!(code = e.code, reason = %e.reason, "application closes the connection");
+        let _ = self.conn.close(true, e.code, e.reason.as_bytes());
+    }
+
+    fn is_established(&self) -> bool {
+        matches!(self.stage, Stage::Established { .. })
+    }
+
+
+    async fn check_established(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>) {
+        if !matches!(self.stage, Stage::Handshake { .. }) || !self.conn.is_established() {
+            return;
+        }
+        let now = Instant::now();
+        self.stage = Stage::Established { since: now };
+        self.handshake_time = Some(now - self.started);
+        debug!(handshake_ms = (now - self.started).as_secs_f64() * 1e3, "established");
+        self.issue_scids();
+        let mut cx = cx!(self, myself);
+        let r = self.app.on_established(&mut cx).await;
+        if let Err(e) = r {
+            self.app_error(e);
+        } else if let Some(tx) = self.established.take() {
+            let _ = tx.send(Ok(()));
+        }
+    }
+
+    /// Issue as many spare connection IDs as the peer accepts, and route them here.
+    fn issue_scids(&mut self) {
+        while self.conn.scids_left() > 0 {
+            let cid = quiche::ConnectionId::from_vec(rand::random::<[u8; LOCAL_CID_LEN]>().to_vec());
+            match self.conn.new_scid(&cid, rand::random::<u128>(), false) {
+                Ok(_) => self.routes.insert(&cid, self.inbox.clone()),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn retire_scids(&mut self) {
+        while let Some(cid) = self.conn.retired_scid_next() {
+            self.routes.remove(&cid);
+        }
+    }
+
+    fn remove_routes(&mut self) {
+        self.retire_scids();
+        let ids: Vec<Vec<u8>> = self.conn.source_ids().map(|c| c.as_ref().to_vec()).collect();
+        for id in ids {
+            self.routes.remove(&quiche::ConnectionId::from_vec(id));
+        }
+        for id in self.extra_routes.drain(..) {
+            self.routes.remove(&id);
+        }
+    }
+
+    async fn flush(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, force_rearm: bool) {
+        if self.is_established() {
+            let mut cx = cx!(self, myself);
+            if let Err(e) = self.app.before_flush(&mut cx) {
+                self.app_error(e);
+            }
+            self.retire_scids();
+            self.issue_scids();
+        }
+        self.flush_packets().await;
+        if self.conn.is_closed() {
+            let reason = close_reason(&self.conn);
+            self.finish(myself, reason).await;
+            return;
+        }
+        if self.conn.is_draining() && self.stage != Stage::Draining {
+            debug!("draining");
+            self.stage = Stage::Draining;
+        }
+        self.rearm(force_rearm);
+    }
+
+    async fn flush_packets(&mut self) {
+        loop {
+            match self.conn.send(&mut self.out) {
+                Ok((n, info)) => {
+                    let buf = &self.out[..n];
+                    match self.socket.try_send_to(buf, info.to) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            if let Err(e) = self.socket.send_to(buf, info.to).await {
+                                debug!("send failed: {e}");
+                            }
+                        }
+                        Err(e) => debug!("send failed: {e}"),
+                    }
+                }
+                Err(quiche::Error::Done) => break,
+                Err(e) => {
+                    warn!("quiche send failed: {e}");
+                    let _ = self.conn.close(false, 0x1, b"internal error");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn rearm(&mut self, force: bool) {
+        let mut next = self.conn.timeout_instant();
+        if let Stage::Handshake { deadline } = self.stage {
+            next = Some(next.map_or(deadline, |t| t.min(deadline)));
+        }
+        if force || next != self.armed {
+            self.armed = next;
+            self.timer.send_replace(next);
+        }
+    }
+
+    /// The connection is over: tell the application, stop the children in order, stop.
+    async fn finish(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, reason: CloseReason) {
+        debug!(%reason, "connection closed");
+        self.stage = Stage::Closed;
+        self.app.on_closed(&reason);
+        if matches!(reason, CloseReason::HandshakeTimeout) {
+            bump(&self.routes.stats.handshake_timeouts);
+        }
+        self.close_reason = Some(reason.clone());
+        self.remove_routes();
+        self.closed_tx.send_replace(Some(reason.clone()));
+        if let Some(tx) = self.established.take() {
+            let _ = tx.send(Err(reason));
+        }
+        self.timer.send_replace(None);
+        myself
+            .stop_children_and_wait(Some("connection closed".into()), Some(CHILD_STOP_TIMEOUT))
+            .await;
+        myself.stop(None);
+    }
+}

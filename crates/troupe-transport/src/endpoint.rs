@@ -1,0 +1,510 @@
+//! The endpoint: one UDP socket, one receive loop, and the endpoint actor that supervises every
+//! connection actor on that socket.
+//!
+//! The receive loop reads datagrams in batches and routes each by destination connection ID
+//! through the shared [`Routes`] table into the bounded inbox of its connection actor. A server
+//! endpoint also answers Initials for unknown connection IDs: Version Negotiation for unknown
+//! versions, a stateless Retry when address validation is on, and otherwise a new connection
+//! actor linked under the endpoint actor.
+
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::net::UdpSocket;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, trace, warn};
+
+use crate::app::ConnectionApp;
+use crate::connection::{ConnArgs, Connection, ConnectionActor, LOCAL_CID_LEN};
+use crate::error::{ConnectError, EndpointError};
+use crate::retry::RetryTokens;
+use crate::route::{Inbox, Offer, Packet, Routes};
+use crate::settings::QuicSettings;
+use crate::stats::{bump, EndpointStats, EndpointStatsSnapshot};
+use crate::tls::{Identity, TlsConfig};
+
+/// Datagrams read per wake-up of the receive loop before it yields. 64: amortises the wake-up
+/// over a full burst (a 64 KB window of 1350-byte packets is ~48) without starving other tasks.
+const RECV_BATCH: usize = 64;
+
+/// Size of the receive loop's packet arena; refilled when less than one maximal datagram is
+/// left. 256 KiB holds a few batches, so a refill (one allocation) is rare.
+const ARENA_SIZE: usize = 256 * 1024;
+
+/// Largest UDP payload that can arrive.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Builds the application instance for each connection a server accepts.
+pub type AppFactory<A> = Arc<dyn Fn() -> A + Send + Sync>;
+
+/// Messages to the endpoint actor.
+pub enum EndpointMsg {
+    /// How many connection actors are alive.
+    ConnectionCount(RpcReplyPort<usize>),
+}
+
+struct EndpointArgs<A: ConnectionApp> {
+    socket: Arc<UdpSocket>,
+    routes: Routes,
+    server: Option<ServerSide<A>>,
+    settings: QuicSettings,
+}
+
+struct ServerSide<A: ConnectionApp> {
+    config: quiche::Config,
+    factory: AppFactory<A>,
+    retry: Option<RetryTokens>,
+}
+
+struct EndpointState {
+    recv_loop: Option<JoinHandle<()>>,
+    routes: Routes,
+}
+
+/// The endpoint actor: supervisor of every connection actor on one socket.
+struct EndpointActor<A>(PhantomData<fn() -> A>);
+
+impl<A: ConnectionApp> Actor for EndpointActor<A> {
+    type Msg = EndpointMsg;
+    type State = EndpointState;
+    type Arguments = EndpointArgs<A>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<EndpointMsg>,
+        args: EndpointArgs<A>,
+    ) -> Result<EndpointState, ActorProcessingErr> {
+        let cell: ActorCell = myself.get_cell();
+        let routes = args.routes.clone();
+        let recv = RecvLoop {
+            socket: args.socket,
+            routes: args.routes,
+            server: args.server,
+            settings: args.settings,
+            endpoint: cell,
+        };
+        Ok(EndpointState {
+            recv_loop: Some(tokio::spawn(recv.run())),
+            routes,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<EndpointMsg>,
+        st: &mut EndpointState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(h) = st.recv_loop.take() {
+            h.abort();
+        }
+        // Orderly: every connection runs its post_stop (routes, close reasons, children).
+        myself
+            .stop_children_and_wait(Some("endpoint shutdown".into()), Some(Duration::from_secs(5)))
+            .await;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<EndpointMsg>,
+        msg: EndpointMsg,
+        _st: &mut EndpointState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            EndpointMsg::ConnectionCount(reply) => {
+                let _ = reply.send(myself.get_children().len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<EndpointMsg>,
+        evt: SupervisionEvent,
+        st: &mut EndpointState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A connection ending never stops the endpoint.
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                bump(&st.routes.stats.connections_closed);
+                trace!(actor = %cell.get_id(), "connection actor stopped");
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                // It skipped post_stop: drop the routes it held.
+                bump(&st.routes.stats.connections_failed);
+                let n = st.routes.remove_actor(cell.get_id());
+                warn!(actor = %cell.get_id(), routes = n, "connection actor failed: {err}");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A UDP endpoint running connection actors of application type `A`.
+pub struct Endpoint<A: ConnectionApp> {
+    actor: ActorRef<EndpointMsg>,
+    socket: Arc<UdpSocket>,
+    local_addr: SocketAddr,
+    routes: Routes,
+    stats: Arc<EndpointStats>,
+    settings: QuicSettings,
+    tls: TlsConfig,
+    _app: PhantomData<fn() -> A>,
+}
+
+impl<A: ConnectionApp> Endpoint<A> {
+    /// Binds a server endpoint. `factory` makes the application for each accepted connection.
+    /// Without an identity in `tls`, a self-signed certificate for localhost is generated.
+    pub async fn server(
+        addr: SocketAddr,
+        settings: QuicSettings,
+        mut tls: TlsConfig,
+        factory: AppFactory<A>,
+    ) -> Result<(Self, Identity), EndpointError> {
+        settings.validate()?;
+        let identity = match &tls.identity {
+            Some(id) => id.clone(),
+            None => {
+                let id = Identity::self_signed()?;
+                tls.identity = Some(id.clone());
+                id
+            }
+        };
+        let config = settings.to_quiche(&tls, true)?;
+        let retry = settings.retry.then(RetryTokens::new);
+        let server = ServerSide {
+            config,
+            factory,
+            retry,
+        };
+        let ep = Self::start(addr, settings, tls, Some(server)).await?;
+        info!(addr = %ep.local_addr, "QUIC server listening");
+        Ok((ep, identity))
+    }
+
+    /// Binds a client endpoint (use port 0 for any). Any number of connections may share it.
+    pub async fn client(
+        addr: SocketAddr,
+        settings: QuicSettings,
+        tls: TlsConfig,
+    ) -> Result<Self, EndpointError> {
+        settings.validate()?;
+        Self::start(addr, settings, tls, None).await
+    }
+
+    async fn start(
+        addr: SocketAddr,
+        settings: QuicSettings,
+        tls: TlsConfig,
+        server: Option<ServerSide<A>>,
+    ) -> Result<Self, EndpointError> {
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| EndpointError::Bind { addr, source })?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|source| EndpointError::Bind { addr, source })?;
+        let socket = Arc::new(socket);
+        let stats = Arc::new(EndpointStats::default());
+        let routes = Routes::new(stats.clone());
+        let args = EndpointArgs {
+            socket: socket.clone(),
+            routes: routes.clone(),
+            server,
+            settings: settings.clone(),
+        };
+        let (actor, _) = Actor::spawn(None, EndpointActor::<A>(PhantomData), args)
+            .await
+            .map_err(|e| EndpointError::Spawn(e.to_string()))?;
+        Ok(Endpoint {
+            actor,
+            socket,
+            local_addr,
+            routes,
+            stats,
+            settings,
+            tls,
+            _app: PhantomData,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The endpoint actor (the parent of every connection actor).
+    pub fn actor(&self) -> &ActorRef<EndpointMsg> {
+        &self.actor
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EndpointStatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Number of live connection actors.
+    pub fn connection_count(&self) -> usize {
+        self.actor.get_children().len()
+    }
+
+    /// Number of connection IDs in the routing table.
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Connects to `peer`, verifying its certificate for `server_name`, and runs `app` on the
+    /// connection. Returns once the handshake completed, or fails at the handshake timeout.
+    pub async fn connect(
+        &self,
+        peer: SocketAddr,
+        server_name: &str,
+        app: A,
+    ) -> Result<Connection<A::Msg>, ConnectError> {
+        let mut config = self.settings.to_quiche(&self.tls, false)?;
+        let scid = quiche::ConnectionId::from_vec(rand::random::<[u8; LOCAL_CID_LEN]>().to_vec());
+        let local = self.local_addr;
+        let conn = quiche::connect(Some(server_name), &scid, local, peer, &mut config)?;
+        let inbox = Arc::new(Inbox::new(self.settings.connection_queue));
+        self.routes.insert(&scid, inbox.clone());
+        let (est_tx, est_rx) = oneshot::channel();
+        let (closed_tx, closed_rx) = watch::channel(None);
+        let args = ConnArgs {
+            conn,
+            app,
+            inbox,
+            routes: self.routes.clone(),
+            socket: self.socket.clone(),
+            handshake_timeout: self.settings.handshake_timeout,
+            extra_routes: Vec::new(),
+            established: Some(est_tx),
+            closed_tx,
+            max_udp_payload: self.settings.max_udp_payload,
+            keylog: self.settings.keylog_file.clone(),
+            qlog_dir: self.settings.qlog_dir.clone(),
+        };
+        let spawned = Actor::spawn_linked(
+            None,
+            ConnectionActor::<A>::default(),
+            args,
+            self.actor.get_cell(),
+        )
+        .await;
+        let (actor, _) = match spawned {
+            Ok(a) => a,
+            Err(e) => {
+                self.routes.remove(&scid);
+                return Err(ConnectError::Endpoint(e.to_string()));
+            }
+        };
+        let handle = Connection::new(actor, closed_rx, peer);
+        match est_rx.await {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(crate::connection::CloseReason::HandshakeTimeout)) | Err(_)
+                if handle.close_reason().is_none()
+                    || handle.close_reason() == Some(crate::connection::CloseReason::HandshakeTimeout) =>
+            {
+                Err(ConnectError::HandshakeTimeout {
+                    peer,
+                    after: self.settings.handshake_timeout,
+                })
+            }
+            Ok(Err(crate::connection::CloseReason::IdleTimeout)) => Err(ConnectError::HandshakeTimeout {
+                peer,
+                after: self.settings.handshake_timeout,
+            }),
+            Ok(Err(reason)) => Err(ConnectError::HandshakeFailed {
+                peer,
+                reason: reason.to_string(),
+            }),
+            Err(_) => Err(ConnectError::Endpoint("connection actor stopped".into())),
+        }
+    }
+
+    /// Stops every connection (their actors stop in order) and the receive loop.
+    pub async fn shutdown(&self) {
+        let _ = self
+            .actor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
+    }
+}
+
+impl<A: ConnectionApp> Drop for Endpoint<A> {
+    fn drop(&mut self) {
+        self.actor.stop(Some("endpoint dropped".into()));
+    }
+}
+
+/// The receive loop: reads datagrams and hands them to connection actors.
+struct RecvLoop<A: ConnectionApp> {
+    socket: Arc<UdpSocket>,
+    routes: Routes,
+    server: Option<ServerSide<A>>,
+    settings: QuicSettings,
+    endpoint: ActorCell,
+}
+
+impl<A: ConnectionApp> RecvLoop<A> {
+    async fn run(mut self) {
+        let local = match self.socket.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("socket has no local address: {e}");
+                return;
+            }
+        };
+        let mut scratch = vec![0u8; MAX_DATAGRAM];
+        let mut arena = BytesMut::with_capacity(ARENA_SIZE);
+        loop {
+            if let Err(e) = self.socket.readable().await {
+                warn!("receive loop ends: {e}");
+                return;
+            }
+            for _ in 0..RECV_BATCH {
+                let (n, from) = match self.socket.try_recv_from(&mut scratch) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // ICMP errors surface here on some systems; they concern one peer.
+                        debug!("recv error: {e}");
+                        break;
+                    }
+                };
+                bump(&self.routes.stats.datagrams_received);
+                if arena.capacity() < n {
+                    arena = BytesMut::with_capacity(ARENA_SIZE.max(n));
+                }
+                arena.extend_from_slice(&scratch[..n]);
+                let packet = Packet {
+                    data: arena.split(),
+                    from,
+                    to: local,
+                };
+                self.route(packet).await;
+            }
+        }
+    }
+
+    async fn route(&mut self, mut packet: Packet) {
+        let hdr = match quiche::Header::from_slice(&mut packet.data, LOCAL_CID_LEN) {
+            Ok(h) => h,
+            Err(_) => {
+                bump(&self.routes.stats.dropped_unparseable);
+                return;
+            }
+        };
+        if let Some(inbox) = self.routes.get(&hdr.dcid) {
+            match inbox.offer(packet) {
+                Offer::Queued => {}
+                Offer::Full | Offer::Closed => bump(&self.routes.stats.dropped_queue_full),
+            }
+            return;
+        }
+        let Some(server) = self.server.as_mut() else {
+            bump(&self.routes.stats.dropped_unknown_connection);
+            return;
+        };
+        if hdr.ty != quiche::Type::Initial {
+            bump(&self.routes.stats.dropped_unknown_connection);
+            return;
+        }
+        // RFC 9000 §14.1: a server must drop Initials in datagrams under 1200 bytes.
+        if packet.data.len() < 1200 {
+            bump(&self.routes.stats.dropped_unknown_connection);
+            return;
+        }
+        let mut out = [0u8; 1500];
+        if !quiche::version_is_supported(hdr.version) {
+            if let Ok(n) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, &mut out) {
+                bump(&self.routes.stats.version_negotiations);
+                let _ = self.socket.send_to(&out[..n], packet.from).await;
+            }
+            return;
+        }
+        let mut extra_routes = Vec::new();
+        let (scid, odcid) = match &server.retry {
+            Some(tokens) => {
+                let token = hdr.token.as_deref().unwrap_or_default();
+                if token.is_empty() {
+                    let new_scid = random_cid();
+                    let token = tokens.mint(&packet.from, &hdr.dcid);
+                    if let Ok(n) = quiche::retry(
+                        &hdr.scid,
+                        &hdr.dcid,
+                        &new_scid,
+                        &token,
+                        hdr.version,
+                        &mut out,
+                    ) {
+                        bump(&self.routes.stats.retries_sent);
+                        let _ = self.socket.send_to(&out[..n], packet.from).await;
+                    }
+                    return;
+                }
+                match tokens.validate(&packet.from, token) {
+                    Some(odcid) => (hdr.dcid.clone().into_owned(), Some(odcid)),
+                    None => {
+                        bump(&self.routes.stats.dropped_invalid_token);
+                        return;
+                    }
+                }
+            }
+            None => {
+                // The client keeps using its chosen DCID until our first packet reaches it.
+                extra_routes.push(hdr.dcid.clone().into_owned());
+                (random_cid(), None)
+            }
+        };
+        let conn = match quiche::accept(&scid, odcid.as_ref(), packet.to, packet.from, &mut server.config) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!("accept failed: {e}");
+                bump(&self.routes.stats.dropped_unknown_connection);
+                return;
+            }
+        };
+        let inbox = Arc::new(Inbox::new(self.settings.connection_queue));
+        let _ = inbox.offer(packet);
+        self.routes.insert(&scid, inbox.clone());
+        for r in &extra_routes {
+            self.routes.insert(r, inbox.clone());
+        }
+        let (closed_tx, _closed_rx) = watch::channel(None);
+        let args = ConnArgs {
+            conn,
+            app: (server.factory)(),
+            inbox,
+            routes: self.routes.clone(),
+            socket: self.socket.clone(),
+            handshake_timeout: self.settings.handshake_timeout,
+            extra_routes: extra_routes.clone(),
+            established: None,
+            closed_tx,
+            max_udp_payload: self.settings.max_udp_payload,
+            keylog: self.settings.keylog_file.clone(),
+            qlog_dir: self.settings.qlog_dir.clone(),
+        };
+        match Actor::spawn_linked(None, ConnectionActor::<A>::default(), args, self.endpoint.clone()).await {
+            Ok(_) => bump(&self.routes.stats.connections_accepted),
+            Err(e) => {
+                warn!("cannot spawn connection actor: {e}");
+                self.routes.remove(&scid);
+                for r in &extra_routes {
+                    self.routes.remove(r);
+                }
+            }
+        }
+    }
+}
+
+fn random_cid() -> quiche::ConnectionId<'static> {
+    quiche::ConnectionId::from_vec(rand::random::<[u8; LOCAL_CID_LEN]>().to_vec())
+}

@@ -1,0 +1,32 @@
+//! QUIC transport for troupe: a UDP [`Endpoint`] whose receive loop routes datagrams to one
+//! connection actor per `quiche::Connection`, and the [`ConnectionApp`] contract an
+//! application protocol (HTTP/3 in `troupe-h3`) implements to run inside that actor.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the actor tree and the path of a packet.
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+mod app;
+mod connection;
+mod endpoint;
+mod error;
+mod retry;
+mod route;
+mod settings;
+mod stats;
+mod tls;
+
+pub use app::{AppError, ConnCx, ConnectionApp};
+pub use connection::{
+    CloseReason, ConnMsg, Connection, ConnectionInfo, Stage, LOCAL_CID_LEN,
+};
+pub use endpoint::{AppFactory, Endpoint, EndpointMsg};
+pub use error::{ConfigError, ConnectError, EndpointError};
+pub use retry::TOKEN_LIFETIME;
+pub use settings::{CongestionControl, QuicSettings};
+pub use stats::{EndpointStats, EndpointStatsSnapshot};
+pub use tls::{Identity, TlsConfig, Verify, SELF_SIGNED_NAMES};
+
+/// Re-export of the quiche version this crate is built on.
+pub use quiche;

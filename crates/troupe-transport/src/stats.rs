@@ -1,0 +1,81 @@
+//! Endpoint-wide counters, readable at any time without messaging an actor.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters kept by an endpoint's receive loop and its connections.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    pub(crate) datagrams_received: AtomicU64,
+    pub(crate) dropped_unparseable: AtomicU64,
+    pub(crate) dropped_unknown_connection: AtomicU64,
+    pub(crate) dropped_queue_full: AtomicU64,
+    pub(crate) dropped_invalid_token: AtomicU64,
+    pub(crate) version_negotiations: AtomicU64,
+    pub(crate) retries_sent: AtomicU64,
+    pub(crate) connections_accepted: AtomicU64,
+    pub(crate) connections_closed: AtomicU64,
+    pub(crate) connections_failed: AtomicU64,
+    pub(crate) handshake_timeouts: AtomicU64,
+}
+
+/// A point-in-time copy of [`EndpointStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointStatsSnapshot {
+    /// UDP datagrams read from the socket.
+    pub datagrams_received: u64,
+    /// Datagrams whose QUIC header could not be parsed (garbage).
+    pub dropped_unparseable: u64,
+    /// Datagrams for no known connection that could not start one.
+    pub dropped_unknown_connection: u64,
+    /// Datagrams dropped because their connection's queue was full.
+    pub dropped_queue_full: u64,
+    /// Initials with an invalid or expired Retry token.
+    pub dropped_invalid_token: u64,
+    /// Version Negotiation packets sent.
+    pub version_negotiations: u64,
+    /// Retry packets sent.
+    pub retries_sent: u64,
+    /// Server connections created.
+    pub connections_accepted: u64,
+    /// Connections whose actor stopped normally.
+    pub connections_closed: u64,
+    /// Connection actors that failed (panic or error).
+    pub connections_failed: u64,
+    /// Connections abandoned because the handshake did not finish in time.
+    pub handshake_timeouts: u64,
+}
+
+impl EndpointStatsSnapshot {
+    /// Every datagram dropped before reaching a connection.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_unparseable
+            + self.dropped_unknown_connection
+            + self.dropped_queue_full
+            + self.dropped_invalid_token
+    }
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl EndpointStats {
+    /// Copies the counters.
+    pub fn snapshot(&self) -> EndpointStatsSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        EndpointStatsSnapshot {
+            datagrams_received: r(&self.datagrams_received),
+            dropped_unparseable: r(&self.dropped_unparseable),
+            dropped_unknown_connection: r(&self.dropped_unknown_connection),
+            dropped_queue_full: r(&self.dropped_queue_full),
+            dropped_invalid_token: r(&self.dropped_invalid_token),
+            version_negotiations: r(&self.version_negotiations),
+            retries_sent: r(&self.retries_sent),
+            connections_accepted: r(&self.connections_accepted),
+            connections_closed: r(&self.connections_closed),
+            connections_failed: r(&self.connections_failed),
+            handshake_timeouts: r(&self.handshake_timeouts),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The built-in routes of `troupe serve`, usable as a [`Handler`](crate::h3::Handler):
+//!
+//! - `GET /`: a short greeting;
+//! - `GET /bytes/N`: exactly N bytes (N up to 10 GiB), streamed, never held in memory; byte `i`
+//!   is `i % 251`, so any client can check what it got;
+//! - `POST /echo`, `PUT /echo`: the request body streamed back as it arrives;
+//! - with a root directory, other `GET` paths serve files below it, never anything outside it;
+//! - anything else: 404.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use tokio::io::AsyncReadExt;
+
+use crate::h3::{Body, RecvBody};
+
+/// The greeting `GET /` returns.
+pub const GREETING: &str = "hello from troupe: HTTP/3 with one actor per stream\n";
+
+/// Largest N accepted by `/bytes/N`: 10 GiB.
+pub const MAX_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+
+/// Bytes per chunk of `/bytes/N`: 64 periods of the 251-byte pattern, so every chunk starts at
+/// pattern offset 0 and is a zero-copy slice of one shared buffer.
+const PATTERN_CHUNK: usize = 251 * 64;
+
+/// Bytes per read when serving a file. 64 KiB: large reads, few messages.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// The byte at offset `i` of every `/bytes/N` body.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+fn pattern() -> Bytes {
+    static P: OnceLock<Bytes> = OnceLock::new();
+    P.get_or_init(|| (0..PATTERN_CHUNK as u64).map(pattern_byte).collect::<Vec<u8>>().into())
+        .clone()
+}
+
+/// A body of exactly `n` pattern bytes, produced chunk by chunk.
+pub fn pattern_body(n: u64) -> Body {
+    let chunk = pattern();
+    let s = futures::stream::unfold(n, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let take = left.min(PATTERN_CHUNK as u64) as usize;
+            Some((Ok::<_, std::io::Error>(chunk.slice(..take)), left - take as u64))
+        }
+    });
+    Body::from_stream(s)
+}
+
+/// The built-in service.
+#[derive(Debug, Clone, Default)]
+pub struct Builtin {
+    root: Option<Arc<PathBuf>>,
+}
+
+impl Builtin {
+    /// The service without file serving.
+    pub fn new() -> Self {
+        Builtin { root: None }
+    }
+
+    /// Serves files below `root` for GET paths that are not built-in routes. `root` is
+    /// canonicalised now; it must exist and be a directory.
+    pub fn with_root(root: &Path) -> std::io::Result<Self> {
+        let canon = root.canonicalize()?;
+        if !canon.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", root.display()),
+            ));
+        }
+        Ok(Builtin {
+            root: Some(Arc::new(canon)),
+        })
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<RecvBody>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        if path == "/" {
+            return match method {
+                Method::GET | Method::HEAD => text(StatusCode::OK, GREETING),
+                _ => not_allowed("GET"),
+            };
+        }
+        if let Some(n) = path.strip_prefix("/bytes/") {
+            if method != Method::GET {
+                return not_allowed("GET");
+            }
+            return match n.parse::<u64>() {
+                Ok(n) if n <= MAX_BYTES => Response::builder()
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_LENGTH, n)
+                    .body(pattern_body(n))
+                    .unwrap_or_else(|_| internal()),
+                _ => text(
+                    StatusCode::BAD_REQUEST,
+                    "N in /bytes/N must be a whole number from 0 to 10737418240\n",
+                ),
+            };
+        }
+        if path == "/echo" {
+            return match method {
+                Method::POST | Method::PUT => {
+                    let mut b = Response::builder().status(StatusCode::OK);
+                    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+                        b = b.header(header::CONTENT_LENGTH, len);
+                    }
+                    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+                        b = b.header(header::CONTENT_TYPE, ct);
+                    }
+                    b.body(Body::from(req.into_body())).unwrap_or_else(|_| internal())
+                }
+                _ => not_allowed("POST, PUT"),
+            };
+        }
+        if let (Some(root), &Method::GET) = (&self.root, &method) {
+            return serve_file(root, &path).await;
+        }
+        text(StatusCode::NOT_FOUND, "not found\n")
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Body::from(body))
+        .unwrap_or_else(|_| internal())
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    r
+}
+
+fn internal() -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    r
+}
+
+/// Resolves a request path below `root`, refusing anything that could leave it: `..`, absolute
+/// components, NUL, and (after canonicalisation) symlinks that point outside.
+pub fn resolve_below(root: &Path, request_path: &str) -> Option<PathBuf> {
+    let decoded = percent_decode(request_path)?;
+    if decoded.contains('\0') {
+        return None;
+    }
+    let mut rel = PathBuf::new();
+    for c in Path::new(decoded.trim_start_matches('/')).components() {
+        match c {
+            Component::Normal(p) => rel.push(p),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    let mut full = root.join(rel);
+    if full.is_dir() {
+        full.push("index.html");
+    }
+    let canon = full.canonicalize().ok()?;
+    canon.starts_with(root).then_some(canon)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("css") => "text/css",
+        Some("js" | "mjs") => "text/javascript",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("wasm") => "application/wasm",
+        Some("pdf") => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn serve_file(root: &Path, request_path: &str) -> Response<Body> {
+    let Some(path) = resolve_below(root, request_path) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let len = match file.metadata().await {
+        Ok(m) if m.is_file() => m.len(),
+        _ => return text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let s = futures::stream::try_unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; FILE_CHUNK];
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        buf.truncate(n);
+        Ok(Some((Bytes::from(buf), f)))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type(&path))
+        .header(header::CONTENT_LENGTH, len)
+        .body(Body::from_stream(s))
+        .unwrap_or_else(|_| internal())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_refuses_escapes() {
+        let dir = std::env::temp_dir().join(format!("troupe-resolve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a.txt"), b"a").unwrap();
+        let root = dir.canonicalize().unwrap();
+        assert!(resolve_below(&root, "/sub/a.txt").is_some());
+        assert!(resolve_below(&root, "/sub/%61.txt").is_some());
+        for bad in ["/../etc/passwd", "/sub/../../x", "/%2e%2e/x", "//etc/passwd/..", "/a%00"] {
+            assert!(resolve_below(&root, bad).is_none(), "{bad}");
+        }
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink("/etc", root.join("out")).unwrap();
+            assert!(resolve_below(&root, "/out/hostname").is_none());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pattern_chunks_start_in_phase() {
+        assert_eq!(PATTERN_CHUNK % 251, 0);
+        assert_eq!(pattern()[250], 250);
+        assert_eq!(pattern()[251], 0);
+    }
+}

@@ -1,0 +1,95 @@
+//! Shared helpers: a loopback server with the built-in routes, a client that trusts it, and a
+//! polling check with a deadline (never a bare sleep).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use troupe::h3::{Client, ClientEndpoint, H3Settings, Server, ServerConfig};
+use troupe::service::Builtin;
+use troupe::transport::{QuicSettings, TlsConfig, Verify};
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TROUPE_TEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+pub async fn builtin_server(config: ServerConfig) -> Server {
+    init_tracing();
+    let svc = Builtin::new();
+    Server::bind(loopback(), config, move |req| {
+        let svc = svc.clone();
+        async move { svc.handle(req).await }
+    })
+    .await
+    .expect("bind server")
+}
+
+pub fn trusting(server: &Server) -> TlsConfig {
+    TlsConfig {
+        identity: None,
+        verify: Verify::CaPem(server.identity().certificate_pem().to_vec()),
+    }
+}
+
+pub async fn client_endpoint(server: &Server, quic: QuicSettings) -> ClientEndpoint {
+    ClientEndpoint::bind(loopback(), quic, trusting(server), H3Settings::default())
+        .await
+        .expect("bind client")
+}
+
+pub async fn connect(server: &Server) -> (ClientEndpoint, Client) {
+    let ep = client_endpoint(server, QuicSettings::default()).await;
+    let c = ep.connect(server.local_addr(), "localhost").await.expect("connect");
+    (ep, c)
+}
+
+pub fn url(server: &Server, path: &str) -> String {
+    format!("https://localhost:{}{}", server.local_addr().port(), path)
+}
+
+pub fn get(server: &Server, path: &str) -> http::Request<troupe::h3::Body> {
+    http::Request::get(url(server, path))
+        .body(troupe::h3::Body::empty())
+        .unwrap()
+}
+
+/// Polls `check` until it returns true or `deadline` passes; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() > end {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn check_pattern(body: &[u8], n: usize) {
+    assert_eq!(body.len(), n, "body length");
+    if let Some(i) = body
+        .iter()
+        .enumerate()
+        .position(|(i, b)| *b != troupe::service::pattern_byte(i as u64))
+    {
+        panic!("byte {i} of {n} is {} not {}", body[i], troupe::service::pattern_byte(i as u64));
+    }
+}

@@ -1,0 +1,184 @@
+//! Project tasks. `cargo xtask run` starts a local server; `cargo xtask test` runs every check
+//! CI runs. Both first install the system packages quiche's BoringSSL build needs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Debian packages the BoringSSL build (inside quiche's `boring-sys`) needs, with the command
+/// that shows each is present.
+const SYSTEM_DEPS: &[(&str, &str)] = &[
+    ("cmake", "cmake"),
+    ("clang", "clang"),
+    ("libclang-dev", "libclang"),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test(),
+        Some("bench") => bench(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <run [serve flags...] | test | bench>\n\
+                 \x20 run    install build dependencies, build release, start `troupe serve` on 127.0.0.1:4433\n\
+                 \x20 test   install build dependencies, then fmt --check, clippy -D warnings, the whole test suite\n\
+                 \x20 bench  the troupe vs tokio-quiche benchmark (release)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn step(what: &str, cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: {what}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start `{what}`: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{what}` failed ({status})"))
+    }
+}
+
+fn have_command(name: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {name} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn have_libclang() -> bool {
+    // bindgen finds libclang.so through LIBCLANG_PATH or the usual library directories.
+    if std::env::var_os("LIBCLANG_PATH").is_some() {
+        return true;
+    }
+    Command::new("sh")
+        .args([
+            "-c",
+            "ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* \
+             /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Installs whatever of cmake, clang and libclang-dev is missing (apt-get, as root).
+fn ensure_system_deps() -> Result<(), String> {
+    let missing: Vec<&str> = SYSTEM_DEPS
+        .iter()
+        .filter(|(_, probe)| match *probe {
+            "libclang" => !have_libclang(),
+            cmd => !have_command(cmd),
+        })
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: quiche's BoringSSL build needs {}; installing with apt-get",
+        missing.join(", ")
+    );
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !is_root {
+        return Err(format!(
+            "missing {}: run `sudo apt-get install -y {}` (or run xtask as root)",
+            missing.join(", "),
+            missing.join(" ")
+        ));
+    }
+    step(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-qq"]),
+    )?;
+    step(
+        &format!("apt-get install -y {}", missing.join(" ")),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn run(extra: &[String]) -> Result<(), String> {
+    ensure_system_deps()?;
+    step(
+        "cargo build --release -p troupe-cli",
+        cargo().args(["build", "--release", "-p", "troupe-cli"]),
+    )?;
+    let bin = root().join("target/release/troupe");
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve");
+    if extra.is_empty() {
+        cmd.args(["--listen", "127.0.0.1:4433"]);
+    } else {
+        cmd.args(extra);
+    }
+    step("troupe serve", &mut cmd)
+}
+
+fn test() -> Result<(), String> {
+    ensure_system_deps()?;
+    step("cargo fmt --all --check", cargo().args(["fmt", "--all", "--check"]))?;
+    step(
+        "cargo clippy --workspace --all-targets -- -D warnings",
+        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    let nextest = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["nextest", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if nextest {
+        step(
+            "cargo nextest run --workspace",
+            cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]),
+        )?;
+        // nextest does not run doctests.
+        step(
+            "cargo test --workspace --doc",
+            cargo().args(["test", "--workspace", "--doc"]),
+        )
+    } else {
+        step(
+            "cargo test --workspace",
+            cargo().args(["test", "--workspace", "--no-fail-fast"]),
+        )
+    }
+}
+
+fn bench() -> Result<(), String> {
+    ensure_system_deps()?;
+    step(
+        "cargo bench --bench h3_vs_tokio_quiche",
+        cargo().args(["bench", "--bench", "h3_vs_tokio_quiche"]),
+    )
+}

@@ -36,8 +36,13 @@ pub fn pattern_byte(i: u64) -> u8 {
 
 fn pattern() -> Bytes {
     static P: OnceLock<Bytes> = OnceLock::new();
-    P.get_or_init(|| (0..PATTERN_CHUNK as u64).map(pattern_byte).collect::<Vec<u8>>().into())
-        .clone()
+    P.get_or_init(|| {
+        (0..PATTERN_CHUNK as u64)
+            .map(pattern_byte)
+            .collect::<Vec<u8>>()
+            .into()
+    })
+    .clone()
 }
 
 /// A body of exactly `n` pattern bytes, produced chunk by chunk.
@@ -50,7 +55,10 @@ pub fn pattern_body(n: u64) -> Body {
                 return None;
             }
             let take = left.min(PATTERN_CHUNK as u64) as usize;
-            Some((Ok::<_, std::io::Error>(chunk.slice(..take)), left - take as u64))
+            Some((
+                Ok::<_, std::io::Error>(chunk.slice(..take)),
+                left - take as u64,
+            ))
         }
     });
     Body::from_stream(s)
@@ -120,7 +128,8 @@ impl Builtin {
                     if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
                         b = b.header(header::CONTENT_TYPE, ct);
                     }
-                    b.body(Body::from(req.into_body())).unwrap_or_else(|_| internal())
+                    b.body(Body::from(req.into_body()))
+                        .unwrap_or_else(|_| internal())
                 }
                 _ => not_allowed("POST, PUT"),
             };
@@ -195,7 +204,12 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
         Some("html" | "htm") => "text/html; charset=utf-8",
         Some("txt") => "text/plain; charset=utf-8",
         Some("css") => "text/css",
@@ -254,7 +268,13 @@ mod tests {
         let root = dir.canonicalize().unwrap();
         assert!(resolve_below(&root, "/sub/a.txt").is_some());
         assert!(resolve_below(&root, "/sub/%61.txt").is_some());
-        for bad in ["/../etc/passwd", "/sub/../../x", "/%2e%2e/x", "//etc/passwd/..", "/a%00"] {
+        for bad in [
+            "/../etc/passwd",
+            "/sub/../../x",
+            "/%2e%2e/x",
+            "//etc/passwd/..",
+            "/a%00",
+        ] {
             assert!(resolve_below(&root, bad).is_none(), "{bad}");
         }
         #[cfg(unix)]

@@ -17,10 +17,16 @@ async fn get_root_and_bytes_exact() {
     let resp = client.send(get(&server, "/")).await.unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap();
-    assert_eq!(body, Bytes::from_static(troupe::service::GREETING.as_bytes()));
+    assert_eq!(
+        body,
+        Bytes::from_static(troupe::service::GREETING.as_bytes())
+    );
 
     for n in [0usize, 1, 1200, 1 << 20, 100 << 20] {
-        let resp = client.send(get(&server, &format!("/bytes/{n}"))).await.unwrap();
+        let resp = client
+            .send(get(&server, &format!("/bytes/{n}")))
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-length"], n.to_string().as_str());
         let body = resp.into_body().collect().await.unwrap();
@@ -37,7 +43,10 @@ async fn sequential_requests_renew_stream_credit() {
     let server = builtin_server(config).await;
     let (_ep, client) = connect(&server).await;
     for i in 0..500 {
-        let resp = client.send(get(&server, "/bytes/100")).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let resp = client
+            .send(get(&server, "/bytes/100"))
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
         let body = resp.into_body().collect().await.unwrap();
         check_pattern(&body, 100);
     }
@@ -72,7 +81,11 @@ async fn five_connections_hundred_concurrent_each() {
 async fn post_echo_small_and_empty() {
     let server = builtin_server(ServerConfig::default()).await;
     let (_ep, client) = connect(&server).await;
-    for payload in [Bytes::new(), Bytes::from_static(b"ping"), Bytes::from(vec![7u8; 300_000])] {
+    for payload in [
+        Bytes::new(),
+        Bytes::from_static(b"ping"),
+        Bytes::from(vec![7u8; 300_000]),
+    ] {
         let req = http::Request::post(url(&server, "/echo"))
             .body(Body::from(payload.clone()))
             .unwrap();

@@ -51,7 +51,10 @@ pub async fn client_endpoint(server: &Server, quic: QuicSettings) -> ClientEndpo
 
 pub async fn connect(server: &Server) -> (ClientEndpoint, Client) {
     let ep = client_endpoint(server, QuicSettings::default()).await;
-    let c = ep.connect(server.local_addr(), "localhost").await.expect("connect");
+    let c = ep
+        .connect(server.local_addr(), "localhost")
+        .await
+        .expect("connect");
     (ep, c)
 }
 
@@ -90,6 +93,10 @@ pub fn check_pattern(body: &[u8], n: usize) {
         .enumerate()
         .position(|(i, b)| *b != troupe::service::pattern_byte(i as u64))
     {
-        panic!("byte {i} of {n} is {} not {}", body[i], troupe::service::pattern_byte(i as u64));
+        panic!(
+            "byte {i} of {n} is {} not {}",
+            body[i],
+            troupe::service::pattern_byte(i as u64)
+        );
     }
 }

@@ -147,10 +147,20 @@ fn run(extra: &[String]) -> Result<(), String> {
 
 fn test() -> Result<(), String> {
     ensure_system_deps()?;
-    step("cargo fmt --all --check", cargo().args(["fmt", "--all", "--check"]))?;
+    step(
+        "cargo fmt --all --check",
+        cargo().args(["fmt", "--all", "--check"]),
+    )?;
     step(
         "cargo clippy --workspace --all-targets -- -D warnings",
-        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     let nextest = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["nextest", "--version"])

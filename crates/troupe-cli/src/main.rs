@@ -1,1 +1,313 @@
-fn main(){}
+//! `troupe`: an HTTP/3 server (`serve`) and client (`get`) on troupe's actors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use troupe::h3::{Body, ClientEndpoint, H3Settings, Server, ServerConfig};
+use troupe::service::Builtin;
+use troupe::transport::{Identity, QuicSettings, TlsConfig, Verify};
+
+#[derive(Parser)]
+#[command(
+    name = "troupe",
+    version,
+    about = "HTTP/3 with one supervised actor per stream"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the built-in routes (/, /bytes/N, /echo) and optionally files from a directory.
+    Serve(ServeArgs),
+    /// Send one request and write the response body to stdout.
+    Get(GetArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: SocketAddr,
+    /// PEM certificate chain (leaf first). Without it a self-signed one is generated.
+    #[arg(long, requires = "key", value_name = "PEM")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert", value_name = "PEM")]
+    key: Option<PathBuf>,
+    /// Serve files below this directory for GET paths that are not built-in routes.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Turn off stateless Retry address validation.
+    #[arg(long)]
+    no_retry: bool,
+    /// Idle timeout in seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    idle_timeout: u64,
+}
+
+#[derive(Args)]
+struct GetArgs {
+    /// https:// URL to fetch.
+    url: String,
+    /// Send this file ("-" for stdin) as the request body (the method becomes POST).
+    #[arg(long, short = 'd', value_name = "FILE|-")]
+    data: Option<String>,
+    /// Request method (default GET, or POST with --data).
+    #[arg(long, short = 'X', value_name = "METHOD")]
+    method: Option<String>,
+    /// Extra request header, "Name: value"; repeatable.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Write the body to this file instead of stdout.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Trust the server certificate(s) in this PEM file.
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// Do not verify the server certificate.
+    #[arg(long, short = 'k')]
+    insecure: bool,
+    /// Print the status and response headers to stderr.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    /// Give up if no server completes a handshake within this many seconds.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    connect_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TROUPE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("troupe: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Serve(a) => serve(a).await.map(|_| ExitCode::SUCCESS),
+            Cmd::Get(a) => get(a).await,
+        }
+    });
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("troupe: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let svc = match &a.root {
+        Some(dir) => Builtin::with_root(dir)
+            .with_context(|| format!("--root {}: not a readable directory", dir.display()))?,
+        None => Builtin::new(),
+    };
+    let mut config = ServerConfig::default();
+    config.quic.retry = !a.no_retry;
+    config.quic.idle_timeout = Duration::from_secs(a.idle_timeout);
+    let generated = a.cert.is_none();
+    config.tls = TlsConfig {
+        identity: match (&a.cert, &a.key) {
+            (Some(c), Some(k)) => Some(Identity::from_pem_files(c, k)?),
+            _ => Some(Identity::self_signed()?),
+        },
+        verify: Verify::default(),
+    };
+    let server = Server::bind(a.listen, config, move |req| {
+        let svc = svc.clone();
+        async move { svc.handle(req).await }
+    })
+    .await?;
+    let addr = server.local_addr();
+    let id = server.identity();
+    println!("troupe serving HTTP/3 on {addr} (UDP)");
+    let url = format!("https://localhost:{}/", addr.port());
+    if generated {
+        let dir = std::env::temp_dir().join(format!("troupe-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join("cert.pem");
+        std::fs::write(&path, id.certificate_pem())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("self-signed certificate for localhost: {}", path.display());
+        println!(
+            "certificate SPKI SHA-256 (base64): {}",
+            id.spki_sha256_base64()
+        );
+        println!("try:  troupe get {url} --ca {}", path.display());
+        println!(
+            "      troupe get {url}bytes/1048576 --ca {} -o /dev/null -v",
+            path.display()
+        );
+    } else {
+        println!(
+            "certificate SPKI SHA-256 (base64): {}",
+            id.spki_sha256_base64()
+        );
+        println!("try:  troupe get {url}");
+    }
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
+    eprintln!("troupe: shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn get(a: GetArgs) -> Result<ExitCode> {
+    let uri: http::Uri = a
+        .url
+        .parse()
+        .with_context(|| format!("URL {:?} is not valid", a.url))?;
+    if uri.scheme_str() != Some("https") {
+        bail!(
+            "URL {:?} must start with https:// (HTTP/3 is always TLS)",
+            a.url
+        );
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("URL {:?} has no host", a.url))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let peer = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{host} has no address"))?;
+
+    let verify = match (&a.ca, a.insecure) {
+        (Some(p), _) => {
+            std::fs::metadata(p)
+                .with_context(|| format!("--ca {}: cannot read the file", p.display()))?;
+            Verify::CaFile(p.clone())
+        }
+        (None, true) => Verify::Insecure,
+        (None, false) => Verify::SystemRoots,
+    };
+    let method: http::Method = match (&a.method, &a.data) {
+        (Some(m), _) => m
+            .parse()
+            .map_err(|_| anyhow!("-X {m:?} is not a valid HTTP method"))?,
+        (None, Some(_)) => http::Method::POST,
+        (None, None) => http::Method::GET,
+    };
+    let mut req = http::Request::builder().method(method).uri(uri.clone());
+    for h in &a.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| anyhow!("-H {h:?} must look like 'Name: value'"))?;
+        let name = http::HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+            .map_err(|_| anyhow!("-H {h:?}: {:?} is not a valid header name", name.trim()))?;
+        let value = http::HeaderValue::from_str(value.trim())
+            .map_err(|_| anyhow!("-H {h:?}: the value is not a valid header value"))?;
+        req = req.header(name, value);
+    }
+    let body = match &a.data {
+        None => Body::empty(),
+        Some(src) => request_body(src).await?,
+    };
+    let req = req.body(body).context("cannot build the request")?;
+
+    let mut quic = QuicSettings::default();
+    quic.handshake_timeout = Duration::from_secs(a.connect_timeout.max(1));
+    let bind: SocketAddr = if peer.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let ep = ClientEndpoint::bind(
+        bind,
+        quic,
+        TlsConfig {
+            identity: None,
+            verify,
+        },
+        H3Settings::default(),
+    )
+    .await?;
+    let client = ep.connect(peer, &host).await?;
+    let resp = client.send(req).await?;
+    let status = resp.status();
+    if a.verbose {
+        eprintln!("< HTTP/3 {status}");
+        for (k, v) in resp.headers() {
+            eprintln!("< {k}: {}", String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    let mut body = resp.into_body();
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &a.output {
+        Some(p) => Box::new(
+            tokio::fs::File::create(p)
+                .await
+                .with_context(|| format!("-o {}: cannot create the file", p.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let mut total = 0u64;
+    while let Some(chunk) = body.chunk().await {
+        let chunk = chunk.context("the response body was cut short")?;
+        total += chunk.len() as u64;
+        out.write_all(&chunk)
+            .await
+            .context("cannot write the body")?;
+    }
+    out.flush().await.context("cannot write the body")?;
+    if a.verbose {
+        eprintln!("* {total} body bytes");
+    }
+    client.close();
+    Ok(if status.is_client_error() || status.is_server_error() {
+        eprintln!("troupe: the server answered {status}");
+        ExitCode::from(22)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn request_body(src: &str) -> Result<Body> {
+    const CHUNK: usize = 64 * 1024;
+    let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if src == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(src)
+                .await
+                .with_context(|| format!("--data {src}: cannot open the file"))?,
+        )
+    };
+    let s = futures::stream::try_unfold(reader, |mut r| async move {
+        let mut buf = vec![0u8; CHUNK];
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok::<_, std::io::Error>(None);
+        }
+        buf.truncate(n);
+        Ok(Some((Bytes::from(buf), r)))
+    });
+    Ok(Body::from_stream(s))
+}

@@ -35,7 +35,11 @@ impl ClientEndpoint {
     }
 
     /// Opens an HTTP/3 connection to `peer`, verifying its certificate for `server_name`.
-    pub async fn connect(&self, peer: SocketAddr, server_name: &str) -> Result<Client, ConnectError> {
+    pub async fn connect(
+        &self,
+        peer: SocketAddr,
+        server_name: &str,
+    ) -> Result<Client, ConnectError> {
         let conn = self
             .endpoint
             .connect(peer, server_name, H3App::client(self.h3.clone()))

@@ -331,7 +331,11 @@ impl H3App {
                             Err(e) => {
                                 debug!(stream_id = id, "sending headers failed: {e}");
                                 stopped = Some(H3_INTERNAL_ERROR);
-                                let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, H3_INTERNAL_ERROR);
+                                let _ = conn.stream_shutdown(
+                                    id,
+                                    quiche::Shutdown::Write,
+                                    H3_INTERNAL_ERROR,
+                                );
                                 break;
                             }
                         }
@@ -360,7 +364,11 @@ impl H3App {
                             Err(e) => {
                                 debug!(stream_id = id, "sending body failed: {e}");
                                 stopped = Some(H3_INTERNAL_ERROR);
-                                let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, H3_INTERNAL_ERROR);
+                                let _ = conn.stream_shutdown(
+                                    id,
+                                    quiche::Shutdown::Write,
+                                    H3_INTERNAL_ERROR,
+                                );
                                 break;
                             }
                         }
@@ -388,18 +396,24 @@ impl H3App {
     /// Client: put waiting requests on the wire while the peer allows new streams.
     async fn start_waiting_requests(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
         loop {
-            let Side::Client { waiting } = &mut self.side else { return };
+            let Side::Client { waiting } = &mut self.side else {
+                return;
+            };
             if waiting.is_empty() || cx.conn.peer_streams_left_bidi() == 0 {
                 return;
             }
-            let Some(req) = waiting.pop_front() else { return };
+            let Some(req) = waiting.pop_front() else {
+                return;
+            };
             self.start_request(cx, req).await;
         }
     }
 
     async fn start_request(&mut self, cx: &mut ConnCx<'_, H3Msg>, req: PendingRequest) {
         let Some(h3) = self.h3.as_mut() else {
-            let _ = req.reply.send(Err(RequestError::ConnectionClosed("no HTTP/3 connection".into())));
+            let _ = req.reply.send(Err(RequestError::ConnectionClosed(
+                "no HTTP/3 connection".into(),
+            )));
             return;
         };
         let list = match headers::request_headers(&req.head) {
@@ -433,7 +447,9 @@ impl H3App {
                 let _ = req.reply.send(Err(RequestError::GoingAway));
             }
             Err(e) => {
-                let _ = req.reply.send(Err(RequestError::ConnectionClosed(e.to_string())));
+                let _ = req
+                    .reply
+                    .send(Err(RequestError::ConnectionClosed(e.to_string())));
             }
         }
     }
@@ -464,7 +480,9 @@ impl ConnectionApp for H3App {
 
     async fn on_readable(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
         loop {
-            let Some(h3) = self.h3.as_mut() else { return Ok(()) };
+            let Some(h3) = self.h3.as_mut() else {
+                return Ok(());
+            };
             let (stream_id, event) = match h3.poll(cx.conn) {
                 Ok(ev) => ev,
                 Err(h3::Error::Done) => break,
@@ -483,7 +501,8 @@ impl ConnectionApp for H3App {
                         }
                         let _ = route.actor.cast(StreamMsg::Headers { list, fin });
                     } else if cx.conn.is_server() {
-                        self.on_request_headers(cx, stream_id, list, more_frames).await;
+                        self.on_request_headers(cx, stream_id, list, more_frames)
+                            .await;
                     }
                 }
                 h3::Event::Data => self.read_stream(cx.conn, stream_id),
@@ -547,13 +566,17 @@ impl ConnectionApp for H3App {
                 }
             }
             H3Msg::StopSending { stream_id, code } => {
-                let _ = cx.conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
+                let _ = cx
+                    .conn
+                    .stream_shutdown(stream_id, quiche::Shutdown::Read, code);
                 if let Some(route) = self.routes.get_mut(&stream_id) {
                     route.read = ReadRoute::Done;
                 }
             }
             H3Msg::Reset { stream_id, code } => {
-                let _ = cx.conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+                let _ = cx
+                    .conn
+                    .stream_shutdown(stream_id, quiche::Shutdown::Write, code);
                 if let Some(route) = self.routes.get_mut(&stream_id) {
                     route.out.clear();
                 }

@@ -18,6 +18,8 @@ pub enum RequestError {
     MalformedResponse(String),
     /// The server sent GOAWAY before this request started: it was not processed and may be
     /// retried on another connection.
-    #[error("the server is going away; the request was not processed and may be retried elsewhere")]
+    #[error(
+        "the server is going away; the request was not processed and may be retried elsewhere"
+    )]
     GoingAway,
 }

@@ -35,7 +35,12 @@ pub fn parse_request(list: &[Header]) -> Result<http::request::Parts, Malformed>
                 b"authority" => &mut authority,
                 b"path" => &mut path,
                 b"protocol" => &mut protocol,
-                _ => return Err(bad(format!("unknown pseudo-header :{}", String::from_utf8_lossy(pseudo)))),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown pseudo-header :{}",
+                        String::from_utf8_lossy(pseudo)
+                    )))
+                }
             };
             if slot.is_some() {
                 return Err(bad("duplicate pseudo-header"));
@@ -64,10 +69,12 @@ pub fn parse_request(list: &[Header]) -> Result<http::request::Parts, Malformed>
             return Err(bad("empty :path"));
         }
         let mut b = Uri::builder().scheme(scheme).path_and_query(path);
-        if let Some(a) = authority.or_else(|| headers.get(http::header::HOST).map(|v| v.as_bytes())) {
+        if let Some(a) = authority.or_else(|| headers.get(http::header::HOST).map(|v| v.as_bytes()))
+        {
             b = b.authority(a);
         }
-        b.build().map_err(|_| bad("invalid :scheme, :authority or :path"))?
+        b.build()
+            .map_err(|_| bad("invalid :scheme, :authority or :path"))?
     };
     let (mut parts, ()) = Request::builder()
         .method(method)
@@ -78,7 +85,9 @@ pub fn parse_request(list: &[Header]) -> Result<http::request::Parts, Malformed>
         .into_parts();
     parts.headers = headers;
     if let Some(p) = protocol {
-        parts.extensions.insert(Protocol(String::from_utf8_lossy(p).into_owned()));
+        parts
+            .extensions
+            .insert(Protocol(String::from_utf8_lossy(p).into_owned()));
     }
     Ok(parts)
 }
@@ -152,7 +161,12 @@ fn push_regular(out: &mut Vec<Header>, headers: &HeaderMap) {
         // HeaderName is always lowercase; connection-specific fields are not ours to send.
         if matches!(
             name.as_str(),
-            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "host"
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "host"
         ) {
             continue;
         }
@@ -168,13 +182,23 @@ pub fn request_headers(parts: &http::request::Parts) -> Result<Vec<Header>, Stri
         .uri
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .ok_or_else(|| format!("request URI {} has no authority (host)", parts.uri))?;
     if parts.method == Method::CONNECT && parts.extensions.get::<Protocol>().is_none() {
         out.push(Header::new(b":authority", authority.as_bytes()));
     } else {
         let scheme = parts.uri.scheme_str().unwrap_or("https");
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         out.push(Header::new(b":scheme", scheme.as_bytes()));
         out.push(Header::new(b":authority", authority.as_bytes()));
         out.push(Header::new(b":path", path.as_bytes()));
@@ -206,7 +230,9 @@ mod tests {
     use super::*;
 
     fn h(list: &[(&str, &str)]) -> Vec<Header> {
-        list.iter().map(|(n, v)| Header::new(n.as_bytes(), v.as_bytes())).collect()
+        list.iter()
+            .map(|(n, v)| Header::new(n.as_bytes(), v.as_bytes()))
+            .collect()
     }
 
     #[test]
@@ -230,10 +256,30 @@ mod tests {
             &[(":scheme", "https"), (":path", "/")],
             &[(":method", "GET"), (":path", "/")],
             &[(":method", "GET"), (":scheme", "https")],
-            &[(":method", "GET"), (":scheme", "https"), (":path", "/"), ("Upper", "x")],
-            &[(":method", "GET"), ("a", "b"), (":scheme", "https"), (":path", "/")],
-            &[(":method", "GET"), (":scheme", "https"), (":path", "/"), ("connection", "close")],
-            &[(":method", "GET"), (":method", "GET"), (":scheme", "https"), (":path", "/")],
+            &[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/"),
+                ("Upper", "x"),
+            ],
+            &[
+                (":method", "GET"),
+                ("a", "b"),
+                (":scheme", "https"),
+                (":path", "/"),
+            ],
+            &[
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/"),
+                ("connection", "close"),
+            ],
+            &[
+                (":method", "GET"),
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/"),
+            ],
         ];
         for c in cases {
             assert!(parse_request(&h(c)).is_err(), "{c:?} accepted");

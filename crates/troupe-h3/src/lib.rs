@@ -26,5 +26,5 @@ pub use conn::{H3App, H3Msg, OutFrame, PendingRequest};
 pub use error::RequestError;
 pub use server::{Handler, Server, ServerConfig};
 pub use settings::H3Settings;
-pub use stream::state::{Refused, RecvState, SendState};
+pub use stream::state::{RecvState, Refused, SendState};
 pub use stream::StreamMsg;

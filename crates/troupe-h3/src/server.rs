@@ -6,7 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Request, Response};
-use troupe_transport::{Endpoint, EndpointError, EndpointStatsSnapshot, Identity, QuicSettings, TlsConfig};
+use troupe_transport::{
+    Endpoint, EndpointError, EndpointStatsSnapshot, Identity, QuicSettings, TlsConfig,
+};
 
 use crate::body::{Body, RecvBody};
 use crate::conn::H3App;

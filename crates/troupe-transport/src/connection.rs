@@ -358,13 +358,21 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         let trace_id = args.conn.trace_id().to_string();
         let span = info_span!("conn", conn_id = %trace_id, peer = %args.conn.path_stats().next().map(|p| p.peer_addr.to_string()).unwrap_or_default());
         if let Some(path) = &args.keylog {
-            match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
                 Ok(f) => args.conn.set_keylog(Box::new(f)),
                 Err(e) => warn!(path = %path.display(), "cannot open keylog file: {e}"),
             }
         }
         if let Some(dir) = &args.qlog_dir {
-            let role = if args.conn.is_server() { "server" } else { "client" };
+            let role = if args.conn.is_server() {
+                "server"
+            } else {
+                "client"
+            };
             let path = dir.join(format!("{role}-{trace_id}.sqlog"));
             match std::fs::File::create(&path) {
                 Ok(f) => args.conn.set_qlog(
@@ -485,7 +493,11 @@ enum Event<M> {
     Flush,
     App(M),
     Child(SupervisionEvent),
-    Close { app: bool, code: u64, reason: Vec<u8> },
+    Close {
+        app: bool,
+        code: u64,
+        reason: Vec<u8>,
+    },
 }
 
 impl<A: ConnectionApp> ConnState<A> {
@@ -493,9 +505,10 @@ impl<A: ConnectionApp> ConnState<A> {
         let path = self.conn.path_stats().next();
         ConnectionInfo {
             trace_id: self.trace_id.clone(),
-            peer: path.as_ref().map(|p| p.peer_addr).unwrap_or_else(|| {
-                SocketAddr::from(([0, 0, 0, 0], 0))
-            }),
+            peer: path
+                .as_ref()
+                .map(|p| p.peer_addr)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             stage: self.stage,
             handshake_time: self.handshake_time,
             rtt: path.as_ref().map(|p| p.rtt),
@@ -594,7 +607,6 @@ impl<A: ConnectionApp> ConnState<A> {
         matches!(self.stage, Stage::Established { .. })
     }
 
-
     async fn check_established(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>) {
         if !matches!(self.stage, Stage::Handshake { .. }) || !self.conn.is_established() {
             return;
@@ -602,7 +614,10 @@ impl<A: ConnectionApp> ConnState<A> {
         let now = Instant::now();
         self.stage = Stage::Established { since: now };
         self.handshake_time = Some(now - self.started);
-        debug!(handshake_ms = (now - self.started).as_secs_f64() * 1e3, "established");
+        debug!(
+            handshake_ms = (now - self.started).as_secs_f64() * 1e3,
+            "established"
+        );
         self.issue_scids();
         let mut cx = cx!(self, myself);
         let r = self.app.on_established(&mut cx).await;
@@ -616,7 +631,8 @@ impl<A: ConnectionApp> ConnState<A> {
     /// Issue as many spare connection IDs as the peer accepts, and route them here.
     fn issue_scids(&mut self) {
         while self.conn.scids_left() > 0 {
-            let cid = quiche::ConnectionId::from_vec(rand::random::<[u8; LOCAL_CID_LEN]>().to_vec());
+            let cid =
+                quiche::ConnectionId::from_vec(rand::random::<[u8; LOCAL_CID_LEN]>().to_vec());
             match self.conn.new_scid(&cid, rand::random::<u128>(), false) {
                 Ok(_) => self.routes.insert(&cid, self.inbox.clone()),
                 Err(_) => break,
@@ -632,7 +648,11 @@ impl<A: ConnectionApp> ConnState<A> {
 
     fn remove_routes(&mut self) {
         self.retire_scids();
-        let ids: Vec<Vec<u8>> = self.conn.source_ids().map(|c| c.as_ref().to_vec()).collect();
+        let ids: Vec<Vec<u8>> = self
+            .conn
+            .source_ids()
+            .map(|c| c.as_ref().to_vec())
+            .collect();
         for id in ids {
             self.routes.remove(&quiche::ConnectionId::from_vec(id));
         }

@@ -104,7 +104,10 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         }
         // Orderly: every connection runs its post_stop (routes, close reasons, children).
         myself
-            .stop_children_and_wait(Some("endpoint shutdown".into()), Some(Duration::from_secs(5)))
+            .stop_children_and_wait(
+                Some("endpoint shutdown".into()),
+                Some(Duration::from_secs(5)),
+            )
             .await;
         Ok(())
     }
@@ -309,17 +312,20 @@ impl<A: ConnectionApp> Endpoint<A> {
             Ok(Ok(())) => Ok(handle),
             Ok(Err(crate::connection::CloseReason::HandshakeTimeout)) | Err(_)
                 if handle.close_reason().is_none()
-                    || handle.close_reason() == Some(crate::connection::CloseReason::HandshakeTimeout) =>
+                    || handle.close_reason()
+                        == Some(crate::connection::CloseReason::HandshakeTimeout) =>
             {
                 Err(ConnectError::HandshakeTimeout {
                     peer,
                     after: self.settings.handshake_timeout,
                 })
             }
-            Ok(Err(crate::connection::CloseReason::IdleTimeout)) => Err(ConnectError::HandshakeTimeout {
-                peer,
-                after: self.settings.handshake_timeout,
-            }),
+            Ok(Err(crate::connection::CloseReason::IdleTimeout)) => {
+                Err(ConnectError::HandshakeTimeout {
+                    peer,
+                    after: self.settings.handshake_timeout,
+                })
+            }
             Ok(Err(reason)) => Err(ConnectError::HandshakeFailed {
                 peer,
                 reason: reason.to_string(),
@@ -463,7 +469,13 @@ impl<A: ConnectionApp> RecvLoop<A> {
                 (random_cid(), None)
             }
         };
-        let conn = match quiche::accept(&scid, odcid.as_ref(), packet.to, packet.from, &mut server.config) {
+        let conn = match quiche::accept(
+            &scid,
+            odcid.as_ref(),
+            packet.to,
+            packet.from,
+            &mut server.config,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 debug!("accept failed: {e}");
@@ -492,7 +504,14 @@ impl<A: ConnectionApp> RecvLoop<A> {
             keylog: self.settings.keylog_file.clone(),
             qlog_dir: self.settings.qlog_dir.clone(),
         };
-        match Actor::spawn_linked(None, ConnectionActor::<A>::default(), args, self.endpoint.clone()).await {
+        match Actor::spawn_linked(
+            None,
+            ConnectionActor::<A>::default(),
+            args,
+            self.endpoint.clone(),
+        )
+        .await
+        {
             Ok(_) => bump(&self.routes.stats.connections_accepted),
             Err(e) => {
                 warn!("cannot spawn connection actor: {e}");

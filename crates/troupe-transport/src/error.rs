@@ -17,7 +17,7 @@ pub enum ConfigError {
         why: String,
     },
     /// A file could not be read.
-    #[error("cannot read {what} file {}: {source}", path.display())]
+    #[error("cannot read {what} file {}", path.display())]
     File {
         /// What the file was for.
         what: &'static str,

@@ -18,9 +18,7 @@ mod stats;
 mod tls;
 
 pub use app::{AppError, ConnCx, ConnectionApp};
-pub use connection::{
-    CloseReason, ConnMsg, Connection, ConnectionInfo, Stage, LOCAL_CID_LEN,
-};
+pub use connection::{CloseReason, ConnMsg, Connection, ConnectionInfo, Stage, LOCAL_CID_LEN};
 pub use endpoint::{AppFactory, Endpoint, EndpointMsg};
 pub use error::{ConfigError, ConnectError, EndpointError};
 pub use retry::TOKEN_LIFETIME;

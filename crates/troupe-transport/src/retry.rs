@@ -56,11 +56,20 @@ impl RetryTokens {
 
     /// Returns the original destination connection ID if the token is ours, fresh, and was
     /// issued to this address.
-    pub(crate) fn validate(&self, addr: &SocketAddr, token: &[u8]) -> Option<ConnectionId<'static>> {
+    pub(crate) fn validate(
+        &self,
+        addr: &SocketAddr,
+        token: &[u8],
+    ) -> Option<ConnectionId<'static>> {
         self.validate_at(now_secs(), addr, token)
     }
 
-    fn validate_at(&self, now: u64, addr: &SocketAddr, token: &[u8]) -> Option<ConnectionId<'static>> {
+    fn validate_at(
+        &self,
+        now: u64,
+        addr: &SocketAddr,
+        token: &[u8],
+    ) -> Option<ConnectionId<'static>> {
         if token.len() < 9 + TAG_LEN {
             return None;
         }
@@ -113,8 +122,15 @@ mod tests {
         let b: SocketAddr = "127.0.0.1:5001".parse().unwrap();
         let tok = t.mint_at(1000, &a, b"abcdefgh");
         assert!(t.validate_at(1000, &b, &tok).is_none(), "other port");
-        assert!(RetryTokens::new().validate_at(1000, &a, &tok).is_none(), "other key");
-        assert!(t.validate_at(1000 + TOKEN_LIFETIME.as_secs() + 1, &a, &tok).is_none(), "expired");
+        assert!(
+            RetryTokens::new().validate_at(1000, &a, &tok).is_none(),
+            "other key"
+        );
+        assert!(
+            t.validate_at(1000 + TOKEN_LIFETIME.as_secs() + 1, &a, &tok)
+                .is_none(),
+            "expired"
+        );
         assert!(t.validate_at(1000, &a, &tok).is_some());
         let mut bad = tok.clone();
         bad[10] ^= 1;

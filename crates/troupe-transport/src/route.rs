@@ -128,7 +128,8 @@ impl Routes {
     /// Drops every route to one actor; used when a connection actor died without cleaning up.
     pub(crate) fn remove_actor(&self, actor: ActorId) -> usize {
         let before = self.map.len();
-        self.map.retain(|_, inbox| inbox.actor.get() != Some(&actor));
+        self.map
+            .retain(|_, inbox| inbox.actor.get() != Some(&actor));
         before - self.map.len()
     }
 

@@ -142,7 +142,11 @@ impl QuicSettings {
     }
 
     /// Builds the `quiche::Config` for these settings on top of a TLS context.
-    pub(crate) fn to_quiche(&self, tls: &TlsConfig, is_server: bool) -> Result<quiche::Config, ConfigError> {
+    pub(crate) fn to_quiche(
+        &self,
+        tls: &TlsConfig,
+        is_server: bool,
+    ) -> Result<quiche::Config, ConfigError> {
         self.validate()?;
         let ctx = tls.context_builder(is_server)?;
         let mut c = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, ctx)

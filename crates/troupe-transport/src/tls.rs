@@ -84,7 +84,10 @@ impl Identity {
         let names: Vec<String> = SELF_SIGNED_NAMES.iter().map(|s| s.to_string()).collect();
         let ck = rcgen::generate_simple_self_signed(names)
             .map_err(|e| ConfigError::Tls(format!("cannot generate a certificate: {e}")))?;
-        Self::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())
+        Self::from_pem(
+            ck.cert.pem().as_bytes(),
+            ck.signing_key.serialize_pem().as_bytes(),
+        )
     }
 
     /// The certificate chain in PEM, as a client would be told to trust it.
@@ -133,13 +136,17 @@ impl TlsConfig {
         !matches!(self.verify, Verify::Insecure)
     }
 
-    pub(crate) fn context_builder(&self, is_server: bool) -> Result<SslContextBuilder, ConfigError> {
+    pub(crate) fn context_builder(
+        &self,
+        is_server: bool,
+    ) -> Result<SslContextBuilder, ConfigError> {
         let tls = |e: boring::error::ErrorStack| ConfigError::Tls(e.to_string());
         let mut b = SslContextBuilder::new(SslMethod::tls()).map_err(tls)?;
         if is_server {
-            let id = self.identity.as_ref().ok_or_else(|| {
-                ConfigError::Tls("a server needs a certificate and key".into())
-            })?;
+            let id = self
+                .identity
+                .as_ref()
+                .ok_or_else(|| ConfigError::Tls("a server needs a certificate and key".into()))?;
             b.set_certificate(&id.chain[0]).map_err(tls)?;
             for extra in id.chain.iter().skip(1) {
                 b.add_extra_chain_cert(extra.clone()).map_err(tls)?;
@@ -204,7 +211,8 @@ mod tests {
 
     #[test]
     fn missing_file_names_the_path() {
-        let err = Identity::from_pem_files(Path::new("/nonexistent/c.pem"), Path::new("/x")).unwrap_err();
+        let err =
+            Identity::from_pem_files(Path::new("/nonexistent/c.pem"), Path::new("/x")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
     }
 }

@@ -436,7 +436,7 @@ fn close_reason(conn: &QuicConnection) -> String {
         }
     }
     if parts.is_empty() {
-        "connection closed".to_string()
+        "connection closed, no error recorded (idle timeout?)".to_string()
     } else {
         format!("connection closed ({})", parts.join(", "))
     }

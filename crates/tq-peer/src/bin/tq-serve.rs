@@ -31,6 +31,7 @@ use bytes::Bytes;
 use clap::Parser;
 use futures::{SinkExt as _, StreamExt as _};
 use quiche::h3::{Header, NameValue as _};
+use tokio::signal::unix::{signal, SignalKind};
 use tokio_quiche::http3::driver::{
     H3Event, InboundFrame, InboundFrameStream, IncomingH3Headers, OutboundFrame,
     OutboundFrameSender, ServerH3Event,
@@ -211,16 +212,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .pop()
         .context("listen returned no accept stream")?;
 
-    println!("tq-serve listening on {local_addr}");
+    // Handlers go in before the announcement, so a test that signals us as soon as it reads the
+    // line gets a clean exit rather than the default (fatal) signal disposition.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    println!("tq-serve listening on {local_addr}");
 
     loop {
         tokio::select! {
-            _ = &mut ctrl_c => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             next = accept_stream.next() => match next {
                 Some(Ok(initial)) => {

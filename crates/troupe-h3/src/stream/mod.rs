@@ -394,7 +394,10 @@ impl StreamState {
                             continue;
                         }
                         handed += chunk.len();
-                        frames.push(OutFrame::Data { bytes: chunk, fin: false });
+                        frames.push(OutFrame::Data {
+                            bytes: chunk,
+                            fin: false,
+                        });
                     }
                     Poll::Ready(Some(Err(e))) => {
                         debug!("body stream failed: {e}");

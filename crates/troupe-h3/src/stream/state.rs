@@ -49,7 +49,10 @@ pub struct Refused;
 impl SendState {
     /// Whether the direction is finished.
     pub fn is_terminal(self) -> bool {
-        matches!(self, SendState::FinSent | SendState::ResetSent(_) | SendState::Stopped(_))
+        matches!(
+            self,
+            SendState::FinSent | SendState::ResetSent(_) | SendState::Stopped(_)
+        )
     }
 
     /// Whether body bytes may still be handed to the connection.

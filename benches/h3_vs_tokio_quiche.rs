@@ -1,1 +1,247 @@
-fn main() {}
+//! troupe vs tokio-quiche, side by side in one run (`cargo bench --bench h3_vs_tokio_quiche`, or
+//! `cargo xtask bench`).
+//!
+//! Both servers are release binaries of this workspace serving the same routes: `troupe serve`
+//! and `tq-serve` (tokio-quiche 0.20, current-thread runtime). Each is pinned to core 0 with
+//! `taskset`; this load generator (troupe's client) is pinned to core 1. For each server:
+//!
+//! 1. requests/s for `GET /bytes/1024` over `CONNS` connections x `STREAMS` concurrent streams;
+//! 2. MB/s for one `GET /bytes/DOWNLOAD` on one connection.
+//!
+//! Server CPU time is read from /proc, so the figure that matters (server CPU per request) does
+//! not depend on the client's speed; the client's own CPU use is printed to show whether it was
+//! the bottleneck (near 100% of its core means it was). Ratios are troupe / tokio-quiche.
+//!
+//! Environment: `BENCH_SECS` (default 5) per request phase, `BENCH_DOWNLOAD_MB` (default 512).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use troupe::h3::{Body, Client, ClientEndpoint, H3Settings};
+use troupe::transport::{QuicSettings, TlsConfig, Verify};
+
+const CONNS: usize = 4;
+const STREAMS: usize = 25;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds of a process (all threads).
+fn cpu_secs(pid: &str, tck: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (ut + st) / tck
+}
+
+fn have_taskset() -> bool {
+    Command::new("taskset").arg("-V").output().is_ok()
+}
+
+fn start(bin: &Path, args: &[&str], ready_prefix: &str, pin: bool) -> (Proc, SocketAddr) {
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let mut child = cmd
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let out = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(out);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("{} exited before it was ready", bin.display());
+        }
+        if let Some(rest) = line.trim().strip_prefix(ready_prefix) {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            // Keep draining stdout so the server never blocks on a full pipe.
+            std::thread::spawn(move || for _ in reader.lines() {});
+            return (Proc(child), addr);
+        }
+    }
+}
+
+struct Figures {
+    rps: f64,
+    server_us_per_req: f64,
+    client_cpu_share: f64,
+    mbps: f64,
+    server_cpu_share_dl: f64,
+}
+
+async fn measure(addr: SocketAddr, pid: &str, tck: f64, secs: u64, download: u64) -> Figures {
+    let tls = TlsConfig {
+        identity: None,
+        verify: Verify::Insecure,
+    };
+    let ep = ClientEndpoint::bind("127.0.0.1:0".parse().unwrap(), QuicSettings::default(), tls, H3Settings::default())
+        .await
+        .unwrap();
+    let mut clients: Vec<Client> = Vec::new();
+    for _ in 0..CONNS {
+        clients.push(ep.connect(addr, "localhost").await.expect("connect"));
+    }
+    let url = format!("https://localhost:{}/bytes/1024", addr.port());
+    let run = |dur: Duration| {
+        let count = Arc::new(AtomicU64::new(0));
+        let end = Instant::now() + dur;
+        let mut tasks = Vec::new();
+        for c in &clients {
+            for _ in 0..STREAMS {
+                let c = c.clone();
+                let url = url.clone();
+                let count = count.clone();
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < end {
+                        let req = http::Request::get(&url).body(Body::empty()).unwrap();
+                        let resp = c.send(req).await.expect("request");
+                        let body = resp.into_body().collect().await.expect("body");
+                        assert_eq!(body.len(), 1024);
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+        }
+        async move {
+            for t in tasks {
+                t.await.unwrap();
+            }
+            count.load(Ordering::Relaxed)
+        }
+    };
+    run(Duration::from_secs(1)).await; // warm-up
+    let s_cpu0 = cpu_secs(pid, tck);
+    let c_cpu0 = cpu_secs("self", tck);
+    let t0 = Instant::now();
+    let n = run(Duration::from_secs(secs)).await;
+    let wall = t0.elapsed().as_secs_f64();
+    let s_cpu = cpu_secs(pid, tck) - s_cpu0;
+    let c_cpu = cpu_secs("self", tck) - c_cpu0;
+
+    let dl_url = format!("https://localhost:{}/bytes/{download}", addr.port());
+    let s0 = cpu_secs(pid, tck);
+    let t0 = Instant::now();
+    let resp = clients[0]
+        .send(http::Request::get(&dl_url).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(c) = body.chunk().await {
+        got += c.unwrap().len() as u64;
+    }
+    assert_eq!(got, download);
+    let dl_wall = t0.elapsed().as_secs_f64();
+    let dl_cpu = cpu_secs(pid, tck) - s0;
+    for c in &clients {
+        c.close();
+    }
+    Figures {
+        rps: n as f64 / wall,
+        server_us_per_req: s_cpu / n as f64 * 1e6,
+        client_cpu_share: c_cpu / wall,
+        mbps: download as f64 / dl_wall / 1e6,
+        server_cpu_share_dl: dl_cpu / dl_wall,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; a plain `cargo test --benches` run passes nothing we need.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let mb: u64 = std::env::var("BENCH_DOWNLOAD_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
+    let download = mb << 20;
+
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(["build", "--release", "--quiet", "-p", "troupe-cli", "-p", "tq-peer"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the server binaries failed");
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
+    let troupe_bin = target.join("release/troupe");
+    let tq_bin = target.join("release/tq-serve");
+
+    let pin = have_taskset() && std::thread::available_parallelism().map(|n| n.get() >= 2).unwrap_or(false);
+    if pin {
+        let me = std::process::id().to_string();
+        let _ = Command::new("taskset").args(["-a", "-c", "-p", "1", &me]).stdout(Stdio::null()).status();
+    } else {
+        eprintln!("note: taskset or a second core is missing; server and client are not pinned");
+    }
+    let tck = clock_ticks();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let mut results = Vec::new();
+    for (name, bin, args, ready) in [
+        (
+            "troupe",
+            &troupe_bin,
+            vec!["serve", "--listen", "127.0.0.1:0", "--no-retry"],
+            "troupe serving HTTP/3 on ",
+        ),
+        ("tokio-quiche", &tq_bin, vec!["--listen", "127.0.0.1:0"], "tq-serve listening on "),
+    ] {
+        let (proc_, addr) = start(bin, &args, ready, pin);
+        let pid = proc_.0.id().to_string();
+        let f = rt.block_on(measure(addr, &pid, tck, secs, download));
+        println!(
+            "{name:>12}: {:>8.0} req/s  {:>6.1} us server CPU/req  (client CPU {:>3.0}% of a core)  |  \
+             download {:>7.1} MB/s (server CPU {:>3.0}%)",
+            f.rps,
+            f.server_us_per_req,
+            f.client_cpu_share * 100.0,
+            f.mbps,
+            f.server_cpu_share_dl * 100.0
+        );
+        results.push(f);
+        drop(proc_);
+    }
+    let (t, q) = (&results[0], &results[1]);
+    println!(
+        "ratio troupe/tokio-quiche: req/s {:.2}x, server CPU per request {:.2}x (lower is better), download MB/s {:.2}x",
+        t.rps / q.rps,
+        t.server_us_per_req / q.server_us_per_req,
+        t.mbps / q.mbps
+    );
+}

@@ -74,7 +74,7 @@ impl Client {
             reply: tx,
         };
         self.conn
-            .send(H3Msg::Request(pending))
+            .send(H3Msg::Request(Box::new(pending)))
             .map_err(|r| RequestError::ConnectionClosed(r.to_string()))?;
         match rx.await {
             Ok(r) => r,

@@ -76,8 +76,8 @@ pub enum H3Msg {
         /// Error code.
         code: u64,
     },
-    /// Client: start a request.
-    Request(PendingRequest),
+    /// Client: start a request (boxed: a request head is large, the other messages small).
+    Request(Box<PendingRequest>),
 }
 
 /// A client request not yet on the wire.
@@ -585,10 +585,10 @@ impl ConnectionApp for H3App {
                 let waiting = matches!(&self.side, Side::Client { waiting } if !waiting.is_empty());
                 if waiting || cx.conn.peer_streams_left_bidi() == 0 {
                     if let Side::Client { waiting } = &mut self.side {
-                        waiting.push_back(req);
+                        waiting.push_back(*req);
                     }
                 } else {
-                    self.start_request(cx, req).await;
+                    self.start_request(cx, *req).await;
                 }
             }
         }

@@ -12,7 +12,14 @@
 //! not depend on the client's speed; the client's own CPU use is printed to show whether it was
 //! the bottleneck (near 100% of its core means it was). Ratios are troupe / tokio-quiche.
 //!
-//! Environment: `BENCH_SECS` (default 5) per request phase, `BENCH_DOWNLOAD_MB` (default 512).
+//! The load generator is ngtcp2's client (`gtlsclient`, Debian package `ngtcp2-client`, which
+//! `cargo xtask bench` installs): C, a few microseconds per request, so it is not the bottleneck
+//! (its CPU share is printed). Without it, troupe's own client is used, which costs about as
+//! much per request as a server and then limits requests/s (server CPU per request stays valid).
+//!
+//! Environment: `BENCH_SECS` (default 5) per request phase with troupe's client,
+//! `BENCH_REQUESTS` (default 25000) per connection with gtlsclient, `BENCH_DOWNLOAD_MB`
+//! (default 512).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -58,6 +65,74 @@ fn cpu_secs(pid: &str, tck: f64) -> f64 {
     let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     (ut + st) / tck
+}
+
+/// CPU seconds of this process's reaped children (cutime + cstime).
+fn children_cpu_secs(tck: f64) -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ut: f64 = f.get(13).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(14).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (ut + st) / tck
+}
+
+fn have_gtlsclient() -> bool {
+    Command::new("gtlsclient").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// Runs `n` gtlsclient processes at once (one connection each), pinned to core 1 when `pin`.
+fn gtls(addr: SocketAddr, path: &str, requests: usize, conns: usize, pin: bool) -> (f64, f64) {
+    let tck = clock_ticks();
+    let c0 = children_cpu_secs(tck);
+    let t0 = Instant::now();
+    let uri = format!("https://localhost:{}{path}", addr.port());
+    let mut kids = Vec::new();
+    for _ in 0..conns {
+        let mut cmd = if pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1", "gtlsclient"]);
+            c
+        } else {
+            Command::new("gtlsclient")
+        };
+        cmd.args(["-q", "--no-quic-dump", "--no-http-dump", "--exit-on-all-streams-close", "--timeout=10s"])
+            .arg(format!("--nstreams={requests}"))
+            .arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .arg(&uri)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        kids.push(cmd.spawn().expect("start gtlsclient"));
+    }
+    for mut k in kids {
+        let st = k.wait().unwrap();
+        assert!(st.success(), "gtlsclient failed: {st}");
+    }
+    (t0.elapsed().as_secs_f64(), children_cpu_secs(tck) - c0)
+}
+
+fn measure_gtls(addr: SocketAddr, pid: &str, tck: f64, requests: usize, download: u64, pin: bool) -> Figures {
+    gtls(addr, "/bytes/1024", 200, CONNS, pin); // warm-up
+    let s0 = cpu_secs(pid, tck);
+    let (wall, client_cpu) = gtls(addr, "/bytes/1024", requests, CONNS, pin);
+    let s_cpu = cpu_secs(pid, tck) - s0;
+    let n = (requests * CONNS) as f64;
+    let d0 = cpu_secs(pid, tck);
+    let (dl_wall, dl_client) = gtls(addr, &format!("/bytes/{download}"), 1, 1, pin);
+    let dl_cpu = cpu_secs(pid, tck) - d0;
+    eprintln!(
+        "    (gtlsclient CPU: {:.0}% of a core during requests, {:.0}% during the download)",
+        client_cpu / wall * 100.0,
+        dl_client / dl_wall * 100.0
+    );
+    Figures {
+        rps: n / wall,
+        server_us_per_req: s_cpu / n * 1e6,
+        client_cpu_share: client_cpu / wall,
+        mbps: download as f64 / dl_wall / 1e6,
+        server_cpu_share_dl: dl_cpu / dl_wall,
+    }
 }
 
 fn have_taskset() -> bool {
@@ -206,6 +281,12 @@ fn main() {
         eprintln!("note: taskset or a second core is missing; server and client are not pinned");
     }
     let tck = clock_ticks();
+    let use_gtls = have_gtlsclient();
+    let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(25_000);
+    println!(
+        "load generator: {}; {CONNS} connections, GET /bytes/1024; then one GET of {mb} MiB",
+        if use_gtls { "ngtcp2 gtlsclient" } else { "troupe client (gtlsclient not installed)" }
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -224,7 +305,11 @@ fn main() {
     ] {
         let (proc_, addr) = start(bin, &args, ready, pin);
         let pid = proc_.0.id().to_string();
-        let f = rt.block_on(measure(addr, &pid, tck, secs, download));
+        let f = if use_gtls {
+            measure_gtls(addr, &pid, tck, requests, download, pin)
+        } else {
+            rt.block_on(measure(addr, &pid, tck, secs, download))
+        };
         println!(
             "{name:>12}: {:>8.0} req/s  {:>6.1} us server CPU/req  (client CPU {:>3.0}% of a core)  |  \
              download {:>7.1} MB/s (server CPU {:>3.0}%)",

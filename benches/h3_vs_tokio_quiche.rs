@@ -78,7 +78,12 @@ fn children_cpu_secs(tck: f64) -> f64 {
 }
 
 fn have_gtlsclient() -> bool {
-    Command::new("gtlsclient").arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new("gtlsclient")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }
 
 /// Runs `n` gtlsclient processes at once (one connection each), pinned to core 1 when `pin`.
@@ -96,13 +101,19 @@ fn gtls(addr: SocketAddr, path: &str, requests: usize, conns: usize, pin: bool) 
         } else {
             Command::new("gtlsclient")
         };
-        cmd.args(["-q", "--no-quic-dump", "--no-http-dump", "--exit-on-all-streams-close", "--timeout=10s"])
-            .arg(format!("--nstreams={requests}"))
-            .arg(addr.ip().to_string())
-            .arg(addr.port().to_string())
-            .arg(&uri)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "-q",
+            "--no-quic-dump",
+            "--no-http-dump",
+            "--exit-on-all-streams-close",
+            "--timeout=10s",
+        ])
+        .arg(format!("--nstreams={requests}"))
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(&uri)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         kids.push(cmd.spawn().expect("start gtlsclient"));
     }
     for mut k in kids {
@@ -112,7 +123,14 @@ fn gtls(addr: SocketAddr, path: &str, requests: usize, conns: usize, pin: bool) 
     (t0.elapsed().as_secs_f64(), children_cpu_secs(tck) - c0)
 }
 
-fn measure_gtls(addr: SocketAddr, pid: &str, tck: f64, requests: usize, download: u64, pin: bool) -> Figures {
+fn measure_gtls(
+    addr: SocketAddr,
+    pid: &str,
+    tck: f64,
+    requests: usize,
+    download: u64,
+    pin: bool,
+) -> Figures {
     gtls(addr, "/bytes/1024", 200, CONNS, pin); // warm-up
     let s0 = cpu_secs(pid, tck);
     let (wall, client_cpu) = gtls(addr, "/bytes/1024", requests, CONNS, pin);
@@ -183,9 +201,14 @@ async fn measure(addr: SocketAddr, pid: &str, tck: f64, secs: u64, download: u64
         identity: None,
         verify: Verify::Insecure,
     };
-    let ep = ClientEndpoint::bind("127.0.0.1:0".parse().unwrap(), QuicSettings::default(), tls, H3Settings::default())
-        .await
-        .unwrap();
+    let ep = ClientEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        QuicSettings::default(),
+        tls,
+        H3Settings::default(),
+    )
+    .await
+    .unwrap();
     let mut clients: Vec<Client> = Vec::new();
     for _ in 0..CONNS {
         clients.push(ep.connect(addr, "localhost").await.expect("connect"));
@@ -259,33 +282,62 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let mb: u64 = std::env::var("BENCH_DOWNLOAD_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mb: u64 = std::env::var("BENCH_DOWNLOAD_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
     let download = mb << 20;
 
     let status = Command::new(env!("CARGO"))
         .current_dir(root())
-        .args(["build", "--release", "--quiet", "-p", "troupe-cli", "-p", "tq-peer"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "troupe-cli",
+            "-p",
+            "tq-peer",
+        ])
         .status()
         .expect("cargo build");
     assert!(status.success(), "building the server binaries failed");
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
     let troupe_bin = target.join("release/troupe");
     let tq_bin = target.join("release/tq-serve");
 
-    let pin = have_taskset() && std::thread::available_parallelism().map(|n| n.get() >= 2).unwrap_or(false);
+    let pin = have_taskset()
+        && std::thread::available_parallelism()
+            .map(|n| n.get() >= 2)
+            .unwrap_or(false);
     if pin {
         let me = std::process::id().to_string();
-        let _ = Command::new("taskset").args(["-a", "-c", "-p", "1", &me]).stdout(Stdio::null()).status();
+        let _ = Command::new("taskset")
+            .args(["-a", "-c", "-p", "1", &me])
+            .stdout(Stdio::null())
+            .status();
     } else {
         eprintln!("note: taskset or a second core is missing; server and client are not pinned");
     }
     let tck = clock_ticks();
     let use_gtls = have_gtlsclient();
-    let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(25_000);
+    let requests: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25_000);
     println!(
         "load generator: {}; {CONNS} connections, GET /bytes/1024; then one GET of {mb} MiB",
-        if use_gtls { "ngtcp2 gtlsclient" } else { "troupe client (gtlsclient not installed)" }
+        if use_gtls {
+            "ngtcp2 gtlsclient"
+        } else {
+            "troupe client (gtlsclient not installed)"
+        }
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -301,7 +353,12 @@ fn main() {
             vec!["serve", "--listen", "127.0.0.1:0", "--no-retry"],
             "troupe serving HTTP/3 on ",
         ),
-        ("tokio-quiche", &tq_bin, vec!["--listen", "127.0.0.1:0"], "tq-serve listening on "),
+        (
+            "tokio-quiche",
+            &tq_bin,
+            vec!["--listen", "127.0.0.1:0"],
+            "tq-serve listening on ",
+        ),
     ] {
         let (proc_, addr) = start(bin, &args, ready, pin);
         let pid = proc_.0.id().to_string();

@@ -22,9 +22,9 @@ pub const GREETING: &str = "hello from troupe: HTTP/3 with one actor per stream\
 /// Largest N accepted by `/bytes/N`: 10 GiB.
 pub const MAX_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 
-/// Bytes per chunk of `/bytes/N`: 64 periods of the 251-byte pattern, so every chunk starts at
+/// Bytes per chunk of `/bytes/N`: 256 periods of the 251-byte pattern (~63 KB), so every chunk starts at
 /// pattern offset 0 and is a zero-copy slice of one shared buffer.
-const PATTERN_CHUNK: usize = 251 * 64;
+const PATTERN_CHUNK: usize = 251 * 256;
 
 /// Bytes per read when serving a file. 64 KiB: large reads, few messages.
 const FILE_CHUNK: usize = 64 * 1024;

@@ -10,17 +10,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, trace, warn, Instrument};
 
 use crate::app::{AppError, ConnCx, ConnectionApp};
 use crate::route::{Inbox, Packet, Routes};
 use crate::stats::bump;
+use crate::udp::Socket;
 
 /// Length of the connection IDs this endpoint issues. 16 bytes: unguessable, and well under the
 /// 20-byte maximum so routing keys stay small.
 pub const LOCAL_CID_LEN: usize = 16;
+
+/// Most packets in one GSO send. 64: the kernel's UDP_MAX_SEGMENTS; also bounds the batch
+/// buffer to 64 x max_udp_payload (~86 KB).
+const MAX_GSO_SEGMENTS: usize = 64;
 
 /// How long a closing connection waits for its child actors to stop before it exits anyway.
 /// 2 s: children only flush state on stop, so anything slower is stuck.
@@ -264,7 +268,7 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
     pub(crate) app: A,
     pub(crate) inbox: Arc<Inbox>,
     pub(crate) routes: Routes,
-    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) socket: Arc<Socket>,
     pub(crate) handshake_timeout: Duration,
     /// Routes this connection owns besides its source connection IDs (the client's original
     /// destination connection ID on a server without Retry).
@@ -284,13 +288,15 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     handshake_time: Option<Duration>,
     inbox: Arc<Inbox>,
     routes: Routes,
-    socket: Arc<UdpSocket>,
+    socket: Arc<Socket>,
     extra_routes: Vec<quiche::ConnectionId<'static>>,
     established: Option<EstablishedTx>,
     closed_tx: watch::Sender<Option<CloseReason>>,
     close_reason: Option<CloseReason>,
     packets: VecDeque<Packet>,
+    /// Room for one GSO batch of packets.
     out: Vec<u8>,
+    max_udp_payload: usize,
     timer: watch::Sender<Option<Instant>>,
     armed: Option<Instant>,
     flush_scheduled: bool,
@@ -308,7 +314,9 @@ impl<A> Default for ConnectionActor<A> {
 }
 
 /// The one timer of a connection: a task that sleeps until the deadline in the watch channel
-/// and casts `Timeout`. Re-arming is a watch update, never a new task.
+/// and casts `Timeout`. Re-arming is a watch update, never a new task; a *later* deadline is
+/// stored without waking the task (it re-reads the deadline when its sleep ends), so the common
+/// case — quiche pushing its loss timer back after every packet — costs no wake-up at all.
 fn spawn_timer<M: Send + 'static>(me: ActorRef<ConnMsg<M>>) -> watch::Sender<Option<Instant>> {
     let (tx, mut rx) = watch::channel::<Option<Instant>>(None);
     tokio::spawn(async move {
@@ -318,6 +326,11 @@ fn spawn_timer<M: Send + 'static>(me: ActorRef<ConnMsg<M>>) -> watch::Sender<Opt
                 Some(d) => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(d.into()) => {
+                            // The deadline may have moved later while we slept.
+                            let now = *rx.borrow();
+                            if matches!(now, Some(t) if t > Instant::now()) {
+                                continue;
+                            }
                             if me.cast(ConnMsg::Timeout).is_err() {
                                 return;
                             }
@@ -384,6 +397,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             }
         }
         let now = Instant::now();
+        let gso = args.socket.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
         Ok(ConnState {
             conn: args.conn,
             app: args.app,
@@ -400,7 +414,8 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             closed_tx: args.closed_tx,
             close_reason: None,
             packets: VecDeque::new(),
-            out: vec![0; args.max_udp_payload],
+            out: vec![0; args.max_udp_payload * gso],
+            max_udp_payload: args.max_udp_payload,
             timer: spawn_timer(myself),
             armed: None,
             flush_scheduled: false,
@@ -470,6 +485,9 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Never stop because a child did: the application decides what a child's exit means.
+        if matches!(evt, SupervisionEvent::ActorStarted(_)) {
+            return Ok(());
+        }
         let span = st.span.clone();
         st.turn(&myself, Event::Child(evt)).instrument(span).await;
         Ok(())
@@ -683,21 +701,46 @@ impl<A: ConnectionApp> ConnState<A> {
         self.rearm(force_rearm);
     }
 
+    /// Sends everything quiche has, batching runs of equal-size packets to one destination into
+    /// GSO sends (one syscall for up to `MAX_GSO_SEGMENTS` packets).
     async fn flush_packets(&mut self) {
+        let payload = self.max_udp_payload;
+        let capacity = self.out.len();
+        // The batch being built: destination, segment size, bytes used.
+        let mut batch: Option<(SocketAddr, usize)> = None;
+        let mut used = 0usize;
         loop {
-            match self.conn.send(&mut self.out) {
-                Ok((n, info)) => {
-                    let buf = &self.out[..n];
-                    match self.socket.try_send_to(buf, info.to) {
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            if let Err(e) = self.socket.send_to(buf, info.to).await {
-                                debug!("send failed: {e}");
-                            }
-                        }
-                        Err(e) => debug!("send failed: {e}"),
-                    }
+            if used + payload > capacity {
+                if let Some((to, seg)) = batch.take() {
+                    self.send_batch(to, used, seg).await;
                 }
+                used = 0;
+            }
+            match self.conn.send(&mut self.out[used..used + payload]) {
+                Ok((n, info)) => match batch {
+                    None => {
+                        batch = Some((info.to, n));
+                        used = n;
+                    }
+                    Some((to, seg)) if to == info.to && n <= seg => {
+                        used += n;
+                        if n < seg {
+                            // A short packet must be the last segment of a GSO batch.
+                            self.send_batch(to, used, seg).await;
+                            batch = None;
+                            used = 0;
+                        }
+                    }
+                    Some((to, seg)) => {
+                        // Different destination or a larger packet: send the batch without it,
+                        // then start a new batch with it.
+                        let start = used;
+                        self.send_batch(to, start, seg).await;
+                        self.out.copy_within(start..start + n, 0);
+                        batch = Some((info.to, n));
+                        used = n;
+                    }
+                },
                 Err(quiche::Error::Done) => break,
                 Err(e) => {
                     warn!("quiche send failed: {e}");
@@ -706,6 +749,18 @@ impl<A: ConnectionApp> ConnState<A> {
                 }
             }
         }
+        if let Some((to, seg)) = batch {
+            self.send_batch(to, used, seg).await;
+        }
+    }
+
+    async fn send_batch(&mut self, to: SocketAddr, len: usize, seg: usize) {
+        if len == 0 {
+            return;
+        }
+        if let Err(e) = self.socket.send(to, &self.out[..len], Some(seg)).await {
+            debug!("send failed: {e}");
+        }
     }
 
     fn rearm(&mut self, force: bool) {
@@ -713,9 +768,17 @@ impl<A: ConnectionApp> ConnState<A> {
         if let Stage::Handshake { deadline } = self.stage {
             next = Some(next.map_or(deadline, |t| t.min(deadline)));
         }
-        if force || next != self.armed {
+        if force || next.is_none() || self.armed.is_none() || next < self.armed {
+            // Earlier (or first, or cleared): wake the timer task.
             self.armed = next;
             self.timer.send_replace(next);
+        } else if next != self.armed {
+            // Later: store silently; the sleeping task re-reads it when it wakes.
+            self.armed = next;
+            self.timer.send_if_modified(|d| {
+                *d = next;
+                false
+            });
         }
     }
 

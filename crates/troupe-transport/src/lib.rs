@@ -16,6 +16,7 @@ mod route;
 mod settings;
 mod stats;
 mod tls;
+mod udp;
 
 pub use app::{AppError, ConnCx, ConnectionApp};
 pub use connection::{CloseReason, ConnMsg, Connection, ConnectionInfo, Stage, LOCAL_CID_LEN};

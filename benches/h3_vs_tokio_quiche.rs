@@ -165,13 +165,14 @@ fn start(bin: &Path, args: &[&str], ready_prefix: &str, pin: bool) -> (Proc, Soc
     } else {
         Command::new(bin)
     };
-    let mut child = cmd
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-    let out = child.stdout.take().unwrap();
+    let mut child = Proc(
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display())),
+    );
+    let out = child.0.stdout.take().unwrap();
     let mut reader = BufReader::new(out);
     let mut line = String::new();
     loop {
@@ -183,7 +184,7 @@ fn start(bin: &Path, args: &[&str], ready_prefix: &str, pin: bool) -> (Proc, Soc
             let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
             // Keep draining stdout so the server never blocks on a full pipe.
             std::thread::spawn(move || for _ in reader.lines() {});
-            return (Proc(child), addr);
+            return (child, addr);
         }
     }
 }

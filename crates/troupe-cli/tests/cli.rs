@@ -1,0 +1,153 @@
+//! The `troupe` binary end to end: serve, get, file serving, and the errors a user sees.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn troupe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_troupe"))
+}
+
+/// Starts `troupe serve` on a free port; returns the process, the port and the certificate path.
+fn serve(extra: &[&str]) -> (Reaped, u16, PathBuf) {
+    let mut child = Reaped(
+        troupe()
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port = first
+        .strip_prefix("troupe serving HTTP/3 on 127.0.0.1:")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .parse()
+        .unwrap();
+    let second = lines.next().unwrap().unwrap();
+    let cert = second
+        .strip_prefix("self-signed certificate for localhost: ")
+        .unwrap_or_else(|| panic!("unexpected second line {second:?}"));
+    let third = lines.next().unwrap().unwrap();
+    assert!(third.starts_with("certificate SPKI SHA-256 (base64): "), "{third}");
+    assert_eq!(third.rsplit(' ').next().unwrap().len(), 44);
+    std::thread::spawn(move || for _ in lines {});
+    (child, port, PathBuf::from(cert))
+}
+
+#[test]
+fn serve_then_get_with_the_printed_certificate() {
+    let (_server, port, cert) = serve(&[]);
+    let out = troupe()
+        .args(["get", &format!("https://localhost:{port}/"), "--ca"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, troupe::service::GREETING.as_bytes());
+
+    let dir = std::env::temp_dir().join(format!("troupe-cli-get-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(dir.join("in.bin"), &data).unwrap();
+    let out = troupe()
+        .args(["get", &format!("https://localhost:{port}/echo"), "-v", "--data"])
+        .arg(dir.join("in.bin"))
+        .arg("-o")
+        .arg(dir.join("out.bin"))
+        .arg("--ca")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("< HTTP/3 200"));
+    assert!(std::fs::read(dir.join("out.bin")).unwrap() == data);
+
+    let out = troupe()
+        .args(["get", &format!("https://localhost:{port}/missing"), "--ca"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(22));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn root_serves_files_and_nothing_outside() {
+    let base = std::env::temp_dir().join(format!("troupe-cli-root-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let root = base.join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("hello.txt"), b"file body\n").unwrap();
+    std::fs::write(base.join("secret.txt"), b"secret\n").unwrap();
+    std::os::unix::fs::symlink(base.join("secret.txt"), root.join("link.txt")).unwrap();
+    let (_server, port, cert) = serve(&["--root", root.to_str().unwrap()]);
+
+    let out = troupe()
+        .args(["get", &format!("https://localhost:{port}/hello.txt"), "-v", "--ca"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, b"file body\n");
+    let head = String::from_utf8_lossy(&out.stderr);
+    assert!(head.contains("content-type: text/plain"), "{head}");
+    assert!(head.contains("content-length: 10"), "{head}");
+
+    for path in ["/%2e%2e/secret.txt", "/link.txt", "/..%2fsecret.txt"] {
+        let out = troupe()
+            .args(["get", &format!("https://localhost:{port}{path}"), "--ca"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(22), "{path} was served");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("secret"), "{path}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn nothing_listening_is_one_clear_line() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let out = troupe()
+        .args(["get", &format!("https://127.0.0.1:{port}/"), "-k", "--connect-timeout", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), format!("troupe: no QUIC server answered at 127.0.0.1:{port} within 1 s"));
+}
+
+#[test]
+fn bad_input_names_what_is_wrong() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["serve", "--cert", "/x.pem"], "--key"),
+        (&["serve", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"], "/nonexistent/c.pem"),
+        (&["serve", "--root", "/nonexistent/dir"], "--root /nonexistent/dir"),
+        (&["serve", "--listen", "not-an-address"], "--listen"),
+        (&["get", "http://localhost/"], "must start with https://"),
+        (&["get", "https://localhost:1/", "--ca", "/nonexistent/ca.pem"], "/nonexistent/ca.pem"),
+        (&["get", "https://localhost:1/", "--data", "/nonexistent/body"], "/nonexistent/body"),
+        (&["get", "https://localhost:1/", "-H", "no-colon"], "Name: value"),
+        (&["get", "https://localhost:1/", "--ca", "/x", "--insecure"], "--insecure"),
+    ];
+    for (args, needle) in cases {
+        let out = troupe().args(*args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

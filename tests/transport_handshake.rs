@@ -1,0 +1,81 @@
+//! Version negotiation and stateless Retry at the endpoint, on loopback UDP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use troupe::h3::ServerConfig;
+use troupe::transport::quiche;
+
+/// An Initial with a version we do not speak gets a Version Negotiation packet, and no
+/// connection is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_version_gets_version_negotiation() {
+    let server = builtin_server(ServerConfig::default()).await;
+    // A reserved ("greasing") version: quiche builds the Initial, no server supports it.
+    let version = 0x1a2a_3a4a;
+    let mut config = quiche::Config::new(version).unwrap();
+    config.set_application_protos(&[b"h3"]).unwrap();
+    config.verify_peer(false);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let scid = quiche::ConnectionId::from_ref(&[7u8; 16]);
+    let mut conn = quiche::connect(
+        Some("localhost"),
+        &scid,
+        sock.local_addr().unwrap(),
+        server.local_addr(),
+        &mut config,
+    )
+    .unwrap();
+    let mut out = [0u8; 1500];
+    let (n, _) = conn.send(&mut out).unwrap();
+    assert!(n >= 1200, "an Initial is padded to 1200 bytes");
+    sock.send_to(&out[..n], server.local_addr()).unwrap();
+
+    let mut buf = [0u8; 1500];
+    let (len, _) = sock.recv_from(&mut buf).expect("a Version Negotiation packet");
+    let hdr = quiche::Header::from_slice(&mut buf[..len], 16).unwrap();
+    assert_eq!(hdr.ty, quiche::Type::VersionNegotiation);
+    assert_eq!(hdr.dcid.as_ref(), scid.as_ref(), "echoes our source connection ID");
+    let stats = server.stats();
+    assert_eq!(stats.version_negotiations, 1);
+    assert_eq!(stats.connections_accepted, 0);
+    assert_eq!(server.endpoint().connection_count(), 0);
+}
+
+/// Retry is on by default: the first Initial is answered statelessly, the second (with the
+/// token) creates the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_validates_before_accepting() {
+    let server = builtin_server(ServerConfig::default()).await;
+    let (_ep, client) = connect(&server).await;
+    let resp = client.send(get(&server, "/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stats = server.stats();
+    // Every Initial without a token is answered with a Retry (a client may send more than one
+    // before the first Retry arrives); exactly one connection results.
+    assert!(stats.retries_sent >= 1, "{stats:?}");
+    assert_eq!(stats.connections_accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_can_be_turned_off() {
+    let mut config = ServerConfig::default();
+    config.quic.retry = false;
+    let server = builtin_server(config).await;
+    let (ep, client) = connect(&server).await;
+    let resp = client.send(get(&server, "/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stats = server.stats();
+    assert_eq!(stats.retries_sent, 0);
+    assert_eq!(stats.connections_accepted, 1);
+    // The client's original DCID route is removed with the connection.
+    client.close();
+    eventually(Duration::from_secs(5), "routes gone after close", || async {
+        server.endpoint().connection_count() == 0 && server.endpoint().route_count() == 0
+    })
+    .await;
+    drop(ep);
+}

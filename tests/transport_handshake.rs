@@ -35,10 +35,16 @@ async fn unknown_version_gets_version_negotiation() {
     sock.send_to(&out[..n], server.local_addr()).unwrap();
 
     let mut buf = [0u8; 1500];
-    let (len, _) = sock.recv_from(&mut buf).expect("a Version Negotiation packet");
+    let (len, _) = sock
+        .recv_from(&mut buf)
+        .expect("a Version Negotiation packet");
     let hdr = quiche::Header::from_slice(&mut buf[..len], 16).unwrap();
     assert_eq!(hdr.ty, quiche::Type::VersionNegotiation);
-    assert_eq!(hdr.dcid.as_ref(), scid.as_ref(), "echoes our source connection ID");
+    assert_eq!(
+        hdr.dcid.as_ref(),
+        scid.as_ref(),
+        "echoes our source connection ID"
+    );
     let stats = server.stats();
     assert_eq!(stats.version_negotiations, 1);
     assert_eq!(stats.connections_accepted, 0);
@@ -73,9 +79,13 @@ async fn retry_can_be_turned_off() {
     assert_eq!(stats.connections_accepted, 1);
     // The client's original DCID route is removed with the connection.
     client.close();
-    eventually(Duration::from_secs(5), "routes gone after close", || async {
-        server.endpoint().connection_count() == 0 && server.endpoint().route_count() == 0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "routes gone after close",
+        || async {
+            server.endpoint().connection_count() == 0 && server.endpoint().route_count() == 0
+        },
+    )
     .await;
     drop(ep);
 }

@@ -41,7 +41,10 @@ fn serve(extra: &[&str]) -> (Reaped, u16, PathBuf) {
         .strip_prefix("self-signed certificate for localhost: ")
         .unwrap_or_else(|| panic!("unexpected second line {second:?}"));
     let third = lines.next().unwrap().unwrap();
-    assert!(third.starts_with("certificate SPKI SHA-256 (base64): "), "{third}");
+    assert!(
+        third.starts_with("certificate SPKI SHA-256 (base64): "),
+        "{third}"
+    );
     assert_eq!(third.rsplit(' ').next().unwrap().len(), 44);
     std::thread::spawn(move || for _ in lines {});
     (child, port, PathBuf::from(cert))
@@ -55,7 +58,11 @@ fn serve_then_get_with_the_printed_certificate() {
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, troupe::service::GREETING.as_bytes());
 
     let dir = std::env::temp_dir().join(format!("troupe-cli-get-{}", std::process::id()));
@@ -63,7 +70,12 @@ fn serve_then_get_with_the_printed_certificate() {
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(dir.join("in.bin"), &data).unwrap();
     let out = troupe()
-        .args(["get", &format!("https://localhost:{port}/echo"), "-v", "--data"])
+        .args([
+            "get",
+            &format!("https://localhost:{port}/echo"),
+            "-v",
+            "--data",
+        ])
         .arg(dir.join("in.bin"))
         .arg("-o")
         .arg(dir.join("out.bin"))
@@ -71,7 +83,11 @@ fn serve_then_get_with_the_printed_certificate() {
         .arg(&cert)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("< HTTP/3 200"));
     assert!(std::fs::read(dir.join("out.bin")).unwrap() == data);
 
@@ -96,7 +112,12 @@ fn root_serves_files_and_nothing_outside() {
     let (_server, port, cert) = serve(&["--root", root.to_str().unwrap()]);
 
     let out = troupe()
-        .args(["get", &format!("https://localhost:{port}/hello.txt"), "-v", "--ca"])
+        .args([
+            "get",
+            &format!("https://localhost:{port}/hello.txt"),
+            "-v",
+            "--ca",
+        ])
         .arg(&cert)
         .output()
         .unwrap();
@@ -113,7 +134,10 @@ fn root_serves_files_and_nothing_outside() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(22), "{path} was served");
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("secret"), "{path}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("secret"),
+            "{path}"
+        );
     }
     let _ = std::fs::remove_dir_all(&base);
 }
@@ -123,26 +147,59 @@ fn nothing_listening_is_one_clear_line() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let out = troupe()
-        .args(["get", &format!("https://127.0.0.1:{port}/"), "-k", "--connect-timeout", "1"])
+        .args([
+            "get",
+            &format!("https://127.0.0.1:{port}/"),
+            "-k",
+            "--connect-timeout",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim(), format!("troupe: no QUIC server answered at 127.0.0.1:{port} within 1 s"));
+    assert_eq!(
+        err.trim(),
+        format!("troupe: no QUIC server answered at 127.0.0.1:{port} within 1 s")
+    );
 }
 
 #[test]
 fn bad_input_names_what_is_wrong() {
     let cases: &[(&[&str], &str)] = &[
         (&["serve", "--cert", "/x.pem"], "--key"),
-        (&["serve", "--cert", "/nonexistent/c.pem", "--key", "/nonexistent/k.pem"], "/nonexistent/c.pem"),
-        (&["serve", "--root", "/nonexistent/dir"], "--root /nonexistent/dir"),
+        (
+            &[
+                "serve",
+                "--cert",
+                "/nonexistent/c.pem",
+                "--key",
+                "/nonexistent/k.pem",
+            ],
+            "/nonexistent/c.pem",
+        ),
+        (
+            &["serve", "--root", "/nonexistent/dir"],
+            "--root /nonexistent/dir",
+        ),
         (&["serve", "--listen", "not-an-address"], "--listen"),
         (&["get", "http://localhost/"], "must start with https://"),
-        (&["get", "https://localhost:1/", "--ca", "/nonexistent/ca.pem"], "/nonexistent/ca.pem"),
-        (&["get", "https://localhost:1/", "--data", "/nonexistent/body"], "/nonexistent/body"),
-        (&["get", "https://localhost:1/", "-H", "no-colon"], "Name: value"),
-        (&["get", "https://localhost:1/", "--ca", "/x", "--insecure"], "--insecure"),
+        (
+            &["get", "https://localhost:1/", "--ca", "/nonexistent/ca.pem"],
+            "/nonexistent/ca.pem",
+        ),
+        (
+            &["get", "https://localhost:1/", "--data", "/nonexistent/body"],
+            "/nonexistent/body",
+        ),
+        (
+            &["get", "https://localhost:1/", "-H", "no-colon"],
+            "Name: value",
+        ),
+        (
+            &["get", "https://localhost:1/", "--ca", "/x", "--insecure"],
+            "--insecure",
+        ),
     ];
     for (args, needle) in cases {
         let out = troupe().args(*args).output().unwrap();

@@ -64,6 +64,9 @@ async fn retry_validates_before_accepting() {
     // before the first Retry arrives); exactly one connection results.
     assert!(stats.retries_sent >= 1, "{stats:?}");
     assert_eq!(stats.connections_accepted, 1);
+    // Routed: the handshake connection ID plus the spare one issued once established (the
+    // client allows two active connection IDs, quiche's default).
+    assert_eq!(server.endpoint().route_count(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,16 @@ use troupe_transport::ConnMsg;
 use crate::conn::H3Msg;
 use crate::stream::StreamMsg;
 
+/// Credit charged per received chunk on top of its length: roughly what a chunk costs in memory
+/// besides its bytes (the `Bytes` handle, its allocation, its queue slot). It keeps a stream's
+/// memory within its window even when a peer sends tiny DATA frames.
+pub(crate) const CHUNK_OVERHEAD: usize = 64;
+
+/// Credit a chunk of `n` body bytes costs.
+pub(crate) fn charge(n: usize) -> usize {
+    n + CHUNK_OVERHEAD
+}
+
 /// A boxed error, as body streams carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -351,7 +361,7 @@ impl Stream for RecvBody {
         };
         match (chunk, end) {
             (Some(c), _) => {
-                let n = c.len();
+                let n = charge(c.len());
                 self.credit(n, false);
                 Poll::Ready(Some(Ok(c)))
             }

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use quiche::h3::{self, Header};
 use ractor::{Actor, ActorId, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
@@ -17,16 +17,18 @@ use tracing::{debug, trace, warn};
 use troupe_transport::{AppError, CloseReason, ConnCx, ConnectionApp};
 
 use crate::body::RecvBody;
-use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR};
+use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_REQUEST_CANCELLED};
 use crate::error::RequestError;
 use crate::headers;
 use crate::server::Handler;
 use crate::settings::H3Settings;
 use crate::stream::{Role, StreamActor, StreamArgs, StreamMsg};
 
-/// Largest single read from quiche for one stream. 64 KiB: a few packets' worth, so one
-/// allocation carries many packets of body.
+/// Largest single read from quiche for one stream. 64 KiB: many packets' worth of body in one
+/// chunk and one message.
 const MAX_READ: usize = 64 * 1024;
+
+use crate::body::CHUNK_OVERHEAD;
 
 /// A frame a stream actor hands to the connection for sending.
 pub enum OutFrame {
@@ -105,6 +107,8 @@ struct Route {
     queued: bool,
     /// The first header section has been sent.
     headers_sent: bool,
+    /// Our FIN or RESET is written, or the peer stopped us: nothing more will be sent.
+    send_done: bool,
 }
 
 /// Which side of the connection we are.
@@ -121,6 +125,10 @@ pub struct H3App {
     routes: HashMap<u64, Route>,
     by_actor: HashMap<ActorId, u64>,
     write_queue: Vec<u64>,
+    /// Scratch buffer for reads from quiche; chunks are copied out exactly sized.
+    read_buf: Vec<u8>,
+    /// quiche's count of STOP_SENDING frames received, as last seen.
+    stopped_seen: u64,
     trace_id: String,
 }
 
@@ -146,6 +154,8 @@ impl H3App {
             routes: HashMap::new(),
             by_actor: HashMap::new(),
             write_queue: Vec::new(),
+            read_buf: vec![0; MAX_READ],
+            stopped_seen: 0,
             trace_id: String::new(),
         }
     }
@@ -187,6 +197,7 @@ impl H3App {
                         out: VecDeque::new(),
                         queued: false,
                         headers_sent: matches!(self.side, Side::Client { .. }),
+                        send_done: false,
                     },
                 );
                 Ok(())
@@ -252,14 +263,16 @@ impl H3App {
         };
         let mut chunks = Vec::new();
         let mut reset = None;
-        while credit > 0 {
-            let want = credit.min(MAX_READ);
-            let mut buf = BytesMut::with_capacity(want);
-            match h3.recv_body_buf(conn, stream_id, &mut (&mut buf).limit(want)) {
+        // Each chunk is charged its length plus CHUNK_OVERHEAD, so even a peer sending 1-byte
+        // DATA frames cannot make one stream hold more memory than its window.
+        while credit > CHUNK_OVERHEAD {
+            let want = (credit - CHUNK_OVERHEAD).min(MAX_READ);
+            match h3.recv_body(conn, stream_id, &mut self.read_buf[..want]) {
                 Ok(0) => break,
                 Ok(n) => {
-                    credit -= n;
-                    chunks.push(buf.freeze());
+                    credit -= crate::body::charge(n);
+                    // Exactly sized: a small read never pins a large buffer.
+                    chunks.push(Bytes::copy_from_slice(&self.read_buf[..n]));
                 }
                 Err(h3::Error::Done) => break,
                 Err(h3::Error::TransportError(quiche::Error::StreamReset(code))) => {
@@ -272,7 +285,11 @@ impl H3App {
                 }
             }
         }
-        let fin = conn.stream_finished(stream_id);
+        // After a reset quiche reports the stream finished too: tell the two apart.
+        if reset.is_none() && conn.stream_finished(stream_id) {
+            reset = end_of_stream(conn, stream_id).err();
+        }
+        let fin = reset.is_none() && conn.stream_finished(stream_id);
         let blocked = credit == 0 && conn.stream_readable(stream_id);
         route.read = if fin || reset.is_some() {
             ReadRoute::Done
@@ -375,8 +392,12 @@ impl H3App {
                     }
                 }
             }
+            if fin_written {
+                route.send_done = true;
+            }
             if let Some(code) = stopped {
                 route.out.clear();
+                route.send_done = true;
                 let _ = route.actor.cast(StreamMsg::PeerStopSending(code));
             } else if written > 0 || fin_written {
                 let _ = route.actor.cast(StreamMsg::Written {
@@ -390,6 +411,31 @@ impl H3App {
             } else {
                 i += 1;
             }
+        }
+    }
+
+    /// quiche reports a peer's STOP_SENDING on a stream only as an error on the next write to
+    /// it. A stream with nothing queued (say, a response waiting for data) would never learn of
+    /// it and its actor would live on. quiche counts STOP_SENDING frames, so when the count
+    /// moves, probe the streams whose sending side is open and idle.
+    fn notice_stopped_streams(&mut self, conn: &mut quiche::Connection) {
+        let stopped = conn.stats().stopped_stream_count_remote;
+        if stopped == self.stopped_seen {
+            return;
+        }
+        self.stopped_seen = stopped;
+        for (&id, route) in self.routes.iter_mut() {
+            if route.send_done || !route.out.is_empty() {
+                continue;
+            }
+            let code = match conn.stream_capacity(id) {
+                Err(quiche::Error::StreamStopped(code)) => code,
+                // Stopped, reset in reply, and already collected by quiche.
+                Err(quiche::Error::InvalidStreamState(_)) => H3_REQUEST_CANCELLED,
+                _ => continue,
+            };
+            route.send_done = true;
+            let _ = route.actor.cast(StreamMsg::PeerStopSending(code));
         }
     }
 
@@ -462,6 +508,19 @@ fn internal(e: h3::Error) -> AppError {
     }
 }
 
+/// For a stream quiche reports finished: `Ok` for a real FIN, `Err(code)` if the peer reset it.
+///
+/// quiche marks a reset stream finished as well, and `h3::Connection::recv_body` can queue a
+/// `Finished` event for it; the pending reset is still in quiche's receive buffer, so a
+/// zero-length read tells: a reset stream yields `StreamReset`, a finished one nothing.
+fn end_of_stream(conn: &mut quiche::Connection, stream_id: u64) -> Result<(), u64> {
+    let mut probe = [0u8; 1];
+    match conn.stream_recv(stream_id, &mut probe[..0]) {
+        Err(quiche::Error::StreamReset(code)) => Err(code),
+        _ => Ok(()),
+    }
+}
+
 fn shutdown_both(conn: &mut quiche::Connection, stream_id: u64, code: u64) {
     let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
     let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
@@ -510,10 +569,15 @@ impl ConnectionApp for H3App {
                     if let Some(route) = self.routes.get_mut(&stream_id) {
                         if matches!(route.read, ReadRoute::Open { .. }) {
                             route.read = ReadRoute::Done;
-                            let _ = route.actor.cast(StreamMsg::Body {
-                                chunks: Vec::new(),
-                                fin: true,
-                            });
+                            // quiche may report Finished for a stream the peer reset.
+                            let msg = match end_of_stream(cx.conn, stream_id) {
+                                Ok(()) => StreamMsg::Body {
+                                    chunks: Vec::new(),
+                                    fin: true,
+                                },
+                                Err(code) => StreamMsg::PeerReset(code),
+                            };
+                            let _ = route.actor.cast(msg);
                         }
                     }
                 }
@@ -563,6 +627,9 @@ impl ConnectionApp for H3App {
                 };
                 if resume {
                     self.read_stream(cx.conn, stream_id);
+                    // Reading may have reached a trailer section or the FIN, which only
+                    // h3::poll reports; no packet may come to trigger it, so poll now.
+                    return self.on_readable(cx).await;
                 }
             }
             H3Msg::StopSending { stream_id, code } => {
@@ -623,6 +690,7 @@ impl ConnectionApp for H3App {
 
     fn before_flush(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
         self.write_streams(cx.conn);
+        self.notice_stopped_streams(cx.conn);
         Ok(())
     }
 

@@ -26,6 +26,9 @@ pub const LOCAL_CID_LEN: usize = 16;
 /// buffer to 64 x max_udp_payload (~86 KB).
 const MAX_GSO_SEGMENTS: usize = 64;
 
+/// Most bytes in one GSO send: under the 65,507-byte UDP payload limit of IPv4 with room to spare.
+const MAX_GSO_BYTES: usize = 65_000;
+
 /// How long a closing connection waits for its child actors to stop before it exits anyway.
 /// 2 s: children only flush state on stop, so anything slower is stuck.
 const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -397,7 +400,13 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             }
         }
         let now = Instant::now();
-        let gso = args.socket.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
+        // Linux refuses a UDP send over 64 KiB, GSO or not: bound the batch by bytes too.
+        let gso = args
+            .socket
+            .max_gso_segments()
+            .clamp(1, MAX_GSO_SEGMENTS)
+            .min(MAX_GSO_BYTES / args.max_udp_payload)
+            .max(1);
         Ok(ConnState {
             conn: args.conn,
             app: args.app,
@@ -705,42 +714,44 @@ impl<A: ConnectionApp> ConnState<A> {
     /// GSO sends (one syscall for up to `MAX_GSO_SEGMENTS` packets).
     async fn flush_packets(&mut self) {
         let payload = self.max_udp_payload;
-        let capacity = self.out.len();
-        // The batch being built: destination, segment size, bytes used.
-        let mut batch: Option<(SocketAddr, usize)> = None;
+        // The buffer holds exactly the most segments one send may carry.
+        let max_segments = self.out.len() / payload;
+        // The batch being built: destination, segment size, segments so far; bytes used.
+        let mut batch: Option<(SocketAddr, usize, usize)> = None;
         let mut used = 0usize;
         loop {
-            if used + payload > capacity {
-                if let Some((to, seg)) = batch.take() {
-                    self.send_batch(to, used, seg).await;
-                }
-                used = 0;
-            }
             match self.conn.send(&mut self.out[used..used + payload]) {
-                Ok((n, info)) => match batch {
-                    None => {
-                        batch = Some((info.to, n));
-                        used = n;
-                    }
-                    Some((to, seg)) if to == info.to && n <= seg => {
-                        used += n;
-                        if n < seg {
-                            // A short packet must be the last segment of a GSO batch.
-                            self.send_batch(to, used, seg).await;
-                            batch = None;
-                            used = 0;
+                Ok((n, info)) => {
+                    let full = match &mut batch {
+                        None => {
+                            batch = Some((info.to, n, 1));
+                            used = n;
+                            false
                         }
+                        Some((to, seg, count)) if *to == info.to && n <= *seg => {
+                            used += n;
+                            *count += 1;
+                            // A short packet must be the last segment of a GSO batch.
+                            n < *seg || *count == max_segments
+                        }
+                        Some((to, seg, _)) => {
+                            // Different destination or a larger packet: send the batch
+                            // without it, then start a new batch with it.
+                            let (to, seg, start) = (*to, *seg, used);
+                            self.send_batch(to, start, seg).await;
+                            self.out.copy_within(start..start + n, 0);
+                            batch = Some((info.to, n, 1));
+                            used = n;
+                            max_segments == 1
+                        }
+                    };
+                    if full {
+                        if let Some((to, seg, _)) = batch.take() {
+                            self.send_batch(to, used, seg).await;
+                        }
+                        used = 0;
                     }
-                    Some((to, seg)) => {
-                        // Different destination or a larger packet: send the batch without it,
-                        // then start a new batch with it.
-                        let start = used;
-                        self.send_batch(to, start, seg).await;
-                        self.out.copy_within(start..start + n, 0);
-                        batch = Some((info.to, n));
-                        used = n;
-                    }
-                },
+                }
                 Err(quiche::Error::Done) => break,
                 Err(e) => {
                     warn!("quiche send failed: {e}");
@@ -749,7 +760,7 @@ impl<A: ConnectionApp> ConnState<A> {
                 }
             }
         }
-        if let Some((to, seg)) = batch {
+        if let Some((to, seg, _)) = batch {
             self.send_batch(to, used, seg).await;
         }
     }

@@ -253,6 +253,15 @@ impl<A: ConnectionApp> Endpoint<A> {
         self.actor.get_children().len()
     }
 
+    /// Number of actors running under all connection actors (for HTTP/3: live request streams).
+    pub fn connection_children(&self) -> usize {
+        self.actor
+            .get_children()
+            .iter()
+            .map(|c| c.get_children().len())
+            .sum()
+    }
+
     /// Number of connection IDs in the routing table.
     pub fn route_count(&self) -> usize {
         self.routes.len()
@@ -438,7 +447,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
                 let token = hdr.token.as_deref().unwrap_or_default();
                 if token.is_empty() {
                     let new_scid = random_cid();
-                    let token = tokens.mint(&packet.from, &hdr.dcid);
+                    let token = tokens.mint(&packet.from, &hdr.dcid, &new_scid);
                     if let Ok(n) = quiche::retry(
                         &hdr.scid,
                         &hdr.dcid,
@@ -452,7 +461,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
                     }
                     return;
                 }
-                match tokens.validate(&packet.from, token) {
+                match tokens.validate(&packet.from, &hdr.dcid, token) {
                     Some(odcid) => (hdr.dcid.clone().into_owned(), Some(odcid)),
                     None => {
                         bump(&self.routes.stats.dropped_invalid_token);

@@ -2,7 +2,8 @@
 //! creating any connection state.
 //!
 //! Token layout: `issued_at_secs (8, BE) | odcid_len (1) | odcid | HMAC-SHA256 tag (32)`; the tag
-//! covers the timestamp, the client's address and the original destination connection ID.
+//! covers the timestamp, the client's address, the original destination connection ID and the
+//! connection ID the Retry told the client to use (so a token only opens that connection).
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,45 +30,51 @@ impl RetryTokens {
         }
     }
 
-    fn tag(&self, issued: u64, addr: &SocketAddr, odcid: &[u8]) -> hmac::Tag {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(&issued.to_be_bytes());
+    fn signed(issued: u64, addr: &SocketAddr, odcid: &[u8], retry_scid: &[u8]) -> Vec<u8> {
+        let mut m = Vec::with_capacity(8 + 18 + odcid.len() + 1 + retry_scid.len());
+        m.extend_from_slice(&issued.to_be_bytes());
         match addr {
-            SocketAddr::V4(a) => ctx.update(&a.ip().octets()),
-            SocketAddr::V6(a) => ctx.update(&a.ip().octets()),
+            SocketAddr::V4(a) => m.extend_from_slice(&a.ip().octets()),
+            SocketAddr::V6(a) => m.extend_from_slice(&a.ip().octets()),
         }
-        ctx.update(&addr.port().to_be_bytes());
-        ctx.update(odcid);
-        ctx.sign()
+        m.extend_from_slice(&addr.port().to_be_bytes());
+        m.push(odcid.len() as u8);
+        m.extend_from_slice(odcid);
+        m.extend_from_slice(retry_scid);
+        m
     }
 
-    pub(crate) fn mint(&self, addr: &SocketAddr, odcid: &[u8]) -> Vec<u8> {
-        self.mint_at(now_secs(), addr, odcid)
+    /// A token for a client at `addr` whose first Initial had `odcid`, told to use `retry_scid`.
+    pub(crate) fn mint(&self, addr: &SocketAddr, odcid: &[u8], retry_scid: &[u8]) -> Vec<u8> {
+        self.mint_at(now_secs(), addr, odcid, retry_scid)
     }
 
-    fn mint_at(&self, issued: u64, addr: &SocketAddr, odcid: &[u8]) -> Vec<u8> {
+    fn mint_at(&self, issued: u64, addr: &SocketAddr, odcid: &[u8], retry_scid: &[u8]) -> Vec<u8> {
+        let tag = hmac::sign(&self.key, &Self::signed(issued, addr, odcid, retry_scid));
         let mut t = Vec::with_capacity(9 + odcid.len() + TAG_LEN);
         t.extend_from_slice(&issued.to_be_bytes());
         t.push(odcid.len() as u8);
         t.extend_from_slice(odcid);
-        t.extend_from_slice(self.tag(issued, addr, odcid).as_ref());
+        t.extend_from_slice(tag.as_ref());
         t
     }
 
-    /// Returns the original destination connection ID if the token is ours, fresh, and was
-    /// issued to this address.
+    /// Returns the original destination connection ID if the token is ours, fresh, issued to
+    /// this address, and the Initial carrying it is addressed to `dcid` (the Retry's SCID).
     pub(crate) fn validate(
         &self,
         addr: &SocketAddr,
+        dcid: &[u8],
         token: &[u8],
     ) -> Option<ConnectionId<'static>> {
-        self.validate_at(now_secs(), addr, token)
+        self.validate_at(now_secs(), addr, dcid, token)
     }
 
     fn validate_at(
         &self,
         now: u64,
         addr: &SocketAddr,
+        dcid: &[u8],
         token: &[u8],
     ) -> Option<ConnectionId<'static>> {
         if token.len() < 9 + TAG_LEN {
@@ -80,15 +87,7 @@ impl RetryTokens {
         }
         let odcid = &token[9..9 + len];
         let tag = &token[9 + len..];
-        let mut ctx_msg = Vec::with_capacity(8 + 18 + len);
-        ctx_msg.extend_from_slice(&issued.to_be_bytes());
-        match addr {
-            SocketAddr::V4(a) => ctx_msg.extend_from_slice(&a.ip().octets()),
-            SocketAddr::V6(a) => ctx_msg.extend_from_slice(&a.ip().octets()),
-        }
-        ctx_msg.extend_from_slice(&addr.port().to_be_bytes());
-        ctx_msg.extend_from_slice(odcid);
-        hmac::verify(&self.key, &ctx_msg, tag).ok()?;
+        hmac::verify(&self.key, &Self::signed(issued, addr, odcid, dcid), tag).ok()?;
         if now < issued || now - issued > TOKEN_LIFETIME.as_secs() {
             return None;
         }
@@ -111,8 +110,15 @@ mod tests {
     fn token_round_trip() {
         let t = RetryTokens::new();
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let tok = t.mint(&a, b"abcdefgh");
-        assert_eq!(t.validate(&a, &tok).unwrap().as_ref(), b"abcdefgh");
+        let tok = t.mint(&a, b"abcdefgh", b"retry-scid");
+        assert_eq!(
+            t.validate(&a, b"retry-scid", &tok).unwrap().as_ref(),
+            b"abcdefgh"
+        );
+        assert!(
+            t.validate(&a, b"other-scid", &tok).is_none(),
+            "bound to the Retry's SCID"
+        );
     }
 
     #[test]
@@ -120,21 +126,22 @@ mod tests {
         let t = RetryTokens::new();
         let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:5001".parse().unwrap();
-        let tok = t.mint_at(1000, &a, b"abcdefgh");
-        assert!(t.validate_at(1000, &b, &tok).is_none(), "other port");
+        let s = b"scid";
+        let tok = t.mint_at(1000, &a, b"abcdefgh", s);
+        assert!(t.validate_at(1000, &b, s, &tok).is_none(), "other port");
         assert!(
-            RetryTokens::new().validate_at(1000, &a, &tok).is_none(),
+            RetryTokens::new().validate_at(1000, &a, s, &tok).is_none(),
             "other key"
         );
-        assert!(
-            t.validate_at(1000 + TOKEN_LIFETIME.as_secs() + 1, &a, &tok)
-                .is_none(),
-            "expired"
-        );
-        assert!(t.validate_at(1000, &a, &tok).is_some());
+        let late = 1000 + TOKEN_LIFETIME.as_secs() + 1;
+        assert!(t.validate_at(late, &a, s, &tok).is_none(), "expired");
+        assert!(t.validate_at(1000, &a, s, &tok).is_some());
         let mut bad = tok.clone();
         bad[10] ^= 1;
-        assert!(t.validate_at(1000, &a, &bad).is_none(), "tampered");
-        assert!(t.validate_at(1000, &a, &tok[..20]).is_none(), "truncated");
+        assert!(t.validate_at(1000, &a, s, &bad).is_none(), "tampered");
+        assert!(
+            t.validate_at(1000, &a, s, &tok[..20]).is_none(),
+            "truncated"
+        );
     }
 }

@@ -24,7 +24,7 @@ use tracing::{debug, info_span, trace, Instrument};
 use troupe_transport::ConnMsg;
 
 use crate::body::{Body, BodyWriter, End, RecvBody};
-use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_REQUEST_CANCELLED};
+use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED};
 use crate::conn::{H3Msg, OutFrame};
 use crate::error::RequestError;
 use crate::headers;
@@ -116,6 +116,7 @@ pub(crate) struct StreamState {
     waker: Arc<ActorWaker>,
     span: tracing::Span,
     stopping: bool,
+    is_server: bool,
 }
 
 /// Wakes the stream actor by casting it `Poll`, at most once until it is handled.
@@ -148,6 +149,7 @@ impl Actor for StreamActor {
     ) -> Result<StreamState, ActorProcessingErr> {
         // Runs inside the connection actor's handler (spawn_linked): keep it trivial.
         let span = info_span!(parent: None, "stream", conn_id = %args.trace_id, stream_id = args.stream_id);
+        let is_server = matches!(args.role, Role::Server { .. });
         Ok(StreamState {
             id: args.stream_id,
             conn: args.conn,
@@ -165,6 +167,7 @@ impl Actor for StreamActor {
             }),
             span,
             stopping: false,
+            is_server,
         })
     }
 
@@ -283,10 +286,18 @@ impl StreamState {
             }
             StreamMsg::Poll => self.waker.scheduled.store(false, Ordering::Release),
             StreamMsg::RecvDropped => {
-                if self.recv.on_stop_sending(H3_REQUEST_CANCELLED).is_ok() {
+                // RFC 9114 §4.1.2: once a server's response is under way, the rest of the
+                // request is simply not needed (H3_NO_ERROR); otherwise (a server that has not
+                // answered, a client dropping a response) it is cancelled.
+                let code = if !self.is_server || self.send == SendState::Idle {
+                    H3_REQUEST_CANCELLED
+                } else {
+                    H3_NO_ERROR
+                };
+                if self.recv.on_stop_sending(code).is_ok() {
                     self.to_conn(H3Msg::StopSending {
                         stream_id: self.id,
-                        code: H3_REQUEST_CANCELLED,
+                        code,
                     });
                 }
             }

@@ -1,0 +1,176 @@
+//! Stream endings across the actor boundary: resets, STOP_SENDING, a handler that panics.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use tokio::sync::mpsc;
+use troupe::h3::{Body, BodyError, RecvBody, Server, ServerConfig};
+
+async fn server_with(
+    handler: impl Fn(http::Request<RecvBody>) -> futures::future::BoxFuture<'static, http::Response<Body>>
+        + Send
+        + Sync
+        + 'static,
+) -> Server {
+    init_tracing();
+    let handler = Arc::new(handler);
+    Server::bind(loopback(), ServerConfig::default(), move |req| {
+        let h = handler.clone();
+        async move { h(req).await }
+    })
+    .await
+    .unwrap()
+}
+
+/// The client's request body fails half-way: its stream actor resets the stream
+/// (H3_INTERNAL_ERROR), and the server's handler sees a reset, never a clean end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_reset_is_not_a_clean_end() {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<usize, BodyError>>();
+    let first_bytes = Arc::new(tokio::sync::Notify::new());
+    let notify = first_bytes.clone();
+    let server = server_with(move |req| {
+        let tx = tx.clone();
+        let notify = notify.clone();
+        Box::pin(async move {
+            let mut body = req.into_body();
+            let mut n = 0;
+            let end = loop {
+                match body.chunk().await {
+                    Some(Ok(c)) => {
+                        n += c.len();
+                        notify.notify_one();
+                    }
+                    Some(Err(e)) => break Err(e),
+                    None => break Ok(n),
+                }
+            };
+            let _ = tx.send(end);
+            http::Response::new(Body::from("seen"))
+        })
+    })
+    .await;
+    let (_ep, client) = connect(&server).await;
+    // Two chunks; then, once the handler has seen bytes, the upload source fails.
+    let body = futures::stream::unfold(0u8, move |step| {
+        let first_bytes = first_bytes.clone();
+        async move {
+            match step {
+                0 | 1 => Some((Ok(Bytes::from(vec![step; 100_000])), step + 1)),
+                2 => {
+                    first_bytes.notified().await;
+                    Some((Err(std::io::Error::other("upload source failed")), 3))
+                }
+                _ => None,
+            }
+        }
+    });
+    let req = http::Request::post(url(&server, "/up"))
+        .body(Body::from_stream(body))
+        .unwrap();
+    let sending = tokio::spawn({
+        let client = client.clone();
+        async move { client.send(req).await.map(|r| r.status()) }
+    });
+    let seen = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen,
+        Err(BodyError::Reset(troupe::h3::codes::H3_INTERNAL_ERROR))
+    );
+    // Our request failed on our side; the server's answer may still arrive. Either way the
+    // client call ends.
+    let _ = tokio::time::timeout(Duration::from_secs(10), sending)
+        .await
+        .unwrap();
+}
+
+/// A response body that never produces anything, and a client that cancels it: the peer's
+/// STOP_SENDING reaches the idle stream actor, which stops; nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sending_reaches_an_idle_response() {
+    let server = server_with(|_req| {
+        Box::pin(async move {
+            http::Response::new(Body::from_stream(futures::stream::pending::<
+                Result<Bytes, std::io::Error>,
+            >()))
+        })
+    })
+    .await;
+    let (_ep, client) = connect(&server).await;
+    let resp = client.send(get(&server, "/forever")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    eventually(
+        Duration::from_secs(5),
+        "server stream actor running",
+        || async { server.endpoint().connection_children() == 1 },
+    )
+    .await;
+    drop(resp); // RecvBody dropped unread: STOP_SENDING(H3_REQUEST_CANCELLED)
+    eventually(
+        Duration::from_secs(5),
+        "server stream actor stopped",
+        || async { server.endpoint().connection_children() == 0 },
+    )
+    .await;
+    // The connection itself is fine.
+    let resp = client.send(get(&server, "/again")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// One handler panics among many concurrent requests: that stream is reset, the others complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_resets_only_its_stream() {
+    let server = server_with(|req| {
+        Box::pin(async move {
+            if req.uri().path() == "/panic" {
+                panic!("handler bug (expected by this test)");
+            }
+            let n: u64 = req.uri().path().trim_start_matches('/').parse().unwrap();
+            http::Response::new(troupe::service::pattern_body(n))
+        })
+    })
+    .await;
+    let (_ep, client) = connect(&server).await;
+    let mut tasks = Vec::new();
+    for i in 0..100u64 {
+        let client = client.clone();
+        let path = if i == 37 {
+            "/panic".to_string()
+        } else {
+            format!("/{}", 1000 + i)
+        };
+        let req = get(&server, &path);
+        tasks.push(tokio::spawn(async move {
+            match client.send(req).await {
+                Ok(resp) => resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.len())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        if i == 37 {
+            let e = r.expect_err("the panicking request must fail");
+            assert!(e.contains("0x102"), "reset with H3_INTERNAL_ERROR, got {e}");
+        } else {
+            assert_eq!(r.unwrap(), 1000 + i, "request {i}");
+        }
+    }
+    eventually(Duration::from_secs(5), "all stream actors gone", || async {
+        server.endpoint().connection_children() == 0
+    })
+    .await;
+    assert_eq!(server.endpoint().connection_count(), 1);
+}

@@ -115,15 +115,19 @@ fn ensure_system_deps() -> Result<(), String> {
             missing.join(" ")
         ));
     }
+    apt_install(&missing)
+}
+
+fn apt_install(packages: &[&str]) -> Result<(), String> {
     step(
         "apt-get update",
         Command::new("apt-get").args(["update", "-qq"]),
     )?;
     step(
-        &format!("apt-get install -y {}", missing.join(" ")),
+        &format!("apt-get install -y {}", packages.join(" ")),
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
@@ -187,6 +191,14 @@ fn test() -> Result<(), String> {
 
 fn bench() -> Result<(), String> {
     ensure_system_deps()?;
+    // The load generator: ngtcp2's client, a C HTTP/3 client cheap enough not to be the
+    // bottleneck (the benchmark falls back to troupe's own client without it).
+    if !have_command("gtlsclient") {
+        eprintln!("xtask: the benchmark's load generator is ngtcp2's gtlsclient; installing ngtcp2-client");
+        if let Err(e) = apt_install(&["ngtcp2-client"]) {
+            eprintln!("xtask: {e}; the benchmark will use troupe's own client");
+        }
+    }
     step(
         "cargo bench --bench h3_vs_tokio_quiche",
         cargo().args(["bench", "--bench", "h3_vs_tokio_quiche"]),

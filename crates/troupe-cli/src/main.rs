@@ -57,6 +57,10 @@ struct ServeArgs {
     /// Idle timeout in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     idle_timeout: u64,
+    /// On SIGINT/SIGTERM, how long requests in flight may take to finish before the
+    /// connections are closed anyway. A second signal exits at once.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    drain_timeout: u64,
 }
 
 #[derive(Args)]
@@ -124,6 +128,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
+    // Before anything is printed: whoever reads "serving" may signal right away.
+    let mut signals = Signals::new()?;
     let svc = match &a.root {
         Some(dir) => Builtin::with_root(dir)
             .with_context(|| format!("--root {}: not a readable directory", dir.display()))?,
@@ -173,12 +179,48 @@ async fn serve(a: ServeArgs) -> Result<()> {
         );
         println!("try:  troupe get {url}");
     }
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot listen for Ctrl-C")?;
-    eprintln!("troupe: shutting down");
-    server.shutdown().await;
-    Ok(())
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    signals.next().await;
+    eprintln!(
+        "troupe: shutting down: GOAWAY sent, finishing requests in flight (up to {} s); signal again to exit now",
+        a.drain_timeout
+    );
+    tokio::select! {
+        drained = server.shutdown_gracefully(Duration::from_secs(a.drain_timeout)) => {
+            if !drained {
+                eprintln!("troupe: drain deadline reached; remaining connections closed");
+            }
+            Ok(())
+        }
+        _ = signals.next() => {
+            eprintln!("troupe: second signal: exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, as one stream of "please stop" events.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 async fn get(a: GetArgs) -> Result<ExitCode> {

@@ -208,3 +208,76 @@ fn bad_input_names_what_is_wrong() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// SIGTERM while a download is in flight: it completes, then the server exits 0.
+#[test]
+fn sigterm_finishes_downloads_then_exits_zero() {
+    let (mut server, port, cert) = serve(&[]);
+    let pid = server.0.id().to_string();
+    let dir = std::env::temp_dir().join(format!("troupe-cli-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("big.bin");
+    let n = 300 << 20;
+    // A rate-limited reader: troupe get writing into a pipe we drain slowly is awkward in a
+    // test; a large body is enough for the signal to land mid-transfer.
+    let mut get = Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(["get", &format!("https://localhost:{port}/bytes/{n}"), "-o"])
+        .arg(&out)
+        .arg("--ca")
+        .arg(&cert)
+        .spawn()
+        .unwrap();
+    // Wait until bytes are flowing, then signal.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "download never started"
+        );
+        std::thread::yield_now();
+    }
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    assert!(
+        get.wait().unwrap().success(),
+        "the download in flight must complete"
+    );
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), n as u64);
+    let exit = server.0.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A second signal exits at once, even with a connection still open.
+#[test]
+fn second_signal_exits_at_once() {
+    let (mut server, port, cert) = serve(&["--drain-timeout", "60"]);
+    let pid = server.0.id().to_string();
+    // A client that keeps its connection open (a download it does not read: stdout is a pipe
+    // nobody reads).
+    let mut get = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_troupe"))
+            .args([
+                "get",
+                &format!("https://localhost:{port}/bytes/1000000000"),
+                "--ca",
+            ])
+            .arg(&cert)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "still draining after one signal"
+    );
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let start = std::time::Instant::now();
+    let exit = server.0.wait().unwrap();
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(exit.code(), Some(130));
+    let _ = get.0.kill();
+}

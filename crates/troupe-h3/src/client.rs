@@ -10,7 +10,7 @@ use troupe_transport::{
 };
 
 use crate::body::{Body, RecvBody};
-use crate::conn::{H3App, H3Msg, PendingRequest};
+use crate::conn::{ClientShared, H3App, H3Msg, PendingRequest};
 use crate::error::RequestError;
 use crate::settings::H3Settings;
 
@@ -40,11 +40,16 @@ impl ClientEndpoint {
         peer: SocketAddr,
         server_name: &str,
     ) -> Result<Client, ConnectError> {
+        let shared = Arc::new(ClientShared::default());
         let conn = self
             .endpoint
-            .connect(peer, server_name, H3App::client(self.h3.clone()))
+            .connect(
+                peer,
+                server_name,
+                H3App::client(self.h3.clone(), shared.clone()),
+            )
             .await?;
-        Ok(Client { conn })
+        Ok(Client { conn, shared })
     }
 
     /// The underlying endpoint.
@@ -57,6 +62,7 @@ impl ClientEndpoint {
 #[derive(Clone)]
 pub struct Client {
     conn: Connection<H3Msg>,
+    shared: Arc<ClientShared>,
 }
 
 impl Client {
@@ -84,6 +90,19 @@ impl Client {
                     .map(|r| r.to_string())
                     .unwrap_or_else(|| "the request's stream actor stopped".into()),
             )),
+        }
+    }
+
+    /// The stream ID in the server's GOAWAY, once one arrived: requests from that ID on were
+    /// not processed, and no new request can start on this connection.
+    pub fn goaway_received(&self) -> Option<u64> {
+        match self
+            .shared
+            .goaway
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            u64::MAX => None,
+            id => Some(id),
         }
     }
 

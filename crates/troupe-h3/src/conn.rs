@@ -17,7 +17,9 @@ use tracing::{debug, trace, warn};
 use troupe_transport::{AppError, CloseReason, ConnCx, ConnectionApp};
 
 use crate::body::RecvBody;
-use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_REQUEST_CANCELLED};
+use crate::codes::{
+    H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED,
+};
 use crate::error::RequestError;
 use crate::headers;
 use crate::server::Handler;
@@ -29,6 +31,10 @@ use crate::stream::{Role, StreamActor, StreamArgs, StreamMsg};
 const MAX_READ: usize = 64 * 1024;
 
 use crate::body::CHUNK_OVERHEAD;
+
+/// Size at which the list of ended-but-unacknowledged streams is pruned. Twice quiche's default
+/// concurrent stream limit: pruning is O(n), so it runs about once per hundreds of streams.
+const UNACKED_PRUNE_AT: usize = 256;
 
 /// A frame a stream actor hands to the connection for sending.
 pub enum OutFrame {
@@ -78,6 +84,13 @@ pub enum H3Msg {
         /// Error code.
         code: u64,
     },
+    /// Server: begin a graceful shutdown of this connection. Sends GOAWAY naming the first
+    /// request stream not processed, lets requests in flight finish, rejects later ones with
+    /// H3_REQUEST_REJECTED, and closes the connection (H3_NO_ERROR) once no stream is left.
+    GoAway,
+    /// After GOAWAY: close the connection if no stream is left (sent to itself, so the close
+    /// happens in a later turn than the GOAWAY and never keeps it off the wire).
+    DrainCheck,
     /// Client: start a request (boxed: a request head is large, the other messages small).
     Request(Box<PendingRequest>),
 }
@@ -109,12 +122,52 @@ struct Route {
     headers_sent: bool,
     /// Our FIN or RESET is written, or the peer stopped us: nothing more will be sent.
     send_done: bool,
+    /// In `H3App::rescan`.
+    rescan: bool,
+}
+
+/// A server's GOAWAY: not asked for, waiting for stream capacity on the control stream, or sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goaway {
+    NotSent,
+    Pending(u64),
+    Sent(u64),
+}
+
+impl Goaway {
+    /// The first request stream ID that will not be processed, once a GOAWAY is decided.
+    fn first_refused(self) -> Option<u64> {
+        match self {
+            Goaway::NotSent => None,
+            Goaway::Pending(id) | Goaway::Sent(id) => Some(id),
+        }
+    }
 }
 
 /// Which side of the connection we are.
 enum Side {
-    Server { handler: Arc<dyn Handler> },
-    Client { waiting: VecDeque<PendingRequest> },
+    Server {
+        handler: Arc<dyn Handler>,
+    },
+    Client {
+        waiting: VecDeque<PendingRequest>,
+        shared: Arc<ClientShared>,
+    },
+}
+
+/// State a client connection shares with its [`crate::Client`] handles.
+#[derive(Debug)]
+pub(crate) struct ClientShared {
+    /// The ID in the server's latest GOAWAY, or `u64::MAX` before any.
+    pub(crate) goaway: std::sync::atomic::AtomicU64,
+}
+
+impl Default for ClientShared {
+    fn default() -> Self {
+        ClientShared {
+            goaway: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 /// The HTTP/3 application of one connection (see the module docs).
@@ -129,6 +182,17 @@ pub struct H3App {
     read_buf: Vec<u8>,
     /// quiche's count of STOP_SENDING frames received, as last seen.
     stopped_seen: u64,
+    /// Server: the highest request stream ID accepted so far.
+    max_request_id: Option<u64>,
+    /// Server: graceful shutdown progress.
+    goaway: Goaway,
+    /// Streams whose actor ended while quiche may still hold their data unacknowledged; a
+    /// graceful close waits for quiche to collect them. Pruned as it grows.
+    unacked: Vec<u64>,
+    /// A drain check is to be requested at the next flush.
+    drain_check_due: bool,
+    /// Streams to read again after the next `h3::poll` (see `read_stream`).
+    rescan: Vec<u64>,
     trace_id: String,
 }
 
@@ -137,10 +201,11 @@ impl H3App {
         Self::new(Side::Server { handler }, settings)
     }
 
-    pub(crate) fn client(settings: Arc<H3Settings>) -> Self {
+    pub(crate) fn client(settings: Arc<H3Settings>, shared: Arc<ClientShared>) -> Self {
         Self::new(
             Side::Client {
                 waiting: VecDeque::new(),
+                shared,
             },
             settings,
         )
@@ -156,6 +221,11 @@ impl H3App {
             write_queue: Vec::new(),
             read_buf: vec![0; MAX_READ],
             stopped_seen: 0,
+            max_request_id: None,
+            goaway: Goaway::NotSent,
+            unacked: Vec::new(),
+            drain_check_due: false,
+            rescan: Vec::new(),
             trace_id: String::new(),
         }
     }
@@ -198,6 +268,7 @@ impl H3App {
                         queued: false,
                         headers_sent: matches!(self.side, Side::Client { .. }),
                         send_done: false,
+                        rescan: false,
                     },
                 );
                 Ok(())
@@ -220,6 +291,15 @@ impl H3App {
             return;
         };
         let handler = handler.clone();
+        if let Some(first_refused) = self.goaway.first_refused() {
+            if stream_id >= first_refused {
+                // RFC 9114 §5.2: not processed; the client may retry it elsewhere.
+                debug!(stream_id, "request after GOAWAY: H3_REQUEST_REJECTED");
+                shutdown_both(cx.conn, stream_id, H3_REQUEST_REJECTED);
+                return;
+            }
+        }
+        self.max_request_id = Some(self.max_request_id.map_or(stream_id, |m| m.max(stream_id)));
         let head = match headers::parse_request(&list) {
             Ok(h) => h,
             Err(e) => {
@@ -290,7 +370,16 @@ impl H3App {
             reset = end_of_stream(conn, stream_id).err();
         }
         let fin = reset.is_none() && conn.stream_finished(stream_id);
-        let blocked = credit == 0 && conn.stream_readable(stream_id);
+        let readable = conn.stream_readable(stream_id);
+        // Out of credit with bytes left: the returning credit resumes the read.
+        let blocked = credit <= CHUNK_OVERHEAD && readable;
+        // quiche's Data event stays "triggered" when a read ends on a partial frame header
+        // (bytes readable, no DATA payload yet): no new Data event would come for the rest of
+        // the frame. Such a stream is read again after the next h3::poll.
+        if readable && !blocked && !fin && reset.is_none() && !route.rescan {
+            route.rescan = true;
+            self.rescan.push(stream_id);
+        }
         route.read = if fin || reset.is_some() {
             ReadRoute::Done
         } else {
@@ -439,10 +528,52 @@ impl H3App {
         }
     }
 
+    /// Puts a decided GOAWAY on the control stream; retried every flush while the connection
+    /// has no send capacity for it.
+    fn try_send_goaway(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
+        let Goaway::Pending(id) = self.goaway else {
+            return;
+        };
+        let Some(h3) = self.h3.as_mut() else { return };
+        match h3.send_goaway(cx.conn, id) {
+            Ok(()) => {
+                debug!(id, "GOAWAY sent");
+                self.goaway = Goaway::Sent(id);
+                self.check_drained(cx);
+            }
+            Err(h3::Error::StreamBlocked) | Err(h3::Error::Done) => {}
+            Err(e) => {
+                debug!("send_goaway: {e}");
+                self.goaway = Goaway::Sent(id);
+                self.check_drained(cx);
+            }
+        }
+    }
+
+    /// Whether quiche has collected every stream whose actor ended: all our response bytes are
+    /// acknowledged (a close before that would discard them).
+    fn all_delivered(&mut self, conn: &mut quiche::Connection) -> bool {
+        self.unacked.retain(|id| {
+            !matches!(
+                conn.stream_capacity(*id),
+                Err(quiche::Error::InvalidStreamState(_))
+            )
+        });
+        self.unacked.is_empty()
+    }
+
+    /// After GOAWAY: ask for a close check. The check message is sent from the next flush
+    /// (`before_flush`), so it is handled after that flush put the GOAWAY on the wire.
+    fn check_drained(&mut self, _cx: &mut ConnCx<'_, H3Msg>) {
+        if matches!(self.goaway, Goaway::Sent(_)) && self.routes.is_empty() {
+            self.drain_check_due = true;
+        }
+    }
+
     /// Client: put waiting requests on the wire while the peer allows new streams.
     async fn start_waiting_requests(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
         loop {
-            let Side::Client { waiting } = &mut self.side else {
+            let Side::Client { waiting, .. } = &mut self.side else {
                 return;
             };
             if waiting.is_empty() || cx.conn.peer_streams_left_bidi() == 0 {
@@ -485,7 +616,7 @@ impl H3App {
             Err(h3::Error::StreamBlocked)
             | Err(h3::Error::TransportError(quiche::Error::StreamLimit)) => {
                 // Wait for MAX_STREAMS: retried when packets arrive, no timer.
-                if let Side::Client { waiting } = &mut self.side {
+                if let Side::Client { waiting, .. } = &mut self.side {
                     waiting.push_front(req);
                 }
             }
@@ -594,7 +725,10 @@ impl ConnectionApp for H3App {
                 }
                 h3::Event::GoAway => {
                     debug!(id = stream_id, "GOAWAY received");
-                    if let Side::Client { waiting } = &mut self.side {
+                    if let Side::Client { waiting, shared } = &mut self.side {
+                        shared
+                            .goaway
+                            .store(stream_id, std::sync::atomic::Ordering::Release);
                         for req in waiting.drain(..) {
                             let _ = req.reply.send(Err(RequestError::GoingAway));
                         }
@@ -602,7 +736,15 @@ impl ConnectionApp for H3App {
                 }
             }
         }
+        for id in std::mem::take(&mut self.rescan) {
+            if let Some(route) = self.routes.get_mut(&id) {
+                route.rescan = false;
+                self.read_stream(cx.conn, id);
+            }
+        }
         self.start_waiting_requests(cx).await;
+        // While draining, ACKs may have completed the last streams.
+        self.check_drained(cx);
         Ok(())
     }
 
@@ -648,10 +790,27 @@ impl ConnectionApp for H3App {
                     route.out.clear();
                 }
             }
+            H3Msg::GoAway => {
+                if self.goaway == Goaway::NotSent && cx.conn.is_server() {
+                    // RFC 9114 §5.2: the first request stream we will not process.
+                    self.goaway = Goaway::Pending(self.max_request_id.map_or(0, |m| m + 4));
+                    self.try_send_goaway(cx);
+                }
+            }
+            H3Msg::DrainCheck => {
+                if matches!(self.goaway, Goaway::Sent(_))
+                    && self.routes.is_empty()
+                    && self.all_delivered(cx.conn)
+                {
+                    debug!("drained after GOAWAY: closing");
+                    let _ = cx.conn.close(true, H3_NO_ERROR, b"");
+                }
+            }
             H3Msg::Request(req) => {
-                let waiting = matches!(&self.side, Side::Client { waiting } if !waiting.is_empty());
+                let waiting =
+                    matches!(&self.side, Side::Client { waiting, .. } if !waiting.is_empty());
                 if waiting || cx.conn.peer_streams_left_bidi() == 0 {
-                    if let Side::Client { waiting } = &mut self.side {
+                    if let Side::Client { waiting, .. } = &mut self.side {
                         waiting.push_back(*req);
                     }
                 } else {
@@ -673,8 +832,15 @@ impl ConnectionApp for H3App {
                     // Both directions were terminal; any STOP_SENDING or RESET it asked for
                     // arrives as a message of its own (supervision events overtake messages).
                     self.routes.remove(&id);
+                    if cx.conn.is_server() {
+                        self.unacked.push(id);
+                        if self.unacked.len() > UNACKED_PRUNE_AT {
+                            self.all_delivered(cx.conn);
+                        }
+                    }
                     trace!(stream_id = id, "stream actor stopped");
                 }
+                self.check_drained(cx);
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(id) = self.by_actor.remove(&cell.get_id()) {
@@ -682,6 +848,7 @@ impl ConnectionApp for H3App {
                     warn!(conn_id = %self.trace_id, stream_id = id, "stream actor failed, resetting the stream: {err}");
                     shutdown_both(cx.conn, id, H3_INTERNAL_ERROR);
                 }
+                self.check_drained(cx);
             }
             _ => {}
         }
@@ -689,13 +856,37 @@ impl ConnectionApp for H3App {
     }
 
     fn before_flush(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        self.try_send_goaway(cx);
+        if std::mem::take(&mut self.drain_check_due) {
+            let _ = cx
+                .myself
+                .cast(troupe_transport::ConnMsg::App(H3Msg::DrainCheck));
+        }
         self.write_streams(cx.conn);
         self.notice_stopped_streams(cx.conn);
         Ok(())
     }
 
-    fn on_closed(&mut self, reason: &CloseReason) {
-        if let Side::Client { waiting } = &mut self.side {
+    fn on_closed(&mut self, cx: &mut ConnCx<'_, H3Msg>, reason: &CloseReason) {
+        // Bytes quiche already received (and acknowledged: the peer may have closed because of
+        // that) still belong to their readers. Hand them over regardless of credit; quiche's
+        // stream window bounds them.
+        let ids: Vec<u64> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| matches!(r.read, ReadRoute::Open { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(route) = self.routes.get_mut(&id) {
+                route.read = ReadRoute::Open {
+                    credit: usize::MAX,
+                    blocked: false,
+                };
+            }
+            self.read_stream(cx.conn, id);
+        }
+        if let Side::Client { waiting, .. } = &mut self.side {
             for req in waiting.drain(..) {
                 let _ = req
                     .reply

@@ -16,6 +16,10 @@ pub enum RequestError {
     /// The response headers were malformed.
     #[error("malformed response: {0}")]
     MalformedResponse(String),
+    /// The server refused the request before processing it (H3_REQUEST_REJECTED, e.g. it
+    /// arrived after the server's GOAWAY): it may be retried on another connection.
+    #[error("the server rejected the request without processing it (H3_REQUEST_REJECTED); it may be retried")]
+    Rejected,
     /// The server sent GOAWAY before this request started: it was not processed and may be
     /// retried on another connection.
     #[error(

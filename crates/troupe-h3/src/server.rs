@@ -11,7 +11,7 @@ use troupe_transport::{
 };
 
 use crate::body::{Body, RecvBody};
-use crate::conn::H3App;
+use crate::conn::{H3App, H3Msg};
 use crate::settings::H3Settings;
 
 /// Handles one request. Runs inside the request's stream actor: a panic resets that stream
@@ -85,8 +85,33 @@ impl Server {
         self.endpoint.stats()
     }
 
-    /// Stops every connection and the socket.
+    /// Stops every connection at once (streams in flight are cut) and the socket.
     pub async fn shutdown(&self) {
         self.endpoint.shutdown().await;
+    }
+
+    /// Graceful shutdown: accept no new connections, send GOAWAY on every connection, let the
+    /// requests in flight finish (later ones are refused with H3_REQUEST_REJECTED), and close
+    /// each connection once it has no stream left. Whatever is still open at `drain` is closed
+    /// with H3_NO_ERROR. Returns whether everything drained in time.
+    ///
+    /// Cancel safety: dropping the future leaves the server draining; call
+    /// [`Server::shutdown`] to stop it at once.
+    pub async fn shutdown_gracefully(&self, drain: std::time::Duration) -> bool {
+        self.endpoint.stop_accepting();
+        self.endpoint.broadcast(|| H3Msg::GoAway);
+        let drained = tokio::time::timeout(drain, self.endpoint.wait_idle())
+            .await
+            .is_ok();
+        if !drained {
+            self.endpoint
+                .close_all(crate::codes::H3_NO_ERROR, "drain deadline");
+            // Closing takes a draining period (3 PTO); bounded by the endpoint's own stop.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(2), self.endpoint.wait_idle())
+                    .await;
+        }
+        self.endpoint.shutdown().await;
+        drained
     }
 }

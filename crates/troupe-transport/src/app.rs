@@ -65,6 +65,12 @@ pub trait ConnectionApp: Send + 'static {
     /// Called before every flush: move queued application data into quiche.
     fn before_flush(&mut self, cx: &mut ConnCx<'_, Self::Msg>) -> Result<(), AppError>;
 
-    /// The connection is closed (or the actor is stopping). Children are stopped right after.
-    fn on_closed(&mut self, reason: &crate::connection::CloseReason);
+    /// The connection is closed (or the actor is stopping). Data quiche already received (and
+    /// acknowledged) may still be read from `cx.conn` and handed to children: they are drained
+    /// (their queued messages handled) right after, not killed.
+    fn on_closed(
+        &mut self,
+        cx: &mut ConnCx<'_, Self::Msg>,
+        reason: &crate::connection::CloseReason,
+    );
 }

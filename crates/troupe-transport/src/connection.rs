@@ -307,6 +307,17 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     span: tracing::Span,
 }
 
+/// Borrows the connection for an application hook, leaving `self.app` free to borrow.
+macro_rules! cx {
+    ($st:ident, $me:ident) => {
+        ConnCx {
+            conn: &mut $st.conn,
+            myself: $me,
+            trace_id: &$st.trace_id,
+        }
+    };
+}
+
 /// The connection actor. Generic over the application protocol running on the connection.
 pub(crate) struct ConnectionActor<A>(std::marker::PhantomData<fn() -> A>);
 
@@ -452,7 +463,9 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         // Reached on every orderly stop (closed connection or endpoint shutdown).
         if st.close_reason.is_none() {
             st.close_reason = Some(CloseReason::Aborted);
-            st.app.on_closed(&CloseReason::Aborted);
+            let myself = &_myself;
+            let mut cx = cx!(st, myself);
+            st.app.on_closed(&mut cx, &CloseReason::Aborted);
         }
         st.remove_routes();
         st.closed_tx.send_replace(st.close_reason.clone());
@@ -501,17 +514,6 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         st.turn(&myself, Event::Child(evt)).instrument(span).await;
         Ok(())
     }
-}
-
-/// Borrows the connection for an application hook, leaving `self.app` free to borrow.
-macro_rules! cx {
-    ($st:ident, $me:ident) => {
-        ConnCx {
-            conn: &mut $st.conn,
-            myself: $me,
-            trace_id: &$st.trace_id,
-        }
-    };
 }
 
 enum Event<M> {
@@ -797,7 +799,8 @@ impl<A: ConnectionApp> ConnState<A> {
     async fn finish(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, reason: CloseReason) {
         debug!(%reason, "connection closed");
         self.stage = Stage::Closed;
-        self.app.on_closed(&reason);
+        let mut cx = cx!(self, myself);
+        self.app.on_closed(&mut cx, &reason);
         if matches!(reason, CloseReason::HandshakeTimeout) {
             bump(&self.routes.stats.handshake_timeouts);
         }
@@ -808,8 +811,10 @@ impl<A: ConnectionApp> ConnState<A> {
             let _ = tx.send(Err(reason));
         }
         self.timer.send_replace(None);
+        // Drain, not stop: children first handle what on_closed handed them (the last body
+        // bytes), then exit and run post_stop.
         myself
-            .stop_children_and_wait(Some("connection closed".into()), Some(CHILD_STOP_TIMEOUT))
+            .drain_children_and_wait(Some(CHILD_STOP_TIMEOUT))
             .await;
         myself.stop(None);
     }

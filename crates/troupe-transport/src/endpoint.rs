@@ -9,6 +9,7 @@
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
 use crate::app::ConnectionApp;
-use crate::connection::{ConnArgs, Connection, ConnectionActor, LOCAL_CID_LEN};
+use crate::connection::{ConnArgs, ConnMsg, Connection, ConnectionActor, LOCAL_CID_LEN};
 use crate::error::{ConnectError, EndpointError};
 use crate::retry::RetryTokens;
 use crate::route::{Inbox, Offer, Packet, Routes};
@@ -48,6 +49,8 @@ pub enum EndpointMsg {
 }
 
 struct EndpointArgs<A: ConnectionApp> {
+    accepting: Arc<AtomicBool>,
+    live: watch::Sender<usize>,
     socket: Arc<Socket>,
     routes: Routes,
     server: Option<ServerSide<A>>,
@@ -63,6 +66,9 @@ struct ServerSide<A: ConnectionApp> {
 struct EndpointState {
     recv_loop: Option<JoinHandle<()>>,
     routes: Routes,
+    /// Live connection actors (started, not yet stopped), published for `Endpoint::wait_idle`.
+    live_ids: std::collections::HashSet<ractor::ActorId>,
+    live: watch::Sender<usize>,
 }
 
 /// The endpoint actor: supervisor of every connection actor on one socket.
@@ -81,6 +87,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         let cell: ActorCell = myself.get_cell();
         let routes = args.routes.clone();
         let recv = RecvLoop {
+            accepting: args.accepting,
             socket: args.socket,
             routes: args.routes,
             server: args.server,
@@ -90,6 +97,8 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         Ok(EndpointState {
             recv_loop: Some(tokio::spawn(recv.run())),
             routes,
+            live_ids: Default::default(),
+            live: args.live,
         })
     }
 
@@ -132,6 +141,17 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         st: &mut EndpointState,
     ) -> Result<(), ActorProcessingErr> {
         // A connection ending never stops the endpoint.
+        match &evt {
+            SupervisionEvent::ActorStarted(cell) => {
+                st.live_ids.insert(cell.get_id());
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _)
+            | SupervisionEvent::ActorFailed(cell, _) => {
+                st.live_ids.remove(&cell.get_id());
+            }
+            _ => {}
+        }
+        st.live.send_replace(st.live_ids.len());
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 bump(&st.routes.stats.connections_closed);
@@ -152,6 +172,8 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
 /// A UDP endpoint running connection actors of application type `A`.
 pub struct Endpoint<A: ConnectionApp> {
     actor: ActorRef<EndpointMsg>,
+    accepting: Arc<AtomicBool>,
+    live: watch::Receiver<usize>,
     socket: Arc<Socket>,
     local_addr: SocketAddr,
     routes: Routes,
@@ -212,7 +234,11 @@ impl<A: ConnectionApp> Endpoint<A> {
         let socket = Arc::new(socket);
         let stats = Arc::new(EndpointStats::default());
         let routes = Routes::new(stats.clone());
+        let accepting = Arc::new(AtomicBool::new(true));
+        let (live_tx, live) = watch::channel(0);
         let args = EndpointArgs {
+            accepting: accepting.clone(),
+            live: live_tx,
             socket: socket.clone(),
             routes: routes.clone(),
             server,
@@ -223,6 +249,8 @@ impl<A: ConnectionApp> Endpoint<A> {
             .map_err(|e| EndpointError::Spawn(e.to_string()))?;
         Ok(Endpoint {
             actor,
+            accepting,
+            live,
             socket,
             local_addr,
             routes,
@@ -251,6 +279,38 @@ impl<A: ConnectionApp> Endpoint<A> {
     /// Number of live connection actors.
     pub fn connection_count(&self) -> usize {
         self.actor.get_children().len()
+    }
+
+    /// Stops creating connections for new clients; existing connections carry on. New
+    /// clients' Initials are dropped (and counted as unknown-connection drops).
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
+    }
+
+    /// Sends an application message (made by `make`) to every live connection actor.
+    pub fn broadcast(&self, make: impl Fn() -> A::Msg) {
+        for cell in self.actor.get_children() {
+            let conn: ActorRef<ConnMsg<A::Msg>> = cell.into();
+            let _ = conn.cast(ConnMsg::App(make()));
+        }
+    }
+
+    /// Closes every connection with an application error code.
+    pub fn close_all(&self, code: u64, reason: &str) {
+        for cell in self.actor.get_children() {
+            let conn: ActorRef<ConnMsg<A::Msg>> = cell.into();
+            let _ = conn.cast(ConnMsg::Close {
+                app: true,
+                code,
+                reason: reason.as_bytes().to_vec(),
+            });
+        }
+    }
+
+    /// Waits until every connection actor that started has stopped.
+    pub async fn wait_idle(&self) {
+        let mut rx = self.live.clone();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Number of actors running under all connection actors (for HTTP/3: live request streams).
@@ -355,6 +415,7 @@ impl<A: ConnectionApp> Drop for Endpoint<A> {
 
 /// The receive loop: reads datagrams and hands them to connection actors.
 struct RecvLoop<A: ConnectionApp> {
+    accepting: Arc<AtomicBool>,
     socket: Arc<Socket>,
     routes: Routes,
     server: Option<ServerSide<A>>,
@@ -424,7 +485,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
             bump(&self.routes.stats.dropped_unknown_connection);
             return;
         };
-        if hdr.ty != quiche::Type::Initial {
+        if hdr.ty != quiche::Type::Initial || !self.accepting.load(Ordering::Acquire) {
             bump(&self.routes.stats.dropped_unknown_connection);
             return;
         }

@@ -269,7 +269,12 @@ impl StreamState {
                         w.end(End::Reset(code));
                     }
                     if let Some(reply) = self.reply.take() {
-                        let _ = reply.send(Err(RequestError::StreamReset(code)));
+                        let err = if code == crate::codes::H3_REQUEST_REJECTED {
+                            RequestError::Rejected
+                        } else {
+                            RequestError::StreamReset(code)
+                        };
+                        let _ = reply.send(Err(err));
                     }
                 }
             }

@@ -118,13 +118,17 @@ fn main() -> ExitCode {
             Cmd::Get(a) => get(a).await,
         }
     });
-    match r {
+    let code = match r {
         Ok(code) => code,
         Err(e) => {
             eprintln!("troupe: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Everything that matters is done (connections closed, output flushed): leave without
+    // tearing the runtime down under actors that are still unwinding.
+    rt.shutdown_background();
+    code
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {

@@ -251,25 +251,57 @@ fn sigterm_finishes_downloads_then_exits_zero() {
 /// A second signal exits at once, even with a connection still open.
 #[test]
 fn second_signal_exits_at_once() {
-    let (mut server, port, cert) = serve(&["--drain-timeout", "60"]);
+    let mut server = Reaped(
+        troupe()
+            .args(["serve", "--listen", "127.0.0.1:0", "--drain-timeout", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let pid = server.0.id().to_string();
-    // A client that keeps its connection open (a download it does not read: stdout is a pipe
-    // nobody reads).
+    let mut out = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let first = out.next().unwrap().unwrap();
+    let port: u16 = first
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cert = out.next().unwrap().unwrap();
+    let cert = cert
+        .strip_prefix("self-signed certificate for localhost: ")
+        .unwrap()
+        .to_string();
+    std::thread::spawn(move || for _ in out {});
+    let mut err = BufReader::new(server.0.stderr.take().unwrap()).lines();
+
+    // A client that keeps its connection busy: a download whose output nobody reads.
     let mut get = Reaped(
         Command::new(env!("CARGO_BIN_EXE_troupe"))
             .args([
                 "get",
                 &format!("https://localhost:{port}/bytes/1000000000"),
+                "-v",
                 "--ca",
             ])
             .arg(&cert)
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut get_err = BufReader::new(get.0.stderr.take().unwrap()).lines();
+    // The response has started: the connection is open and busy.
+    assert!(get_err.any(|l| l.unwrap().starts_with("< HTTP/3 200")));
+
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The server says it is draining...
+    assert!(err.any(|l| l.unwrap().contains("shutting down")));
+    // ...and keeps draining: the download is unread, so it cannot finish.
     assert!(
         server.0.try_wait().unwrap().is_none(),
         "still draining after one signal"

@@ -75,15 +75,29 @@ fn have_libclang() -> bool {
     if std::env::var_os("LIBCLANG_PATH").is_some() {
         return true;
     }
-    Command::new("sh")
-        .args([
-            "-c",
-            "ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* \
-             /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1",
-        ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    let mut dirs: Vec<PathBuf> = vec!["/usr/lib".into(), "/usr/local/lib".into()];
+    for parent in ["/usr/lib", "/usr/lib64"] {
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("llvm-") {
+                    dirs.push(e.path().join("lib"));
+                } else if name.ends_with("-linux-gnu") {
+                    dirs.push(e.path());
+                }
+            }
+        }
+    }
+    dirs.iter().any(|d| {
+        std::fs::read_dir(d)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with("libclang") && !n.starts_with("libclang-cpp") && n.contains(".so")
+                })
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// Installs whatever of cmake, clang and libclang-dev is missing (apt-get, as root).

@@ -88,6 +88,8 @@ pub enum H3Msg {
     /// request stream not processed, lets requests in flight finish, rejects later ones with
     /// H3_REQUEST_REJECTED, and closes the connection (H3_NO_ERROR) once no stream is left.
     GoAway,
+    /// Server: the post-accept timeout elapsed; close the connection if no request came.
+    PostAcceptTimeout,
     /// After GOAWAY: close the connection if no stream is left (sent to itself, so the close
     /// happens in a later turn than the GOAWAY and never keeps it off the wire).
     DrainCheck,
@@ -184,6 +186,8 @@ pub struct H3App {
     stopped_seen: u64,
     /// Server: the highest request stream ID accepted so far.
     max_request_id: Option<u64>,
+    /// Server: requests accepted on this connection.
+    requests_accepted: u64,
     /// Server: graceful shutdown progress.
     goaway: Goaway,
     /// Streams whose actor ended while quiche may still hold their data unacknowledged; a
@@ -222,6 +226,7 @@ impl H3App {
             read_buf: vec![0; MAX_READ],
             stopped_seen: 0,
             max_request_id: None,
+            requests_accepted: 0,
             goaway: Goaway::NotSent,
             unacked: Vec::new(),
             drain_check_due: false,
@@ -300,6 +305,15 @@ impl H3App {
             }
         }
         self.max_request_id = Some(self.max_request_id.map_or(stream_id, |m| m.max(stream_id)));
+        self.requests_accepted += 1;
+        if self.goaway == Goaway::NotSent
+            && Some(self.requests_accepted) == self.settings.max_requests_per_connection
+        {
+            // The last request this connection takes: GOAWAY now, drain, close.
+            debug!(stream_id, "max requests per connection reached: GOAWAY");
+            self.goaway = Goaway::Pending(stream_id + 4);
+            self.try_send_goaway(cx);
+        }
         let head = match headers::parse_request(&list) {
             Ok(h) => h,
             Err(e) => {
@@ -665,6 +679,14 @@ impl ConnectionApp for H3App {
         let config = self.h3_config()?;
         let h3 = h3::Connection::with_transport(cx.conn, &config).map_err(internal)?;
         self.h3 = Some(h3);
+        if let (true, Some(t)) = (cx.conn.is_server(), self.settings.post_accept_timeout) {
+            // One one-shot timer task per connection; a cast to a stopped actor is a no-op.
+            let me = cx.myself.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(t).await;
+                let _ = me.cast(troupe_transport::ConnMsg::App(H3Msg::PostAcceptTimeout));
+            });
+        }
         Ok(())
     }
 
@@ -795,6 +817,16 @@ impl ConnectionApp for H3App {
                     // RFC 9114 §5.2: the first request stream we will not process.
                     self.goaway = Goaway::Pending(self.max_request_id.map_or(0, |m| m + 4));
                     self.try_send_goaway(cx);
+                }
+            }
+            H3Msg::PostAcceptTimeout => {
+                if self.requests_accepted == 0 && self.goaway == Goaway::NotSent {
+                    debug!("no request within the post-accept timeout: closing");
+                    let _ = cx.conn.close(
+                        true,
+                        H3_NO_ERROR,
+                        b"no request within the post-accept timeout",
+                    );
                 }
             }
             H3Msg::DrainCheck => {

@@ -18,6 +18,13 @@ pub struct H3Settings {
     pub qpack_max_table_capacity: u64,
     /// SETTINGS_QPACK_BLOCKED_STREAMS. Default 0 (consistent with a 0 table capacity).
     pub qpack_blocked_streams: u64,
+    /// Server: requests accepted on one connection before it sends GOAWAY and drains (later
+    /// requests get H3_REQUEST_REJECTED). Default `None`: unlimited. Bounds how long one client
+    /// can pin one connection (and its state) to one server.
+    pub max_requests_per_connection: Option<u64>,
+    /// Server: a connection that sends no request within this time after its handshake is
+    /// closed (H3_NO_ERROR). Default `None`. Frees connections opened only to hold a slot.
+    pub post_accept_timeout: Option<std::time::Duration>,
 }
 
 impl Default for H3Settings {
@@ -28,6 +35,8 @@ impl Default for H3Settings {
             max_field_section_size: None,
             qpack_max_table_capacity: 0,
             qpack_blocked_streams: 0,
+            max_requests_per_connection: None,
+            post_accept_timeout: None,
         }
     }
 }

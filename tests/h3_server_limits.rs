@@ -1,0 +1,104 @@
+//! Server limits: max requests per connection (then GOAWAY), the post-accept timeout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use troupe::h3::{RequestError, ServerConfig};
+use troupe::transport::CloseReason;
+
+fn closed_cleanly(reason: &CloseReason) -> bool {
+    matches!(reason, CloseReason::Peer { app: true, code, .. } if *code == troupe::h3::codes::H3_NO_ERROR)
+}
+
+/// As in tokio-quiche's suite: 10 requests allowed, then GOAWAY; the 11th is not processed (it
+/// may be retried elsewhere), and the connection closes once drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_requests_then_goaway() {
+    let mut config = ServerConfig::default();
+    config.h3.max_requests_per_connection = Some(10);
+    let server = builtin_server(config).await;
+    let (_ep, client) = connect(&server).await;
+    for i in 0..10 {
+        let resp = client
+            .send(get(&server, "/bytes/10"))
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.into_body().collect().await.unwrap().len(), 10);
+    }
+    match client.send(get(&server, "/")).await {
+        Err(RequestError::GoingAway) | Err(RequestError::Rejected) => {}
+        Err(RequestError::ConnectionClosed(_)) => {}
+        other => panic!("the 11th request must not be processed, got {other:?}"),
+    }
+    // The 10th request was on stream 36: the first one not processed is 40.
+    eventually(Duration::from_secs(5), "GOAWAY 40 received", || async {
+        client.goaway_received() == Some(40)
+    })
+    .await;
+    let reason = tokio::time::timeout(Duration::from_secs(5), client.closed())
+        .await
+        .unwrap();
+    assert!(closed_cleanly(&reason), "{reason:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_accept_timeout_closes_a_silent_connection() {
+    let mut config = ServerConfig::default();
+    config.h3.post_accept_timeout = Some(Duration::from_millis(300));
+    let server = builtin_server(config).await;
+    let (_ep, client) = connect(&server).await;
+    let reason = tokio::time::timeout(Duration::from_secs(5), client.closed())
+        .await
+        .unwrap();
+    assert!(closed_cleanly(&reason), "{reason:?}");
+    eventually(Duration::from_secs(5), "server connection gone", || async {
+        server.endpoint().connection_count() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_accept_timeout_is_cancelled_by_a_request() {
+    let mut config = ServerConfig::default();
+    config.h3.post_accept_timeout = Some(Duration::from_millis(300));
+    let server = builtin_server(config).await;
+    let (_ep, client) = connect(&server).await;
+    let resp = client.send(get(&server, "/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Absence check: well past the timeout, the connection is still open and usable.
+    let still_open = tokio::time::timeout(Duration::from_millis(900), client.closed()).await;
+    assert!(
+        still_open.is_err(),
+        "closed although a request came: {still_open:?}"
+    );
+    let resp = client.send(get(&server, "/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// As in tokio-quiche's suite: a 4000-byte header is accepted; a header list over the limit is
+/// refused with H3_EXCESSIVE_LOAD (quiche closes the connection with that code).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_list_over_the_limit_is_excessive_load() {
+    let mut config = ServerConfig::default();
+    config.h3.max_field_section_size = Some(8 * 1024);
+    let server = builtin_server(config).await;
+    let (_ep, client) = connect(&server).await;
+    let big = |n: usize| {
+        http::Request::get(url(&server, "/"))
+            .header("x-big", "a".repeat(n))
+            .body(troupe::h3::Body::empty())
+            .unwrap()
+    };
+    let resp = client.send(big(4000)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(client.send(big(10_000)).await.is_err());
+    let reason = tokio::time::timeout(Duration::from_secs(5), client.closed())
+        .await
+        .unwrap();
+    assert!(
+        matches!(reason, CloseReason::Peer { app: true, code, .. } if code == troupe::h3::codes::H3_EXCESSIVE_LOAD),
+        "{reason:?}"
+    );
+}

@@ -102,3 +102,33 @@ async fn header_list_over_the_limit_is_excessive_load() {
         "{reason:?}"
     );
 }
+
+/// As in tokio-quiche's suite: the server allows two concurrent streams; the client's third
+/// request waits for MAX_STREAMS (no polling timer) and then all three succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_request_waits_for_stream_credit() {
+    let mut config = ServerConfig::default();
+    config.quic.initial_max_streams_bidi = 2;
+    let server = builtin_server(config).await;
+    let (_ep, client) = connect(&server).await;
+    let n = 2 << 20;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let client = client.clone();
+        let req = get(&server, &format!("/bytes/{n}"));
+        tasks.push(tokio::spawn(async move {
+            let resp = client.send(req).await?;
+            resp.into_body()
+                .collect()
+                .await
+                .map_err(|e| RequestError::ConnectionClosed(e.to_string()))
+        }));
+    }
+    for t in tasks {
+        let body = t.await.unwrap().unwrap();
+        check_pattern(&body, n);
+    }
+    let info = client.connection().info().await.unwrap();
+    assert!(info.stats.recv > 0);
+    assert!(info.rtt.is_some() && info.cwnd.is_some() && info.handshake_time.is_some());
+}

@@ -43,15 +43,30 @@ pub enum BodyError {
     Aborted(String),
 }
 
-/// An outgoing body: empty, one buffer, or a stream of chunks.
+/// One frame of an outgoing body: bytes, or the trailer section that ends it.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// Body bytes.
+    Data(Bytes),
+    /// Trailers; nothing may follow them.
+    Trailers(http::HeaderMap),
+}
+
+/// An outgoing body: empty, one buffer, a stream of chunks, or a stream of frames (which may end
+/// with trailers).
 pub struct Body {
     kind: Kind,
 }
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, BoxError>> + Send>>;
 
 enum Kind {
     Empty,
     Full(Option<Bytes>),
     Stream(Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> + Send>>),
+    Frames(FrameStream),
+    /// A received body passed on (echo, proxying): its bytes, then its trailers if any.
+    Recv(RecvBody, bool),
 }
 
 impl std::fmt::Debug for Body {
@@ -60,6 +75,8 @@ impl std::fmt::Debug for Body {
             Kind::Empty => f.write_str("Body::Empty"),
             Kind::Full(b) => write!(f, "Body::Full({} bytes)", b.as_ref().map_or(0, |b| b.len())),
             Kind::Stream(_) => f.write_str("Body::Stream"),
+            Kind::Frames(_) => f.write_str("Body::Frames"),
+            Kind::Recv(r, _) => write!(f, "Body::Recv({r:?})"),
         }
     }
 }
@@ -83,24 +100,71 @@ impl Body {
         }
     }
 
+    /// A body of frames: data, optionally ended by trailers. An `Err` item resets the stream.
+    pub fn from_frames<S, E>(s: S) -> Self
+    where
+        S: Stream<Item = Result<Frame, E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        use futures::TryStreamExt;
+        Body {
+            kind: Kind::Frames(Box::pin(s.map_err(Into::into))),
+        }
+    }
+
     /// True when the body is known to have no bytes, so the headers can carry FIN.
     pub fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
-            Kind::Stream(_) => false,
+            Kind::Stream(_) | Kind::Frames(_) | Kind::Recv(..) => false,
+        }
+    }
+
+    /// The next frame: bytes, trailers, or the end.
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame, BoxError>>> {
+        match &mut self.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::Data(b))),
+            ),
+            Kind::Stream(s) => s
+                .as_mut()
+                .poll_next(cx)
+                .map(|o| o.map(|r| r.map(Frame::Data))),
+            Kind::Frames(s) => s.as_mut().poll_next(cx),
+            Kind::Recv(r, trailers_done) => match Pin::new(&mut *r).poll_next(cx) {
+                Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::Data(b)))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) if !*trailers_done => {
+                    *trailers_done = true;
+                    Poll::Ready(r.trailers().map(|t| Ok(Frame::Trailers(t))))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }
 
+/// The body's bytes; trailers, if any, are skipped.
 impl Stream for Body {
     type Item = Result<Bytes, BoxError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match &mut self.kind {
-            Kind::Empty => Poll::Ready(None),
-            Kind::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(Ok)),
-            Kind::Stream(s) => s.as_mut().poll_next(cx),
+        loop {
+            return match self.poll_frame(cx) {
+                Poll::Ready(Some(Ok(Frame::Data(b)))) => Poll::Ready(Some(Ok(b))),
+                Poll::Ready(Some(Ok(Frame::Trailers(_)))) => continue,
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
         }
     }
 }
@@ -143,9 +207,12 @@ impl From<&'static [u8]> for Body {
     }
 }
 
+/// Passes a received body on, bytes and trailers.
 impl From<RecvBody> for Body {
     fn from(r: RecvBody) -> Self {
-        Body::from_stream(r)
+        Body {
+            kind: Kind::Recv(r, false),
+        }
     }
 }
 

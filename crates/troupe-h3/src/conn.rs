@@ -38,12 +38,15 @@ const UNACKED_PRUNE_AT: usize = 256;
 
 /// A frame a stream actor hands to the connection for sending.
 pub enum OutFrame {
-    /// A header section (the first one: request or response headers).
+    /// A header section: the first one (request, response, or an interim response), a final
+    /// response after interim ones, or trailers.
     Headers {
         /// The header list.
         list: Vec<Header>,
         /// Whether FIN follows the headers.
         fin: bool,
+        /// A trailer section.
+        trailer: bool,
     },
     /// Body bytes, perhaps empty when only carrying FIN.
     Data {
@@ -431,9 +434,9 @@ impl H3App {
             let mut stopped = None;
             while let Some(frame) = route.out.front_mut() {
                 match frame {
-                    OutFrame::Headers { list, fin } => {
+                    OutFrame::Headers { list, fin, trailer } => {
                         let r = if route.headers_sent {
-                            h3.send_additional_headers(conn, id, list, *fin, *fin)
+                            h3.send_additional_headers(conn, id, list, *trailer, *fin)
                         } else {
                             h3.send_response(conn, id, list, *fin)
                         };

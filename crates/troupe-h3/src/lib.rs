@@ -20,11 +20,11 @@ mod server;
 mod settings;
 mod stream;
 
-pub use body::{Body, BodyError, BoxError, RecvBody, RecvBodyStats};
+pub use body::{Body, BodyError, BoxError, Frame, RecvBody, RecvBodyStats};
 pub use client::{Client, ClientEndpoint};
 pub use conn::{H3App, H3Msg, OutFrame, PendingRequest};
 pub use error::RequestError;
 pub use server::{Handler, Server, ServerConfig};
 pub use settings::H3Settings;
 pub use stream::state::{RecvState, Refused, SendState};
-pub use stream::StreamMsg;
+pub use stream::{Interim, InterimResponses, NotInterim, StreamMsg};

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
-use futures::Stream;
 use http::{Request, Response};
 use quiche::h3::Header;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -23,7 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info_span, trace, Instrument};
 use troupe_transport::ConnMsg;
 
-use crate::body::{Body, BodyWriter, End, RecvBody};
+use crate::body::{Body, BodyWriter, End, Frame, RecvBody};
 use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED};
 use crate::conn::{H3Msg, OutFrame};
 use crate::error::RequestError;
@@ -36,6 +35,11 @@ pub use state::{RecvState, SendState};
 /// many chunks are batched into one message to the connection. 64: one message per ~1 MB of
 /// 16 KB chunks, keeping per-message latency low.
 const MAX_CHUNKS_PER_MESSAGE: usize = 64;
+
+/// Client: the interim (1xx) responses that preceded a final response, in order; in the final
+/// response's extensions when there were any.
+#[derive(Debug, Clone)]
+pub struct InterimResponses(pub Vec<http::response::Parts>);
 
 /// Messages to a stream actor.
 pub enum StreamMsg {
@@ -117,6 +121,63 @@ pub(crate) struct StreamState {
     span: tracing::Span,
     stopping: bool,
     is_server: bool,
+    /// Server: interim responses the handler sent, not yet handed over.
+    interim: Option<Arc<InterimQueue>>,
+    /// Client: interim responses received before the final one.
+    interim_received: Vec<http::response::Parts>,
+}
+
+/// Interim responses waiting in a stream actor.
+#[derive(Default)]
+struct InterimQueue(std::sync::Mutex<Vec<http::response::Parts>>);
+
+impl InterimQueue {
+    fn take(&self) -> Vec<http::response::Parts> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Sends interim (1xx) responses before the final one, e.g. 103 Early Hints. Found in every
+/// server request's extensions: `req.extensions().get::<Interim>()`.
+#[derive(Clone)]
+pub struct Interim {
+    queue: Arc<InterimQueue>,
+    waker: Arc<ActorWaker>,
+}
+
+impl std::fmt::Debug for Interim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interim")
+    }
+}
+
+/// Why an interim response was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not an interim status: use 100 or 102..=199 (101 does not exist in HTTP/3)")]
+pub struct NotInterim(pub http::StatusCode);
+
+impl Interim {
+    /// Queues an interim response; it is sent before the final response. Sending after the
+    /// final response has no effect.
+    pub fn send(
+        &self,
+        status: http::StatusCode,
+        headers: http::HeaderMap,
+    ) -> Result<(), NotInterim> {
+        if !status.is_informational() || status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(NotInterim(status));
+        }
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = status;
+        parts.headers = headers;
+        self.queue
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(parts);
+        self.waker.wake_by_ref();
+        Ok(())
+    }
 }
 
 /// Wakes the stream actor by casting it `Poll`, at most once until it is handled.
@@ -168,6 +229,8 @@ impl Actor for StreamActor {
             span,
             stopping: false,
             is_server,
+            interim: None,
+            interim_received: Vec::new(),
         })
     }
 
@@ -184,7 +247,13 @@ impl Actor for StreamActor {
                 if fin {
                     st.recv_fin();
                 }
-                let req = Request::from_parts(head, body);
+                let mut req = Request::from_parts(head, body);
+                let queue = Arc::new(InterimQueue::default());
+                st.interim = Some(queue.clone());
+                req.extensions_mut().insert(Interim {
+                    queue,
+                    waker: st.waker.clone(),
+                });
                 st.handler = Some(Box::pin(handler.call(req)));
             }
             Some(Role::Client {
@@ -323,16 +392,23 @@ impl StreamState {
                 }
             };
             if parts.status.is_informational() {
-                // Interim responses (1xx) precede the final one; it is still awaited.
+                // Interim responses (1xx) precede the final one; it is still awaited. They are
+                // handed to the caller with the final response.
                 trace!(status = %parts.status, "interim response");
+                self.interim_received.push(parts);
                 return;
             }
             let body = self.open_recv(myself);
             if fin {
                 self.recv_fin();
             }
+            let mut resp = Response::from_parts(parts, body);
+            if !self.interim_received.is_empty() {
+                resp.extensions_mut()
+                    .insert(InterimResponses(std::mem::take(&mut self.interim_received)));
+            }
             if let Some(reply) = self.reply.take() {
-                let _ = reply.send(Ok(Response::from_parts(parts, body)));
+                let _ = reply.send(Ok(resp));
             }
         } else if self.recv == RecvState::Open {
             match headers::parse_trailers(&list) {
@@ -381,14 +457,29 @@ impl StreamState {
         let mut frames: Vec<OutFrame> = Vec::new();
 
         if let Some(fut) = self.handler.as_mut() {
-            if let Poll::Ready(resp) = fut.as_mut().poll(&mut cx) {
+            let ready = fut.as_mut().poll(&mut cx);
+            // Interim responses the handler sent go out before anything else.
+            if let Some(q) = &self.interim {
+                for parts in q.take() {
+                    if self.send == SendState::Idle {
+                        frames.push(OutFrame::Headers {
+                            list: headers::response_headers(&parts),
+                            fin: false,
+                            trailer: false,
+                        });
+                    }
+                }
+            }
+            if let Poll::Ready(resp) = ready {
                 self.handler = None;
+                self.interim = None;
                 if self.send.can_send() {
                     let (parts, body) = resp.into_parts();
                     let fin = body.is_end_stream();
                     frames.push(OutFrame::Headers {
                         list: headers::response_headers(&parts),
                         fin,
+                        trailer: false,
                     });
                     let _ = self.send.on_handed(0, fin);
                     if !fin {
@@ -404,8 +495,8 @@ impl StreamState {
             let mut fin = false;
             let mut failed = false;
             while self.send.inflight() + handed < window && frames.len() < MAX_CHUNKS_PER_MESSAGE {
-                match Pin::new(&mut *body).poll_next(&mut cx) {
-                    Poll::Ready(Some(Ok(chunk))) => {
+                match body.poll_frame(&mut cx) {
+                    Poll::Ready(Some(Ok(Frame::Data(chunk)))) => {
                         if chunk.is_empty() {
                             continue;
                         }
@@ -414,6 +505,16 @@ impl StreamState {
                             bytes: chunk,
                             fin: false,
                         });
+                    }
+                    Poll::Ready(Some(Ok(Frame::Trailers(t)))) => {
+                        // Trailers end the body: the section carries FIN.
+                        frames.push(OutFrame::Headers {
+                            list: headers::trailer_headers(&t),
+                            fin: true,
+                            trailer: true,
+                        });
+                        fin = true;
+                        break;
                     }
                     Poll::Ready(Some(Err(e))) => {
                         debug!("body stream failed: {e}");
@@ -436,6 +537,7 @@ impl StreamState {
                     self.body = None;
                     match frames.last_mut() {
                         Some(OutFrame::Data { fin: f, .. }) => *f = true,
+                        Some(OutFrame::Headers { fin: true, .. }) => {}
                         _ => frames.push(OutFrame::Data {
                             bytes: Bytes::new(),
                             fin: true,

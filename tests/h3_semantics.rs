@@ -1,0 +1,88 @@
+//! HTTP semantics across the actors: interim responses, trailers both ways.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use troupe::h3::{Body, Frame, Interim, InterimResponses, RecvBody, Server, ServerConfig};
+
+async fn server(handler: fn(http::Request<RecvBody>) -> http::Response<Body>) -> Server {
+    init_tracing();
+    Server::bind(loopback(), ServerConfig::default(), move |req| async move {
+        handler(req)
+    })
+    .await
+    .unwrap()
+}
+
+/// As in tokio-quiche's suite: 103, then 200, then FIN; and the client gets the final response
+/// (tokio-quiche's client drops it after a 1xx), with the 103 alongside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_hints_then_final_response() {
+    let server = server(|req| {
+        let interim = req
+            .extensions()
+            .get::<Interim>()
+            .expect("Interim in extensions")
+            .clone();
+        let mut hints = HeaderMap::new();
+        hints.insert(
+            "link",
+            HeaderValue::from_static("</style.css>; rel=preload; as=style"),
+        );
+        interim.send(StatusCode::EARLY_HINTS, hints).unwrap();
+        assert!(
+            interim.send(StatusCode::OK, HeaderMap::new()).is_err(),
+            "200 is not interim"
+        );
+        http::Response::new(Body::from("final"))
+    })
+    .await;
+    let (_ep, client) = connect(&server).await;
+    let resp = client.send(get(&server, "/")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let interim = resp
+        .extensions()
+        .get::<InterimResponses>()
+        .expect("the 103 was received")
+        .clone();
+    assert_eq!(interim.0.len(), 1);
+    assert_eq!(interim.0[0].status, StatusCode::EARLY_HINTS);
+    assert_eq!(
+        interim.0[0].headers["link"],
+        "</style.css>; rel=preload; as=style"
+    );
+    assert_eq!(
+        resp.into_body().collect().await.unwrap(),
+        Bytes::from_static(b"final")
+    );
+}
+
+/// As in tokio-quiche's suite, and better: request trailers reach the handler (tokio-quiche drops
+/// them), response trailers reach the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_both_ways() {
+    // The handler passes the request body on, trailers included.
+    let server = server(|req| http::Response::new(Body::from(req.into_body()))).await;
+    let (_ep, client) = connect(&server).await;
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", HeaderValue::from_static("abc123"));
+    let frames: Vec<Result<Frame, std::io::Error>> = vec![
+        Ok(Frame::Data(Bytes::from(vec![1u8; 100_000]))),
+        Ok(Frame::Data(Bytes::from(vec![2u8; 1000]))),
+        Ok(Frame::Trailers(trailers)),
+    ];
+    let req = http::Request::post(url(&server, "/echo"))
+        .body(Body::from_frames(futures::stream::iter(frames)))
+        .unwrap();
+    let resp = client.send(req).await.unwrap();
+    let mut body = resp.into_body();
+    let mut n = 0;
+    while let Some(c) = body.chunk().await {
+        n += c.unwrap().len();
+    }
+    assert_eq!(n, 101_000);
+    let got = body.trailers().expect("response trailers");
+    assert_eq!(got["x-checksum"], "abc123");
+}

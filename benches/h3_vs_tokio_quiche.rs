@@ -370,21 +370,24 @@ fn main() {
         };
         println!(
             "{name:>12}: {:>8.0} req/s  {:>6.1} us server CPU/req  (client CPU {:>3.0}% of a core)  |  \
-             download {:>7.1} MB/s (server CPU {:>3.0}%)",
+             download {:>7.1} MB/s (server CPU {:>3.0}%, {:.2} s per GB)",
             f.rps,
             f.server_us_per_req,
             f.client_cpu_share * 100.0,
             f.mbps,
-            f.server_cpu_share_dl * 100.0
+            f.server_cpu_share_dl * 100.0,
+            f.server_cpu_share_dl / f.mbps * 1000.0
         );
         results.push(f);
         drop(proc_);
     }
     let (t, q) = (&results[0], &results[1]);
     println!(
-        "ratio troupe/tokio-quiche: req/s {:.2}x, server CPU per request {:.2}x (lower is better), download MB/s {:.2}x",
+        "ratio troupe/tokio-quiche: req/s {:.2}x, server CPU per request {:.2}x (lower is better), \
+         download MB/s {:.2}x, server CPU per GB {:.2}x (lower is better)",
         t.rps / q.rps,
         t.server_us_per_req / q.server_us_per_req,
-        t.mbps / q.mbps
+        t.mbps / q.mbps,
+        (t.server_cpu_share_dl / t.mbps) / (q.server_cpu_share_dl / q.mbps)
     );
 }

@@ -159,6 +159,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let id = server.identity();
     println!("troupe serving HTTP/3 on {addr} (UDP)");
     let url = format!("https://localhost:{}/", addr.port());
+    // The command to try names this very binary, which need not be on PATH.
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "troupe".into());
     if generated {
         let dir = std::env::temp_dir().join(format!("troupe-serve-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
@@ -171,9 +175,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
             "certificate SPKI SHA-256 (base64): {}",
             id.spki_sha256_base64()
         );
-        println!("try:  troupe get {url} --ca {}", path.display());
+        println!("try:  {me} get {url} --ca {}", path.display());
         println!(
-            "      troupe get {url}bytes/1048576 --ca {} -o /dev/null -v",
+            "      {me} get {url}bytes/1048576 --ca {} -o /dev/null -v",
             path.display()
         );
     } else {
@@ -181,7 +185,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             "certificate SPKI SHA-256 (base64): {}",
             id.spki_sha256_base64()
         );
-        println!("try:  troupe get {url}");
+        println!("try:  {me} get {url}");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -185,8 +185,6 @@ pub struct H3App {
     write_queue: Vec<u64>,
     /// Scratch buffer for reads from quiche; chunks are copied out exactly sized.
     read_buf: Vec<u8>,
-    /// quiche's count of STOP_SENDING frames received, as last seen.
-    stopped_seen: u64,
     /// Server: the highest request stream ID accepted so far.
     max_request_id: Option<u64>,
     /// Server: requests accepted on this connection.
@@ -227,7 +225,6 @@ impl H3App {
             by_actor: HashMap::new(),
             write_queue: Vec::new(),
             read_buf: vec![0; MAX_READ],
-            stopped_seen: 0,
             max_request_id: None,
             requests_accepted: 0,
             goaway: Goaway::NotSent,
@@ -254,6 +251,8 @@ impl H3App {
         stream_id: u64,
         role: Role,
     ) -> Result<(), ()> {
+        // A client request whose headers carried FIN has nothing more to send.
+        let send_done = matches!(role, Role::Client { fin_sent: true, .. });
         let args = StreamArgs {
             stream_id,
             conn: cx.myself.clone(),
@@ -275,7 +274,7 @@ impl H3App {
                         out: VecDeque::new(),
                         queued: false,
                         headers_sent: matches!(self.side, Side::Client { .. }),
-                        send_done: false,
+                        send_done,
                         rescan: false,
                     },
                 );
@@ -522,14 +521,10 @@ impl H3App {
 
     /// quiche reports a peer's STOP_SENDING on a stream only as an error on the next write to
     /// it. A stream with nothing queued (say, a response waiting for data) would never learn of
-    /// it and its actor would live on. quiche counts STOP_SENDING frames, so when the count
-    /// moves, probe the streams whose sending side is open and idle.
+    /// it and its actor would live on; so after each batch of packets (STOP_SENDING only arrives
+    /// in packets), probe the streams whose sending side is open and idle: one map lookup each.
+    /// (quiche's STOP_SENDING counter is in `stats()`, which walks every stream: dearer.)
     fn notice_stopped_streams(&mut self, conn: &mut quiche::Connection) {
-        let stopped = conn.stats().stopped_stream_count_remote;
-        if stopped == self.stopped_seen {
-            return;
-        }
-        self.stopped_seen = stopped;
         for (&id, route) in self.routes.iter_mut() {
             if route.send_done || !route.out.is_empty() {
                 continue;
@@ -767,6 +762,7 @@ impl ConnectionApp for H3App {
                 self.read_stream(cx.conn, id);
             }
         }
+        self.notice_stopped_streams(cx.conn);
         self.start_waiting_requests(cx).await;
         // While draining, ACKs may have completed the last streams.
         self.check_drained(cx);
@@ -898,7 +894,6 @@ impl ConnectionApp for H3App {
                 .cast(troupe_transport::ConnMsg::App(H3Msg::DrainCheck));
         }
         self.write_streams(cx.conn);
-        self.notice_stopped_streams(cx.conn);
         Ok(())
     }
 

@@ -174,3 +174,51 @@ async fn a_panicking_handler_resets_only_its_stream() {
     .await;
     assert_eq!(server.endpoint().connection_count(), 1);
 }
+
+/// The handler's producer drops its body sender without finishing: the stream is reset with
+/// H3_REQUEST_CANCELLED, and the client sees a reset, never a clean (truncated) end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_body_sender_resets_with_request_cancelled() {
+    let server = server_with(|_req| {
+        Box::pin(async move {
+            let (tx, body) = Body::channel(4);
+            tokio::spawn(async move {
+                tx.send_data(Bytes::from_static(b"partial")).await.unwrap();
+                drop(tx); // not finished
+            });
+            http::Response::new(body)
+        })
+    })
+    .await;
+    let (_ep, client) = connect(&server).await;
+    let cancelled = troupe::h3::codes::H3_REQUEST_CANCELLED;
+    // RESET_STREAM may overtake the response head (a reset discards unsent data): either way
+    // the client sees the reset, with H3_REQUEST_CANCELLED.
+    match client.send(get(&server, "/")).await {
+        Ok(resp) => {
+            assert_eq!(resp.status(), 200);
+            let err = resp.into_body().collect().await.unwrap_err();
+            assert_eq!(err, BodyError::Reset(cancelled));
+        }
+        Err(e) => assert_eq!(e, troupe::h3::RequestError::StreamReset(cancelled)),
+    }
+
+    // A finished sender ends the body cleanly.
+    let server = server_with(|_req| {
+        Box::pin(async move {
+            let (tx, body) = Body::channel(4);
+            tokio::spawn(async move {
+                tx.send_data(Bytes::from_static(b"whole")).await.unwrap();
+                tx.finish();
+            });
+            http::Response::new(body)
+        })
+    })
+    .await;
+    let (_ep2, client) = connect(&server).await;
+    let resp = client.send(get(&server, "/")).await.unwrap();
+    assert_eq!(
+        resp.into_body().collect().await.unwrap(),
+        Bytes::from_static(b"whole")
+    );
+}

@@ -112,6 +112,27 @@ impl Body {
         }
     }
 
+    /// A body fed through a bounded channel of `capacity` frames. Dropping the [`BodySender`]
+    /// without [`BodySender::finish`] (or trailers) resets the stream with
+    /// H3_REQUEST_CANCELLED, so a peer never mistakes a cut-off body for a complete one.
+    pub fn channel(capacity: usize) -> (BodySender, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = finished.clone();
+        let s = futures::stream::unfold(Some(rx), move |rx| {
+            let done = done.clone();
+            async move {
+                let mut rx = rx?;
+                match rx.recv().await {
+                    Some(f) => Some((Ok(f), Some(rx))),
+                    None if done.load(std::sync::atomic::Ordering::Acquire) => None,
+                    None => Some((Err(BodyCancelled), None)),
+                }
+            }
+        });
+        (BodySender { tx, finished }, Body::from_frames(s))
+    }
+
     /// True when the body is known to have no bytes, so the headers can carry FIN.
     pub fn is_end_stream(&self) -> bool {
         match &self.kind {
@@ -213,6 +234,57 @@ impl From<RecvBody> for Body {
         Body {
             kind: Kind::Recv(r, false),
         }
+    }
+}
+
+/// The error a [`Body::channel`] body ends with when its [`BodySender`] is dropped without
+/// [`BodySender::finish`]: the stream is reset with H3_REQUEST_CANCELLED rather than ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the body's sender was dropped before finishing the body")]
+pub struct BodyCancelled;
+
+/// The sending end of a [`Body::channel`]. Sends wait while the channel is full, so a producer
+/// never runs ahead of the peer by more than the channel plus the stream's send window.
+pub struct BodySender {
+    tx: tokio::sync::mpsc::Sender<Frame>,
+    finished: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for BodySender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodySender")
+    }
+}
+
+impl BodySender {
+    /// Sends body bytes; fails (returning them) once the stream is gone.
+    pub async fn send_data(&self, data: Bytes) -> Result<(), Bytes> {
+        self.tx
+            .send(Frame::Data(data))
+            .await
+            .map_err(|e| match e.0 {
+                Frame::Data(b) => b,
+                Frame::Trailers(_) => Bytes::new(),
+            })
+    }
+
+    /// Sends trailers, which end the body.
+    pub async fn send_trailers(self, trailers: http::HeaderMap) -> Result<(), http::HeaderMap> {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.tx
+            .send(Frame::Trailers(trailers))
+            .await
+            .map_err(|e| match e.0 {
+                Frame::Trailers(t) => t,
+                Frame::Data(_) => http::HeaderMap::new(),
+            })
+    }
+
+    /// Ends the body normally (FIN).
+    pub fn finish(self) {
+        self.finished
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -20,7 +20,9 @@ mod server;
 mod settings;
 mod stream;
 
-pub use body::{Body, BodyError, BoxError, Frame, RecvBody, RecvBodyStats};
+pub use body::{
+    Body, BodyCancelled, BodyError, BodySender, BoxError, Frame, RecvBody, RecvBodyStats,
+};
 pub use client::{Client, ClientEndpoint};
 pub use conn::{H3App, H3Msg, OutFrame, PendingRequest};
 pub use error::RequestError;

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info_span, trace, Instrument};
 use troupe_transport::ConnMsg;
 
-use crate::body::{Body, BodyWriter, End, Frame, RecvBody};
+use crate::body::{Body, BodyCancelled, BodyWriter, End, Frame, RecvBody};
 use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED};
 use crate::conn::{H3Msg, OutFrame};
 use crate::error::RequestError;
@@ -493,7 +493,7 @@ impl StreamState {
             let window = self.settings.send_window;
             let mut handed = 0usize;
             let mut fin = false;
-            let mut failed = false;
+            let mut failed = None;
             while self.send.inflight() + handed < window && frames.len() < MAX_CHUNKS_PER_MESSAGE {
                 match body.poll_frame(&mut cx) {
                     Poll::Ready(Some(Ok(Frame::Data(chunk)))) => {
@@ -518,7 +518,11 @@ impl StreamState {
                     }
                     Poll::Ready(Some(Err(e))) => {
                         debug!("body stream failed: {e}");
-                        failed = true;
+                        failed = Some(if e.downcast_ref::<BodyCancelled>().is_some() {
+                            H3_REQUEST_CANCELLED
+                        } else {
+                            H3_INTERNAL_ERROR
+                        });
                         break;
                     }
                     Poll::Ready(None) => {
@@ -528,10 +532,16 @@ impl StreamState {
                     Poll::Pending => break,
                 }
             }
-            if failed {
+            if let Some(code) = failed {
                 self.body = None;
-                frames.clear();
-                self.abort_send(H3_INTERNAL_ERROR);
+                // What was produced before the failure goes first, then the reset.
+                if !frames.is_empty() {
+                    self.to_conn(H3Msg::Send {
+                        stream_id: self.id,
+                        frames: std::mem::take(&mut frames),
+                    });
+                }
+                self.abort_send(code);
             } else {
                 if fin {
                     self.body = None;

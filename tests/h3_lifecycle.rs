@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use troupe::h3::{Body, BodyError, RecvBody, Server, ServerConfig};
 
@@ -220,5 +221,61 @@ async fn dropped_body_sender_resets_with_request_cancelled() {
     assert_eq!(
         resp.into_body().collect().await.unwrap(),
         Bytes::from_static(b"whole")
+    );
+}
+
+/// The application shuts a stream down explicitly, both directions with chosen codes: the peer
+/// sees exactly those codes, both sides' stream actors stop, the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_shutdown_of_both_directions() {
+    const READ_CODE: u64 = 0x10c; // H3_REQUEST_CANCELLED, as STOP_SENDING
+    const WRITE_CODE: u64 = 0x10f; // H3_CONNECT_ERROR, as RESET_STREAM: any code the app picks
+    let server = server_with(|req| {
+        Box::pin(async move {
+            if req.uri().path() != "/up" {
+                return http::Response::new(Body::from("ok"));
+            }
+            let ctl = req
+                .extensions()
+                .get::<troupe::h3::StreamControl>()
+                .expect("StreamControl in extensions")
+                .clone();
+            let mut body = req.into_body();
+            // Wait for the first bytes, then shut both directions.
+            let _ = body.chunk().await;
+            ctl.shutdown(Some(READ_CODE), Some(WRITE_CODE));
+            // The rest of the body ends with an error; the response is never sent.
+            let rest = body.collect().await;
+            assert!(rest.is_err(), "receiving was shut down");
+            http::Response::new(Body::from("never sent"))
+        })
+    })
+    .await;
+    let (ep, client) = connect(&server).await;
+    // An upload that never ends on its own.
+    let endless =
+        futures::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"first"))])
+            .chain(futures::stream::pending());
+    let req = http::Request::post(url(&server, "/up"))
+        .body(Body::from_stream(endless))
+        .unwrap();
+    let err = client.send(req).await.unwrap_err();
+    assert_eq!(err, troupe::h3::RequestError::StreamReset(WRITE_CODE));
+    // Our sending side learned of the STOP_SENDING: both stream actors are gone.
+    eventually(
+        Duration::from_secs(5),
+        "stream actors gone on both sides",
+        || async {
+            server.endpoint().connection_children() == 0 && ep.endpoint().connection_children() == 0
+        },
+    )
+    .await;
+    let resp = client
+        .send(get(&server, "/"))
+        .await
+        .expect("the connection goes on");
+    assert_eq!(
+        resp.into_body().collect().await.unwrap(),
+        Bytes::from_static(b"ok")
     );
 }

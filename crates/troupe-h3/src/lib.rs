@@ -29,4 +29,4 @@ pub use error::RequestError;
 pub use server::{Handler, Server, ServerConfig};
 pub use settings::H3Settings;
 pub use stream::state::{RecvState, Refused, SendState};
-pub use stream::{Interim, InterimResponses, NotInterim, StreamMsg};
+pub use stream::{Interim, InterimResponses, NotInterim, StreamControl, StreamMsg};

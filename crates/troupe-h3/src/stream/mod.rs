@@ -72,6 +72,53 @@ pub enum StreamMsg {
     Poll,
     /// The application dropped the received body before its end.
     RecvDropped,
+    /// The application shuts the stream down: stop receiving with `read`, reset sending with
+    /// `write` (each an HTTP/3 error code), either or both.
+    Shutdown {
+        /// STOP_SENDING code.
+        read: Option<u64>,
+        /// RESET_STREAM code.
+        write: Option<u64>,
+    },
+}
+
+/// Explicit control of one request stream by the application: found in a server request's
+/// extensions and in a client response's extensions.
+#[derive(Clone)]
+pub struct StreamControl {
+    actor: ActorRef<StreamMsg>,
+    stream_id: u64,
+}
+
+impl std::fmt::Debug for StreamControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamControl")
+            .field("stream_id", &self.stream_id)
+            .finish()
+    }
+}
+
+impl StreamControl {
+    /// The QUIC stream ID.
+    pub fn stream_id(&self) -> u64 {
+        self.stream_id
+    }
+
+    /// Stops receiving: STOP_SENDING with `code`; the received body ends with an error.
+    pub fn shutdown_read(&self, code: u64) {
+        self.shutdown(Some(code), None);
+    }
+
+    /// Stops sending: RESET_STREAM with `code`; the outgoing body (or a response not yet
+    /// produced) is dropped.
+    pub fn shutdown_write(&self, code: u64) {
+        self.shutdown(None, Some(code));
+    }
+
+    /// Either or both. A direction already finished is left as it is.
+    pub fn shutdown(&self, read: Option<u64>, write: Option<u64>) {
+        let _ = self.actor.cast(StreamMsg::Shutdown { read, write });
+    }
 }
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
@@ -254,6 +301,10 @@ impl Actor for StreamActor {
                     queue,
                     waker: st.waker.clone(),
                 });
+                req.extensions_mut().insert(StreamControl {
+                    actor: myself.clone(),
+                    stream_id: st.id,
+                });
                 st.handler = Some(Box::pin(handler.call(req)));
             }
             Some(Role::Client {
@@ -359,6 +410,25 @@ impl StreamState {
                 }
             }
             StreamMsg::Poll => self.waker.scheduled.store(false, Ordering::Release),
+            StreamMsg::Shutdown { read, write } => {
+                if let Some(code) = write {
+                    self.body = None;
+                    self.abort_send(code);
+                }
+                if let Some(code) = read {
+                    if self.recv.on_stop_sending(code).is_ok() {
+                        if let Some(w) = &self.writer {
+                            w.end(End::Aborted(format!(
+                                "receiving shut down by the application (0x{code:x})"
+                            )));
+                        }
+                        self.to_conn(H3Msg::StopSending {
+                            stream_id: self.id,
+                            code,
+                        });
+                    }
+                }
+            }
             StreamMsg::RecvDropped => {
                 // RFC 9114 §4.1.2: once a server's response is under way, the rest of the
                 // request is simply not needed (H3_NO_ERROR); otherwise (a server that has not
@@ -403,6 +473,10 @@ impl StreamState {
                 self.recv_fin();
             }
             let mut resp = Response::from_parts(parts, body);
+            resp.extensions_mut().insert(StreamControl {
+                actor: myself.clone(),
+                stream_id: self.id,
+            });
             if !self.interim_received.is_empty() {
                 resp.extensions_mut()
                     .insert(InterimResponses(std::mem::take(&mut self.interim_received)));

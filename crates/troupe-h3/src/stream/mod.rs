@@ -41,6 +41,14 @@ const MAX_CHUNKS_PER_MESSAGE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct InterimResponses(pub Vec<http::response::Parts>);
 
+/// The declared content-length, if there is exactly one valid value.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Messages to a stream actor.
 pub enum StreamMsg {
     /// Body bytes read from quiche (within credit), and whether the peer's FIN followed.
@@ -172,6 +180,10 @@ pub(crate) struct StreamState {
     interim: Option<Arc<InterimQueue>>,
     /// Client: interim responses received before the final one.
     interim_received: Vec<http::response::Parts>,
+    /// The received message's content-length, if it declared one.
+    content_length: Option<u64>,
+    /// Body bytes received so far.
+    body_received: u64,
 }
 
 /// Interim responses waiting in a stream actor.
@@ -278,6 +290,8 @@ impl Actor for StreamActor {
             is_server,
             interim: None,
             interim_received: Vec::new(),
+            content_length: None,
+            body_received: 0,
         })
     }
 
@@ -290,7 +304,15 @@ impl Actor for StreamActor {
         let _g = span.enter();
         match st.pending_role.take() {
             Some(Role::Server { head, fin, handler }) => {
+                st.content_length = content_length(&head.headers);
                 let body = st.open_recv(&myself);
+                if fin && st.content_length.is_some_and(|n| n != 0) {
+                    // A declared body that never came: malformed (RFC 9114 §4.1.2).
+                    debug!("content-length without a body: H3_MESSAGE_ERROR");
+                    st.abort_both(H3_MESSAGE_ERROR);
+                    st.drive(&myself);
+                    return Ok(());
+                }
                 if fin {
                     st.recv_fin();
                 }
@@ -373,11 +395,24 @@ impl StreamState {
         match msg {
             StreamMsg::Body { chunks, fin } => {
                 if self.recv.on_data().is_ok() {
+                    self.body_received += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+                    // RFC 9114 §4.1.2: a body longer than its content-length is malformed.
+                    if self.content_length.is_some_and(|n| self.body_received > n) {
+                        debug!("body longer than content-length: H3_MESSAGE_ERROR");
+                        return self.abort_both(H3_MESSAGE_ERROR);
+                    }
                     if let Some(w) = &self.writer {
                         w.push(chunks);
                     }
                 }
                 if fin {
+                    if self
+                        .content_length
+                        .is_some_and(|n| self.body_received != n && self.recv == RecvState::Open)
+                    {
+                        debug!("body shorter than content-length: H3_MESSAGE_ERROR");
+                        return self.abort_both(H3_MESSAGE_ERROR);
+                    }
                     self.recv_fin();
                 }
             }

@@ -1,0 +1,160 @@
+//! A raw quiche HTTP/3 client driven by hand over a tokio UDP socket: a peer that can send what
+//! a well-behaved client never would (malformed requests, odd orderings).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use troupe::transport::quiche;
+use troupe::transport::quiche::h3;
+
+pub struct RawClient {
+    pub conn: quiche::Connection,
+    pub h3: Option<h3::Connection>,
+    socket: tokio::net::UdpSocket,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+/// What happened on one stream, as seen by the raw client.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StreamOutcome {
+    pub status: Option<String>,
+    pub body: usize,
+    pub finished: bool,
+    pub reset: Option<u64>,
+}
+
+impl RawClient {
+    pub async fn connect(peer: SocketAddr) -> RawClient {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
+        config.set_application_protos(&[b"h3"]).unwrap();
+        config.verify_peer(false);
+        config.set_max_idle_timeout(10_000);
+        config.set_initial_max_data(10 << 20);
+        config.set_initial_max_stream_data_bidi_local(1 << 20);
+        config.set_initial_max_stream_data_bidi_remote(1 << 20);
+        config.set_initial_max_stream_data_uni(1 << 20);
+        config.set_initial_max_streams_bidi(100);
+        config.set_initial_max_streams_uni(100);
+        let scid = quiche::ConnectionId::from_vec(vec![9u8; 16]);
+        let conn = quiche::connect(Some("localhost"), &scid, local, peer, &mut config).unwrap();
+        let mut c = RawClient {
+            conn,
+            h3: None,
+            socket,
+            peer,
+            local,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !c.conn.is_established() {
+            assert!(Instant::now() < deadline, "raw client handshake timed out");
+            c.exchange().await;
+        }
+        let h3 = h3::Connection::with_transport(&mut c.conn, &h3::Config::new().unwrap()).unwrap();
+        c.h3 = Some(h3);
+        c.flush().await;
+        c
+    }
+
+    pub async fn flush(&mut self) {
+        let mut out = [0u8; 1500];
+        while let Ok((n, info)) = self.conn.send(&mut out) {
+            self.socket.send_to(&out[..n], info.to).await.unwrap();
+        }
+    }
+
+    /// Flushes, then waits (up to the connection's timeout, at most 50 ms) for packets.
+    pub async fn exchange(&mut self) {
+        self.flush().await;
+        let wait = self
+            .conn
+            .timeout()
+            .unwrap_or(Duration::from_millis(50))
+            .min(Duration::from_millis(50));
+        let mut buf = [0u8; 65535];
+        match tokio::time::timeout(wait, self.socket.recv_from(&mut buf)).await {
+            Ok(Ok((n, from))) => {
+                let info = quiche::RecvInfo {
+                    from,
+                    to: self.local,
+                };
+                let _ = self.conn.recv(&mut buf[..n], info);
+                // Drain whatever else is queued without waiting.
+                while let Ok((n, from)) = self.socket.try_recv_from(&mut buf) {
+                    let info = quiche::RecvInfo {
+                        from,
+                        to: self.local,
+                    };
+                    let _ = self.conn.recv(&mut buf[..n], info);
+                }
+            }
+            _ => self.conn.on_timeout(),
+        }
+        let _ = self.peer;
+    }
+
+    /// Sends a request with exactly these headers (no validation) and FIN.
+    pub fn request(&mut self, headers: &[(&str, &str)]) -> u64 {
+        let list: Vec<h3::Header> = headers
+            .iter()
+            .map(|(n, v)| h3::Header::new(n.as_bytes(), v.as_bytes()))
+            .collect();
+        let h3 = self.h3.as_mut().unwrap();
+        h3.send_request(&mut self.conn, &list, true).unwrap()
+    }
+
+    /// Sends a request with exactly these headers, then `body` in one DATA frame and FIN.
+    pub fn request_with_body(&mut self, headers: &[(&str, &str)], body: &[u8]) -> u64 {
+        let list: Vec<h3::Header> = headers
+            .iter()
+            .map(|(n, v)| h3::Header::new(n.as_bytes(), v.as_bytes()))
+            .collect();
+        let h3 = self.h3.as_mut().unwrap();
+        let id = h3.send_request(&mut self.conn, &list, false).unwrap();
+        assert_eq!(
+            h3.send_body(&mut self.conn, id, body, true).unwrap(),
+            body.len()
+        );
+        id
+    }
+
+    /// Drives the connection until `stream` has a final outcome (finished or reset).
+    pub async fn outcome(&mut self, stream: u64) -> StreamOutcome {
+        let mut o = StreamOutcome::default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 65535];
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no outcome for stream {stream}: {o:?}"
+            );
+            self.exchange().await;
+            loop {
+                let h3 = self.h3.as_mut().unwrap();
+                match h3.poll(&mut self.conn) {
+                    Ok((id, h3::Event::Headers { list, .. })) if id == stream => {
+                        use quiche::h3::NameValue;
+                        o.status = list
+                            .iter()
+                            .find(|h| h.name() == b":status")
+                            .map(|h| String::from_utf8_lossy(h.value()).into_owned());
+                    }
+                    Ok((id, h3::Event::Data)) if id == stream => {
+                        while let Ok(n) = h3.recv_body(&mut self.conn, id, &mut buf) {
+                            o.body += n;
+                        }
+                    }
+                    Ok((id, h3::Event::Finished)) if id == stream => o.finished = true,
+                    Ok((id, h3::Event::Reset(code))) if id == stream => o.reset = Some(code),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            if o.finished || o.reset.is_some() {
+                return o;
+            }
+        }
+    }
+}

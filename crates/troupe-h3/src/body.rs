@@ -399,6 +399,8 @@ pub struct RecvBody {
     actor: Option<ActorRef<StreamMsg>>,
     unreported: usize,
     report_at: usize,
+    /// The ending error was yielded: the stream is over (fused), not an error forever.
+    errored: bool,
 }
 
 impl std::fmt::Debug for RecvBody {
@@ -424,6 +426,7 @@ impl RecvBody {
             conn: Some(conn),
             actor: Some(actor),
             unreported: 0,
+            errored: false,
             // Return credit in quarters of the window: few messages, and the connection never
             // runs dry while the reader keeps up.
             report_at: (window / 4).max(1),
@@ -482,6 +485,9 @@ impl Stream for RecvBody {
     type Item = Result<Bytes, BodyError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.errored {
+            return Poll::Ready(None);
+        }
         let (chunk, end) = {
             let mut g = self.shared.lock();
             match g.chunks.pop_front() {
@@ -508,8 +514,14 @@ impl Stream for RecvBody {
                 self.conn = None;
                 Poll::Ready(None)
             }
-            (None, Some(End::Reset(code))) => Poll::Ready(Some(Err(BodyError::Reset(code)))),
-            (None, Some(End::Aborted(why))) => Poll::Ready(Some(Err(BodyError::Aborted(why)))),
+            (None, Some(End::Reset(code))) => {
+                self.errored = true;
+                Poll::Ready(Some(Err(BodyError::Reset(code))))
+            }
+            (None, Some(End::Aborted(why))) => {
+                self.errored = true;
+                Poll::Ready(Some(Err(BodyError::Aborted(why))))
+            }
             (None, None) => {
                 // Nothing buffered: hand back what was consumed so the connection reads on.
                 self.credit(0, true);

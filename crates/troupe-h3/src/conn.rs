@@ -551,13 +551,13 @@ impl H3App {
             Ok(()) => {
                 debug!(id, "GOAWAY sent");
                 self.goaway = Goaway::Sent(id);
-                self.check_drained(cx);
+                self.check_drained();
             }
             Err(h3::Error::StreamBlocked) | Err(h3::Error::Done) => {}
             Err(e) => {
                 debug!("send_goaway: {e}");
                 self.goaway = Goaway::Sent(id);
-                self.check_drained(cx);
+                self.check_drained();
             }
         }
     }
@@ -576,7 +576,7 @@ impl H3App {
 
     /// After GOAWAY: ask for a close check. The check message is sent from the next flush
     /// (`before_flush`), so it is handled after that flush put the GOAWAY on the wire.
-    fn check_drained(&mut self, _cx: &mut ConnCx<'_, H3Msg>) {
+    fn check_drained(&mut self) {
         if matches!(self.goaway, Goaway::Sent(_)) && self.routes.is_empty() {
             self.drain_check_due = true;
         }
@@ -765,7 +765,7 @@ impl ConnectionApp for H3App {
         self.notice_stopped_streams(cx.conn);
         self.start_waiting_requests(cx).await;
         // While draining, ACKs may have completed the last streams.
-        self.check_drained(cx);
+        self.check_drained();
         Ok(())
     }
 
@@ -871,7 +871,7 @@ impl ConnectionApp for H3App {
                     }
                     trace!(stream_id = id, "stream actor stopped");
                 }
-                self.check_drained(cx);
+                self.check_drained();
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(id) = self.by_actor.remove(&cell.get_id()) {
@@ -879,7 +879,7 @@ impl ConnectionApp for H3App {
                     warn!(conn_id = %self.trace_id, stream_id = id, "stream actor failed, resetting the stream: {err}");
                     shutdown_both(cx.conn, id, H3_INTERNAL_ERROR);
                 }
-                self.check_drained(cx);
+                self.check_drained();
             }
             _ => {}
         }

@@ -70,6 +70,11 @@ pub fn get(server: &Server, path: &str) -> http::Request<troupe::h3::Body> {
         .unwrap()
 }
 
+/// How many request streams the server's connections route to stream actors right now.
+pub async fn routed_count(server: &Server) -> usize {
+    server.routed_streams().await.iter().map(Vec::len).sum()
+}
+
 /// Polls `check` until it returns true or `deadline` passes; panics with `what` on timeout.
 pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
 where

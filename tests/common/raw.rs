@@ -22,6 +22,19 @@ pub struct StreamOutcome {
     pub body: usize,
     pub finished: bool,
     pub reset: Option<u64>,
+    /// Every header of the first header section, as text.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes.
+    pub data: Vec<u8>,
+}
+
+impl StreamOutcome {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl RawClient {
@@ -120,15 +133,64 @@ impl RawClient {
         id
     }
 
-    /// Drives the connection until `stream` has a final outcome (finished or reset).
-    pub async fn outcome(&mut self, stream: u64) -> StreamOutcome {
-        let mut o = StreamOutcome::default();
+    /// Opens a request stream with these headers, leaving it open for a body.
+    pub fn request_open(&mut self, headers: &[(&str, &str)]) -> u64 {
+        let list: Vec<h3::Header> = headers
+            .iter()
+            .map(|(n, v)| h3::Header::new(n.as_bytes(), v.as_bytes()))
+            .collect();
+        let h3 = self.h3.as_mut().unwrap();
+        h3.send_request(&mut self.conn, &list, false).unwrap()
+    }
+
+    /// Sends body bytes (all of them: the test bodies are small) and maybe FIN.
+    pub fn send_body(&mut self, stream: u64, body: &[u8], fin: bool) {
+        let h3 = self.h3.as_mut().unwrap();
+        assert_eq!(
+            h3.send_body(&mut self.conn, stream, body, fin).unwrap(),
+            body.len()
+        );
+    }
+
+    /// STOP_SENDING on our receiving side of `stream`.
+    pub fn stop_sending(&mut self, stream: u64, code: u64) {
+        self.conn
+            .stream_shutdown(stream, quiche::Shutdown::Read, code)
+            .unwrap();
+    }
+
+    /// RESET_STREAM on our sending side of `stream`.
+    pub fn reset(&mut self, stream: u64, code: u64) {
+        self.conn
+            .stream_shutdown(stream, quiche::Shutdown::Write, code)
+            .unwrap();
+    }
+
+    /// PRIORITY_UPDATE for request `stream`.
+    pub fn priority_update(&mut self, stream: u64, urgency: u8, incremental: bool) {
+        let h3 = self.h3.as_mut().unwrap();
+        h3.send_priority_update_for_request(
+            &mut self.conn,
+            stream,
+            &h3::Priority::new(urgency, incremental),
+        )
+        .unwrap();
+    }
+
+    /// Drives the connection, collecting what arrives on `stream` into `o`, until `done(o)`.
+    pub async fn drive_until(
+        &mut self,
+        stream: u64,
+        o: &mut StreamOutcome,
+        what: &str,
+        done: impl Fn(&StreamOutcome) -> bool,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut buf = [0u8; 65535];
         loop {
             assert!(
                 Instant::now() < deadline,
-                "no outcome for stream {stream}: {o:?}"
+                "stream {stream}: no {what} within 5 s: {o:?}"
             );
             self.exchange().await;
             loop {
@@ -136,14 +198,23 @@ impl RawClient {
                 match h3.poll(&mut self.conn) {
                     Ok((id, h3::Event::Headers { list, .. })) if id == stream => {
                         use quiche::h3::NameValue;
-                        o.status = list
-                            .iter()
-                            .find(|h| h.name() == b":status")
-                            .map(|h| String::from_utf8_lossy(h.value()).into_owned());
+                        if o.status.is_none() {
+                            o.headers = list
+                                .iter()
+                                .map(|h| {
+                                    (
+                                        String::from_utf8_lossy(h.name()).into_owned(),
+                                        String::from_utf8_lossy(h.value()).into_owned(),
+                                    )
+                                })
+                                .collect();
+                            o.status = o.header(":status").map(str::to_owned);
+                        }
                     }
                     Ok((id, h3::Event::Data)) if id == stream => {
                         while let Ok(n) = h3.recv_body(&mut self.conn, id, &mut buf) {
                             o.body += n;
+                            o.data.extend_from_slice(&buf[..n]);
                         }
                     }
                     Ok((id, h3::Event::Finished)) if id == stream => o.finished = true,
@@ -152,9 +223,43 @@ impl RawClient {
                     Err(_) => break,
                 }
             }
-            if o.finished || o.reset.is_some() {
-                return o;
+            if done(o) {
+                return;
             }
+        }
+    }
+
+    /// Drives the connection until `stream` has a final outcome (finished or reset).
+    pub async fn outcome(&mut self, stream: u64) -> StreamOutcome {
+        let mut o = StreamOutcome::default();
+        self.drive_until(stream, &mut o, "outcome", |o| {
+            o.finished || o.reset.is_some()
+        })
+        .await;
+        o
+    }
+
+    /// Drives the connection until the peer has sent STOP_SENDING for `stream`; its code.
+    pub async fn wait_stopped(&mut self, stream: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no STOP_SENDING on {stream} within 5 s"
+            );
+            if let Err(quiche::Error::StreamStopped(code)) = self.conn.stream_writable(stream, 1) {
+                return code;
+            }
+            self.exchange().await;
+        }
+    }
+
+    /// Drives the connection (flushing what we queued) until `check()` holds.
+    pub async fn drive_while_waiting(&mut self, what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "no {what} within 5 s");
+            self.exchange().await;
         }
     }
 }

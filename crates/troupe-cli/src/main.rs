@@ -249,11 +249,14 @@ async fn get(a: GetArgs) -> Result<ExitCode> {
         .trim_end_matches(']')
         .to_string();
     let port = uri.port_u16().unwrap_or(443);
-    let peer = tokio::net::lookup_host((host.as_str(), port))
+    let mut peers: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
         .await
         .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .ok_or_else(|| anyhow!("{host} has no address"))?;
+        .collect();
+    peers.dedup();
+    if peers.is_empty() {
+        bail!("{host} has no address");
+    }
 
     let verify = match (&a.ca, a.insecure) {
         (Some(p), _) => {
@@ -290,22 +293,26 @@ async fn get(a: GetArgs) -> Result<ExitCode> {
 
     let mut quic = QuicSettings::default();
     quic.handshake_timeout = Duration::from_secs(a.connect_timeout.max(1));
-    let bind: SocketAddr = if peer.is_ipv6() {
-        "[::]:0".parse()?
-    } else {
-        "0.0.0.0:0".parse()?
-    };
-    let ep = ClientEndpoint::bind(
-        bind,
-        quic,
-        TlsConfig {
+    // A name may resolve to several addresses (localhost: ::1 and 127.0.0.1) and a server
+    // may listen on only one: try them all at once, keep the first handshake that completes.
+    let attempts = peers.iter().map(|&peer| {
+        let (quic, host) = (quic.clone(), host.clone());
+        let tls = TlsConfig {
             identity: None,
-            verify,
-        },
-        H3Settings::default(),
-    )
-    .await?;
-    let client = ep.connect(peer, &host).await?;
+            verify: verify.clone(),
+        };
+        Box::pin(async move {
+            let bind: SocketAddr = if peer.is_ipv6() {
+                "[::]:0".parse()?
+            } else {
+                "0.0.0.0:0".parse()?
+            };
+            let ep = ClientEndpoint::bind(bind, quic, tls, H3Settings::default()).await?;
+            let client = ep.connect(peer, &host).await?;
+            Ok::<_, anyhow::Error>((ep, client))
+        })
+    });
+    let ((_ep, client), _others) = futures::future::select_ok(attempts).await?;
     let resp = client.send(req).await?;
     let status = resp.status();
     if a.verbose {

@@ -12,6 +12,7 @@ use troupe_transport::{
 use crate::body::{Body, RecvBody};
 use crate::conn::{ClientShared, H3App, H3Msg, PendingRequest};
 use crate::error::RequestError;
+use crate::peer_settings::PeerSettings;
 use crate::settings::H3Settings;
 
 /// A client endpoint: one UDP socket that any number of connections share.
@@ -40,7 +41,15 @@ impl ClientEndpoint {
         peer: SocketAddr,
         server_name: &str,
     ) -> Result<Client, ConnectError> {
-        let shared = Arc::new(ClientShared::default());
+        if self.h3.max_pending_requests == 0 {
+            return Err(ConnectError::Config(
+                troupe_transport::ConfigError::Invalid {
+                    field: "h3.max_pending_requests",
+                    why: "must be at least 1, or no request could ever start".into(),
+                },
+            ));
+        }
+        let shared = Arc::new(ClientShared::new(self.h3.max_pending_requests));
         let conn = self
             .endpoint
             .connect(
@@ -49,7 +58,11 @@ impl ClientEndpoint {
                 H3App::client(self.h3.clone(), shared.clone()),
             )
             .await?;
-        Ok(Client { conn, shared })
+        Ok(Client {
+            conn,
+            shared,
+            max_pending: self.h3.max_pending_requests,
+        })
     }
 
     /// The underlying endpoint.
@@ -63,6 +76,7 @@ impl ClientEndpoint {
 pub struct Client {
     conn: Connection<H3Msg>,
     shared: Arc<ClientShared>,
+    max_pending: usize,
 }
 
 impl Client {
@@ -71,13 +85,41 @@ impl Client {
     ///
     /// A request that cannot start because the server's stream limit is reached waits for
     /// MAX_STREAMS; one that fails affects no other request.
+    ///
+    /// At most [`H3Settings::max_pending_requests`] requests wait for a stream at once on one
+    /// connection; beyond that `send` waits here, before anything is queued in the connection
+    /// actor.
+    ///
+    /// A [`crate::Priority`] in the request's extensions is sent as its `priority` field
+    /// (RFC 9218) unless the request already has one.
+    ///
+    /// Cancel safety: dropping the future abandons the request. One not yet started never
+    /// starts; one on the wire finishes sending its body, and its response is refused when it
+    /// arrives (STOP_SENDING with H3_REQUEST_CANCELLED).
     pub async fn send(&self, req: Request<Body>) -> Result<Response<RecvBody>, RequestError> {
-        let (head, body) = req.into_parts();
+        let created = std::time::Instant::now();
+        let (mut head, body) = req.into_parts();
+        if let Some(p) = head.extensions.get::<crate::Priority>().copied() {
+            if !head.headers.contains_key("priority") {
+                if let Ok(v) = http::HeaderValue::from_str(&p.to_field_value()) {
+                    head.headers.insert("priority", v);
+                }
+            }
+        }
+        let permit = self
+            .shared
+            .pending
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RequestError::ConnectionClosed("client closed".into()))?;
         let (tx, rx) = oneshot::channel();
         let pending = PendingRequest {
             head,
             body,
             reply: tx,
+            created,
+            _permit: permit,
         };
         self.conn
             .send(H3Msg::Request(Box::new(pending)))
@@ -103,6 +145,25 @@ impl Client {
         {
             u64::MAX => None,
             id => Some(id),
+        }
+    }
+
+    /// Requests handed to the connection and not yet on the wire (waiting for the server's
+    /// stream limit), plus any on their way there. At most
+    /// [`H3Settings::max_pending_requests`]: further `send` calls wait before this count.
+    pub fn waiting_requests(&self) -> usize {
+        self.max_pending - self.shared.pending.available_permits()
+    }
+
+    /// Waits for the server's SETTINGS (sent once, right after the handshake) and returns
+    /// them; `None` if the connection closed first.
+    ///
+    /// Cancel safety: cancel-safe.
+    pub async fn peer_settings(&self) -> Option<PeerSettings> {
+        let mut rx = self.shared.peer_settings.subscribe();
+        tokio::select! {
+            r = rx.wait_for(|s| s.is_some()) => r.ok().and_then(|s| s.clone()),
+            _ = self.conn.closed() => self.shared.peer_settings.borrow().clone(),
         }
     }
 

@@ -8,20 +8,25 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use quiche::h3::{self, Header};
 use ractor::{Actor, ActorId, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::{debug, trace, warn};
-use troupe_transport::{AppError, CloseReason, ConnCx, ConnectionApp};
+use troupe_transport::{AppError, CloseReason, ConnCx, ConnectionApp, ConnectionInfo};
 
+use crate::audit::{StreamEnd, StreamStats};
 use crate::body::RecvBody;
 use crate::codes::{
     H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED,
 };
 use crate::error::RequestError;
+use crate::events::{ConnectionEvent, EventSink};
 use crate::headers;
+use crate::peer_settings::PeerSettings;
+use crate::priority::Priority;
 use crate::server::Handler;
 use crate::settings::H3Settings;
 use crate::stream::{Role, StreamActor, StreamArgs, StreamMsg};
@@ -47,6 +52,8 @@ pub enum OutFrame {
         fin: bool,
         /// A trailer section.
         trailer: bool,
+        /// For a final response: the priority the handler chose (applied when it is sent).
+        priority: Option<Priority>,
     },
     /// Body bytes, perhaps empty when only carrying FIN.
     Data {
@@ -98,6 +105,8 @@ pub enum H3Msg {
     DrainCheck,
     /// Client: start a request (boxed: a request head is large, the other messages small).
     Request(Box<PendingRequest>),
+    /// Inspection: the stream IDs this connection routes to a stream actor right now.
+    RoutedStreams(ractor::RpcReplyPort<Vec<u64>>),
 }
 
 /// A client request not yet on the wire.
@@ -105,6 +114,10 @@ pub struct PendingRequest {
     pub(crate) head: http::request::Parts,
     pub(crate) body: crate::Body,
     pub(crate) reply: oneshot::Sender<Result<http::Response<RecvBody>, RequestError>>,
+    /// When the caller asked.
+    pub(crate) created: Instant,
+    /// Held until the request is on the wire (or failed): bounds the waiting queue.
+    pub(crate) _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Receiving side of a route.
@@ -129,6 +142,12 @@ struct Route {
     send_done: bool,
     /// In `H3App::rescan`.
     rescan: bool,
+    /// When the first header section was handed over, until quiche takes it.
+    headers_queued: Option<Instant>,
+    /// The stream's audit figures, shared with its actor.
+    stats: StreamStats,
+    /// Server: the client's priority signal, watched by the handler.
+    priority: Option<tokio::sync::watch::Sender<Priority>>,
 }
 
 /// A server's GOAWAY: not asked for, waiting for stream capacity on the control stream, or sent.
@@ -153,6 +172,7 @@ impl Goaway {
 enum Side {
     Server {
         handler: Arc<dyn Handler>,
+        events: Option<EventSink>,
     },
     Client {
         waiting: VecDeque<PendingRequest>,
@@ -165,12 +185,18 @@ enum Side {
 pub(crate) struct ClientShared {
     /// The ID in the server's latest GOAWAY, or `u64::MAX` before any.
     pub(crate) goaway: std::sync::atomic::AtomicU64,
+    /// The server's SETTINGS, once they arrived.
+    pub(crate) peer_settings: tokio::sync::watch::Sender<Option<PeerSettings>>,
+    /// Bounds requests handed to the connection and not yet on the wire.
+    pub(crate) pending: Arc<tokio::sync::Semaphore>,
 }
 
-impl Default for ClientShared {
-    fn default() -> Self {
+impl ClientShared {
+    pub(crate) fn new(max_pending: usize) -> Self {
         ClientShared {
             goaway: std::sync::atomic::AtomicU64::new(u64::MAX),
+            peer_settings: tokio::sync::watch::channel(None).0,
+            pending: Arc::new(tokio::sync::Semaphore::new(max_pending)),
         }
     }
 }
@@ -198,12 +224,18 @@ pub struct H3App {
     drain_check_due: bool,
     /// Streams to read again after the next `h3::poll` (see `read_stream`).
     rescan: Vec<u64>,
+    /// The peer's SETTINGS have been surfaced.
+    settings_seen: bool,
     trace_id: String,
 }
 
 impl H3App {
-    pub(crate) fn server(handler: Arc<dyn Handler>, settings: Arc<H3Settings>) -> Self {
-        Self::new(Side::Server { handler }, settings)
+    pub(crate) fn server(
+        handler: Arc<dyn Handler>,
+        settings: Arc<H3Settings>,
+        events: Option<EventSink>,
+    ) -> Self {
+        Self::new(Side::Server { handler, events }, settings)
     }
 
     pub(crate) fn client(settings: Arc<H3Settings>, shared: Arc<ClientShared>) -> Self {
@@ -231,6 +263,7 @@ impl H3App {
             unacked: Vec::new(),
             drain_check_due: false,
             rescan: Vec::new(),
+            settings_seen: false,
             trace_id: String::new(),
         }
     }
@@ -250,6 +283,8 @@ impl H3App {
         cx: &mut ConnCx<'_, H3Msg>,
         stream_id: u64,
         role: Role,
+        stats: StreamStats,
+        priority: Option<tokio::sync::watch::Sender<Priority>>,
     ) -> Result<(), ()> {
         // A client request whose headers carried FIN has nothing more to send.
         let send_done = matches!(role, Role::Client { fin_sent: true, .. });
@@ -259,6 +294,7 @@ impl H3App {
             settings: self.settings.clone(),
             trace_id: cx.trace_id.to_string(),
             role,
+            stats: stats.clone(),
         };
         match Actor::spawn_linked(None, StreamActor, args, cx.myself.get_cell()).await {
             Ok((actor, _)) => {
@@ -276,8 +312,12 @@ impl H3App {
                         headers_sent: matches!(self.side, Side::Client { .. }),
                         send_done,
                         rescan: false,
+                        headers_queued: None,
+                        stats,
+                        priority,
                     },
                 );
+                cx.metrics.stream_opened();
                 Ok(())
             }
             Err(e) => {
@@ -294,7 +334,7 @@ impl H3App {
         list: Vec<Header>,
         more_frames: bool,
     ) {
-        let Side::Server { handler } = &self.side else {
+        let Side::Server { handler, .. } = &self.side else {
             return;
         };
         let handler = handler.clone();
@@ -325,18 +365,72 @@ impl H3App {
                 return;
             }
         };
+        // RFC 9218: the request's `priority` field, overridden by a PRIORITY_UPDATE that came
+        // first; with neither, the response default applies to scheduling.
+        let mut signalled = head
+            .headers
+            .get("priority")
+            .and_then(|v| Priority::parse(v.as_bytes()));
+        if let Some(p) = self.take_priority_update(stream_id) {
+            signalled = Some(p);
+        }
+        let effective = signalled.unwrap_or(Priority::RESPONSE_DEFAULT);
+        let _ = cx
+            .conn
+            .stream_priority(stream_id, effective.urgency, effective.incremental);
+        let (prio_tx, prio_rx) =
+            tokio::sync::watch::channel(signalled.unwrap_or(Priority::REQUEST_DEFAULT));
         let role = Role::Server {
             head,
             fin: !more_frames,
             handler,
+            priority: prio_rx,
         };
-        if self.spawn_stream(cx, stream_id, role).await.is_err() {
+        let stats = StreamStats::new(stream_id, Instant::now());
+        if self
+            .spawn_stream(cx, stream_id, role, stats, Some(prio_tx))
+            .await
+            .is_err()
+        {
             shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
             return;
         }
         if !more_frames {
             if let Some(r) = self.routes.get_mut(&stream_id) {
                 r.read = ReadRoute::Done;
+            }
+        }
+    }
+
+    /// The latest PRIORITY_UPDATE for a request stream, if one is waiting and valid.
+    fn take_priority_update(&mut self, stream_id: u64) -> Option<Priority> {
+        let h3 = self.h3.as_mut()?;
+        let raw = h3.take_last_priority_update(stream_id).ok()?;
+        Priority::parse(&raw)
+    }
+
+    /// Surfaces the peer's SETTINGS once, when quiche has them.
+    fn check_peer_settings(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
+        if self.settings_seen {
+            return;
+        }
+        let Some(raw) = self.h3.as_ref().and_then(|h3| h3.peer_settings_raw()) else {
+            return;
+        };
+        self.settings_seen = true;
+        let settings = PeerSettings { raw: raw.to_vec() };
+        debug!(?settings, "peer SETTINGS");
+        match &self.side {
+            Side::Server {
+                events: Some(sink), ..
+            } => sink.emit(ConnectionEvent::PeerSettings {
+                conn_id: cx.trace_id.to_string(),
+                peer: cx.conn.path_stats().next().map(|p| p.peer_addr),
+                settings,
+            }),
+            Side::Server { events: None, .. } => {}
+            Side::Client { shared, .. } => {
+                shared.peer_settings.send_replace(Some(settings));
             }
         }
     }
@@ -433,14 +527,30 @@ impl H3App {
             let mut stopped = None;
             while let Some(frame) = route.out.front_mut() {
                 match frame {
-                    OutFrame::Headers { list, fin, trailer } => {
-                        let r = if route.headers_sent {
-                            h3.send_additional_headers(conn, id, list, *trailer, *fin)
-                        } else {
-                            h3.send_response(conn, id, list, *fin)
+                    OutFrame::Headers {
+                        list,
+                        fin,
+                        trailer,
+                        priority,
+                    } => {
+                        let r = match (route.headers_sent, priority) {
+                            (true, _) => h3.send_additional_headers(conn, id, list, *trailer, *fin),
+                            (false, Some(p)) => h3.send_response_with_priority(
+                                conn,
+                                id,
+                                list,
+                                &h3::Priority::new(p.urgency, p.incremental),
+                                *fin,
+                            ),
+                            (false, None) => h3.send_response(conn, id, list, *fin),
                         };
                         match r {
                             Ok(()) => {
+                                if !route.headers_sent {
+                                    let now = Instant::now();
+                                    let wait = route.headers_queued.take().map(|q| now - q);
+                                    route.stats.first_headers(now, wait);
+                                }
                                 route.headers_sent = true;
                                 fin_written |= *fin;
                                 route.out.pop_front();
@@ -616,12 +726,20 @@ impl H3App {
         match h3.send_request(cx.conn, &list, fin) {
             Ok(stream_id) => {
                 trace!(stream_id, "request sent");
+                // The audit clock starts at the caller's request: the wait for a stream slot
+                // is the client's header wait.
+                let stats = StreamStats::new(stream_id, req.created);
+                stats.update(|a| a.headers_wait = Some(req.created.elapsed()));
                 let role = Role::Client {
                     body: req.body,
                     fin_sent: fin,
                     reply: req.reply,
                 };
-                if self.spawn_stream(cx, stream_id, role).await.is_err() {
+                if self
+                    .spawn_stream(cx, stream_id, role, stats, None)
+                    .await
+                    .is_err()
+                {
                     shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
                 }
             }
@@ -739,8 +857,20 @@ impl ConnectionApp for H3App {
                     }
                 }
                 h3::Event::PriorityUpdate => {
-                    if let Some(h3) = self.h3.as_mut() {
-                        let _ = h3.take_last_priority_update(stream_id);
+                    // For a stream not open yet, quiche keeps the update until its request
+                    // arrives (taken in on_request_headers).
+                    if self.routes.contains_key(&stream_id) {
+                        if let Some(p) = self.take_priority_update(stream_id) {
+                            trace!(stream_id, ?p, "PRIORITY_UPDATE");
+                            let _ = cx.conn.stream_priority(stream_id, p.urgency, p.incremental);
+                            if let Some(tx) = self
+                                .routes
+                                .get(&stream_id)
+                                .and_then(|r| r.priority.as_ref())
+                            {
+                                tx.send_replace(p);
+                            }
+                        }
                     }
                 }
                 h3::Event::GoAway => {
@@ -762,6 +892,7 @@ impl ConnectionApp for H3App {
                 self.read_stream(cx.conn, id);
             }
         }
+        self.check_peer_settings(cx);
         self.notice_stopped_streams(cx.conn);
         self.start_waiting_requests(cx).await;
         // While draining, ACKs may have completed the last streams.
@@ -773,6 +904,9 @@ impl ConnectionApp for H3App {
         match msg {
             H3Msg::Send { stream_id, frames } => {
                 if let Some(route) = self.routes.get_mut(&stream_id) {
+                    if !route.headers_sent && route.headers_queued.is_none() {
+                        route.headers_queued = Some(Instant::now());
+                    }
                     route.out.extend(frames);
                     self.queue_write(stream_id);
                 }
@@ -837,6 +971,11 @@ impl ConnectionApp for H3App {
                     let _ = cx.conn.close(true, H3_NO_ERROR, b"");
                 }
             }
+            H3Msg::RoutedStreams(reply) => {
+                let mut ids: Vec<u64> = self.routes.keys().copied().collect();
+                ids.sort_unstable();
+                let _ = reply.send(ids);
+            }
             H3Msg::Request(req) => {
                 let waiting =
                     matches!(&self.side, Side::Client { waiting, .. } if !waiting.is_empty());
@@ -862,7 +1001,10 @@ impl ConnectionApp for H3App {
                 if let Some(id) = self.by_actor.remove(&cell.get_id()) {
                     // Both directions were terminal; any STOP_SENDING or RESET it asked for
                     // arrives as a message of its own (supervision events overtake messages).
-                    self.routes.remove(&id);
+                    if let Some(route) = self.routes.remove(&id) {
+                        route.stats.end();
+                        cx.metrics.stream_closed(&route.stats.summary());
+                    }
                     if cx.conn.is_server() {
                         self.unacked.push(id);
                         if self.unacked.len() > UNACKED_PRUNE_AT {
@@ -875,7 +1017,17 @@ impl ConnectionApp for H3App {
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(id) = self.by_actor.remove(&cell.get_id()) {
-                    self.routes.remove(&id);
+                    if let Some(route) = self.routes.remove(&id) {
+                        route.stats.update(|a| {
+                            a.failed = true;
+                            a.send_end
+                                .get_or_insert(StreamEnd::ResetSent(H3_INTERNAL_ERROR));
+                            a.recv_end
+                                .get_or_insert(StreamEnd::StopSendingSent(H3_INTERNAL_ERROR));
+                        });
+                        route.stats.end();
+                        cx.metrics.stream_closed(&route.stats.summary());
+                    }
                     warn!(conn_id = %self.trace_id, stream_id = id, "stream actor failed, resetting the stream: {err}");
                     shutdown_both(cx.conn, id, H3_INTERNAL_ERROR);
                 }
@@ -897,7 +1049,9 @@ impl ConnectionApp for H3App {
         Ok(())
     }
 
-    fn on_closed(&mut self, cx: &mut ConnCx<'_, H3Msg>, reason: &CloseReason) {
+    fn on_closed(&mut self, cx: &mut ConnCx<'_, H3Msg>, info: &ConnectionInfo) {
+        let closed = CloseReason::Aborted;
+        let reason = info.close.as_ref().unwrap_or(&closed);
         // Bytes quiche already received (and acknowledged: the peer may have closed because of
         // that) still belong to their readers. Hand them over regardless of credit; quiche's
         // stream window bounds them.
@@ -922,6 +1076,21 @@ impl ConnectionApp for H3App {
                     .reply
                     .send(Err(RequestError::ConnectionClosed(reason.to_string())));
             }
+        }
+        // The actors are drained, not supervised, from here: report the streams now.
+        self.by_actor.clear();
+        for (_, route) in self.routes.drain() {
+            route.stats.end();
+            cx.metrics.stream_closed(&route.stats.summary());
+        }
+        if let Side::Server {
+            events: Some(sink), ..
+        } = &self.side
+        {
+            sink.emit(ConnectionEvent::Closed {
+                conn_id: cx.trace_id.to_string(),
+                info: Box::new(info.clone()),
+            });
         }
     }
 }

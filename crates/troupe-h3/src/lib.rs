@@ -10,23 +10,31 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+mod audit;
 mod body;
 mod client;
 pub mod codes;
 mod conn;
 mod error;
+mod events;
 pub mod headers;
+mod peer_settings;
+mod priority;
 mod server;
 mod settings;
 mod stream;
 
+pub use audit::{StreamAudit, StreamEnd, StreamStats};
 pub use body::{
     Body, BodyCancelled, BodyError, BodySender, BoxError, Frame, RecvBody, RecvBodyStats,
 };
 pub use client::{Client, ClientEndpoint};
 pub use conn::{H3App, H3Msg, OutFrame, PendingRequest};
 pub use error::RequestError;
-pub use server::{Handler, Server, ServerConfig};
+pub use events::{ConnectionEvent, EventSink};
+pub use peer_settings::*;
+pub use priority::{Priority, PrioritySignal};
+pub use server::{Handler, IncomingRequest, Responder, Server, ServerConfig};
 pub use settings::H3Settings;
 pub use stream::state::{RecvState, Refused, SendState};
 pub use stream::{Interim, InterimResponses, NotInterim, StreamControl, StreamMsg};

@@ -6,13 +6,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Request, Response};
+use ractor::{ActorRef, DerivedActorRef, Message};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use troupe_transport::{
     Endpoint, EndpointError, EndpointStatsSnapshot, Identity, QuicSettings, TlsConfig,
 };
 
 use crate::body::{Body, RecvBody};
+use crate::codes::{H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED};
 use crate::conn::{H3App, H3Msg};
+use crate::events::EventSink;
 use crate::settings::H3Settings;
+use crate::stream::StreamControl;
 
 /// Handles one request. Runs inside the request's stream actor: a panic resets that stream
 /// (H3_INTERNAL_ERROR) and nothing else.
@@ -43,6 +48,8 @@ pub struct ServerConfig {
     pub tls: TlsConfig,
     /// HTTP/3 settings.
     pub h3: H3Settings,
+    /// Where connection events (peer SETTINGS, final figures) go. Default none.
+    pub events: Option<EventSink>,
 }
 
 /// A running HTTP/3 server.
@@ -60,7 +67,8 @@ impl Server {
     ) -> Result<Server, EndpointError> {
         let handler: Arc<dyn Handler> = Arc::new(handler);
         let h3 = Arc::new(config.h3);
-        let factory = Arc::new(move || H3App::server(handler.clone(), h3.clone()));
+        let events = config.events;
+        let factory = Arc::new(move || H3App::server(handler.clone(), h3.clone(), events.clone()));
         let (endpoint, identity) = Endpoint::server(addr, config.quic, config.tls, factory).await?;
         Ok(Server { endpoint, identity })
     }
@@ -78,6 +86,24 @@ impl Server {
     /// The underlying endpoint (actor tree root, counters).
     pub fn endpoint(&self) -> &Endpoint<H3App> {
         &self.endpoint
+    }
+
+    /// The request streams each live connection routes to a stream actor, by connection.
+    /// A stream leaves this list when its actor has stopped (both directions ended).
+    pub async fn routed_streams(&self) -> Vec<Vec<u64>> {
+        let mut out = Vec::new();
+        for conn in self.endpoint.connections() {
+            let r = conn
+                .call(
+                    |port| troupe_transport::ConnMsg::App(H3Msg::RoutedStreams(port)),
+                    Some(std::time::Duration::from_secs(5)),
+                )
+                .await;
+            if let Ok(ractor::rpc::CallResult::Success(ids)) = r {
+                out.push(ids);
+            }
+        }
+        out
     }
 
     /// Endpoint counters.
@@ -113,5 +139,156 @@ impl Server {
         }
         self.endpoint.shutdown().await;
         drained
+    }
+}
+
+/// A request delivered to an application actor (see [`Server::bind_actor`]): the request,
+/// with its body streaming in, and the handle to answer it.
+pub struct IncomingRequest {
+    /// The request. Its extensions hold the stream's [`crate::StreamControl`],
+    /// [`crate::Interim`], [`crate::PrioritySignal`] and [`crate::StreamStats`].
+    pub request: Request<RecvBody>,
+    /// Answers the request, once.
+    pub responder: Responder,
+}
+
+impl std::fmt::Debug for IncomingRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingRequest")
+            .field("method", self.request.method())
+            .field("uri", self.request.uri())
+            .field("stream_id", &self.responder.stream_id)
+            .finish()
+    }
+}
+
+/// The way to answer one [`IncomingRequest`]. Dropping it unanswered resets the response
+/// stream with H3_REQUEST_CANCELLED (the client sees the request fail, not hang).
+pub struct Responder {
+    tx: oneshot::Sender<Response<Body>>,
+    stream_id: u64,
+    /// Returned to the server's budget of unanswered requests when this is used or dropped.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("stream_id", &self.stream_id)
+            .finish()
+    }
+}
+
+impl Responder {
+    /// The request's QUIC stream ID.
+    pub fn stream_id(&self) -> u64 {
+        self.stream_id
+    }
+
+    /// Sends the response (its body streams from `resp`'s body). Gives the response back if
+    /// the stream is already gone (the client reset it, or the connection closed).
+    pub fn respond(self, resp: Response<Body>) -> Result<(), Box<Response<Body>>> {
+        self.tx.send(resp).map_err(Box::new)
+    }
+}
+
+type Deliver = Arc<dyn Fn(IncomingRequest) -> bool + Send + Sync>;
+
+/// The [`Handler`] behind [`Server::bind_actor`]: runs in each stream actor, hands the request
+/// to the application's actor and waits for its answer.
+struct ActorHandler {
+    deliver: Deliver,
+    /// Requests delivered and not yet answered, at most `max_unanswered_requests`.
+    budget: Arc<Semaphore>,
+}
+
+impl Handler for ActorHandler {
+    fn call(&self, req: Request<RecvBody>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        let deliver = self.deliver.clone();
+        let budget = self.budget.clone();
+        Box::pin(async move {
+            let control = req.extensions().get::<StreamControl>().cloned();
+            let stream_id = control.as_ref().map_or(0, |c| c.stream_id());
+            // Backpressure: with the budget spent, this request waits here, in its own stream
+            // actor, without reading its body (so QUIC flow control holds the client).
+            let Ok(permit) = budget.acquire_owned().await else {
+                return std::future::pending().await;
+            };
+            let (tx, rx) = oneshot::channel();
+            let incoming = IncomingRequest {
+                request: req,
+                responder: Responder {
+                    tx,
+                    stream_id,
+                    _permit: permit,
+                },
+            };
+            let code = if deliver(incoming) {
+                match rx.await {
+                    Ok(resp) => return resp,
+                    // The application dropped the responder: cancelled.
+                    Err(_) => H3_REQUEST_CANCELLED,
+                }
+            } else {
+                // The application actor is gone: the request was not processed.
+                H3_REQUEST_REJECTED
+            };
+            if let Some(c) = control {
+                c.shutdown_write(code);
+            }
+            // The stream ends through the shutdown; this future is dropped with the actor.
+            std::future::pending().await
+        })
+    }
+}
+
+impl Server {
+    /// Binds `addr` and delivers every request to the application's actor as an
+    /// [`IncomingRequest`] (its message type converts from it), to be answered through the
+    /// [`Responder`].
+    ///
+    /// Each request still lives in its own stream actor (which owns its state, buffers and
+    /// flow control); only the request head, the body handle and the responder travel to
+    /// `actor`. At most [`H3Settings::max_unanswered_requests`] requests are delivered and
+    /// not yet answered: further ones wait in their stream actors, unread, so QUIC flow control
+    /// and the stream limit push back on clients instead of the actor's (unbounded) mailbox
+    /// growing. If `actor` is gone, requests are refused with H3_REQUEST_REJECTED.
+    pub async fn bind_actor<M>(
+        addr: SocketAddr,
+        config: ServerConfig,
+        actor: ActorRef<M>,
+    ) -> Result<Server, EndpointError>
+    where
+        M: Message + From<IncomingRequest>,
+    {
+        let deliver: Deliver = Arc::new(move |req| actor.cast(M::from(req)).is_ok());
+        Self::bind_deliver(addr, config, deliver).await
+    }
+
+    /// [`Server::bind_actor`] for a derived actor reference (`actor.get_derived()`).
+    pub async fn bind_derived(
+        addr: SocketAddr,
+        config: ServerConfig,
+        actor: DerivedActorRef<IncomingRequest>,
+    ) -> Result<Server, EndpointError> {
+        let deliver: Deliver = Arc::new(move |req| actor.send_message(req).is_ok());
+        Self::bind_deliver(addr, config, deliver).await
+    }
+
+    async fn bind_deliver(
+        addr: SocketAddr,
+        config: ServerConfig,
+        deliver: Deliver,
+    ) -> Result<Server, EndpointError> {
+        if config.h3.max_unanswered_requests == 0 {
+            return Err(EndpointError::Config(
+                troupe_transport::ConfigError::Invalid {
+                    field: "h3.max_unanswered_requests",
+                    why: "must be at least 1, or no request could ever be delivered".into(),
+                },
+            ));
+        }
+        let budget = Arc::new(Semaphore::new(config.h3.max_unanswered_requests));
+        Self::bind(addr, config, ActorHandler { deliver, budget }).await
     }
 }

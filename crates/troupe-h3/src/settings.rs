@@ -25,6 +25,15 @@ pub struct H3Settings {
     /// Server: a connection that sends no request within this time after its handshake is
     /// closed (H3_NO_ERROR). Default `None`. Frees connections opened only to hold a slot.
     pub post_accept_timeout: Option<std::time::Duration>,
+    /// Client: requests on one connection that may wait for a stream (the server's
+    /// MAX_STREAMS) inside the connection actor; further `Client::send` calls wait before
+    /// queueing anything. Default 1024: ten times the default stream limit, so bursts queue
+    /// without bound only up to a few MB of request heads.
+    pub max_pending_requests: usize,
+    /// Server with an application actor ([`crate::Server::bind_actor`]): requests delivered
+    /// to the actor and not yet answered. Further requests wait in their own stream actors,
+    /// unread. Default 1024: ten connections' worth of the default stream limit.
+    pub max_unanswered_requests: usize,
 }
 
 impl Default for H3Settings {
@@ -37,6 +46,8 @@ impl Default for H3Settings {
             qpack_blocked_streams: 0,
             max_requests_per_connection: None,
             post_accept_timeout: None,
+            max_pending_requests: 1024,
+            max_unanswered_requests: 1024,
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct ConnCx<'a, M: Send + 'static> {
     pub myself: &'a ActorRef<ConnMsg<M>>,
     /// quiche's trace id for this connection, for log fields.
     pub trace_id: &'a str,
+    /// The endpoint's metrics sink.
+    pub metrics: &'a dyn crate::metrics::Metrics,
 }
 
 /// An application error that closes the whole connection with an application error code.
@@ -68,9 +70,11 @@ pub trait ConnectionApp: Send + 'static {
     /// The connection is closed (or the actor is stopping). Data quiche already received (and
     /// acknowledged) may still be read from `cx.conn` and handed to children: they are drained
     /// (their queued messages handled) right after, not killed.
+    ///
+    /// `info` holds the connection's final figures; `info.close` is always set here.
     fn on_closed(
         &mut self,
         cx: &mut ConnCx<'_, Self::Msg>,
-        reason: &crate::connection::CloseReason,
+        info: &crate::connection::ConnectionInfo,
     );
 }

@@ -154,8 +154,10 @@ pub struct ConnectionInfo {
     pub rtt: Option<Duration>,
     /// Congestion window of the active path, bytes.
     pub cwnd: Option<usize>,
-    /// quiche's counters.
+    /// quiche's counters (bytes, packets sent, received and lost).
     pub stats: quiche::Stats,
+    /// How the connection ended; `None` while it is open.
+    pub close: Option<CloseReason>,
 }
 
 /// Messages to a connection actor.
@@ -181,10 +183,14 @@ pub enum ConnMsg<M> {
     Info(RpcReplyPort<ConnectionInfo>),
 }
 
+/// What a connection's closed-watch holds: nothing while it is open, then its final figures
+/// (with [`ConnectionInfo::close`] set).
+pub(crate) type Closed = Option<Arc<ConnectionInfo>>;
+
 /// Handle to a live connection: its actor and a way to learn how it ended.
 pub struct Connection<M: Send + 'static> {
     actor: ActorRef<ConnMsg<M>>,
-    closed: watch::Receiver<Option<CloseReason>>,
+    closed: watch::Receiver<Closed>,
     peer: SocketAddr,
 }
 
@@ -201,7 +207,7 @@ impl<M: Send + 'static> Clone for Connection<M> {
 impl<M: Send + 'static> Connection<M> {
     pub(crate) fn new(
         actor: ActorRef<ConnMsg<M>>,
-        closed: watch::Receiver<Option<CloseReason>>,
+        closed: watch::Receiver<Closed>,
         peer: SocketAddr,
     ) -> Self {
         Connection {
@@ -239,26 +245,38 @@ impl<M: Send + 'static> Connection<M> {
 
     /// The close reason, if the connection is closed.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.closed.borrow().clone()
+        self.closed.borrow().as_ref().and_then(|i| i.close.clone())
     }
 
     /// Waits until the connection is closed and returns why.
     pub async fn closed(&self) -> CloseReason {
         let mut rx = self.closed.clone();
         let r = match rx.wait_for(|r| r.is_some()).await {
-            Ok(r) => r.clone().unwrap_or(CloseReason::Aborted),
-            Err(_) => CloseReason::Aborted,
+            Ok(r) => r.as_ref().and_then(|i| i.close.clone()),
+            Err(_) => None,
         };
-        r
+        r.unwrap_or(CloseReason::Aborted)
     }
 
-    /// Asks the connection actor for a snapshot; `None` once it is gone.
+    /// The connection's final figures (handshake time, RTT, cwnd, bytes, packets lost, close
+    /// reason) once it has closed; `None` while it is open.
+    pub fn final_info(&self) -> Option<ConnectionInfo> {
+        self.closed.borrow().as_ref().map(|i| (**i).clone())
+    }
+
+    /// A snapshot of the connection's figures: live from the actor while it runs, its final
+    /// figures once closed. `None` only if the actor vanished without reporting (a panic).
     pub async fn info(&self) -> Option<ConnectionInfo> {
-        self.actor
+        if let Some(i) = self.final_info() {
+            return Some(i);
+        }
+        let live = self
+            .actor
             .call(ConnMsg::Info, Some(Duration::from_secs(5)))
             .await
             .ok()
-            .and_then(|r| r.success_or(()).ok())
+            .and_then(|r| r.success_or(()).ok());
+        live.or_else(|| self.final_info())
     }
 }
 
@@ -277,7 +295,7 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
     /// destination connection ID on a server without Retry).
     pub(crate) extra_routes: Vec<quiche::ConnectionId<'static>>,
     pub(crate) established: Option<EstablishedTx>,
-    pub(crate) closed_tx: watch::Sender<Option<CloseReason>>,
+    pub(crate) closed_tx: watch::Sender<Closed>,
     pub(crate) max_udp_payload: usize,
     pub(crate) keylog: Option<std::path::PathBuf>,
     pub(crate) qlog_dir: Option<std::path::PathBuf>,
@@ -294,7 +312,7 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     socket: Arc<Socket>,
     extra_routes: Vec<quiche::ConnectionId<'static>>,
     established: Option<EstablishedTx>,
-    closed_tx: watch::Sender<Option<CloseReason>>,
+    closed_tx: watch::Sender<Closed>,
     close_reason: Option<CloseReason>,
     packets: VecDeque<Packet>,
     /// Room for one GSO batch of packets.
@@ -314,6 +332,7 @@ macro_rules! cx {
             conn: &mut $st.conn,
             myself: $me,
             trace_id: &$st.trace_id,
+            metrics: &*$st.routes.stats.metrics,
         }
     };
 }
@@ -463,12 +482,13 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         // Reached on every orderly stop (closed connection or endpoint shutdown).
         if st.close_reason.is_none() {
             st.close_reason = Some(CloseReason::Aborted);
+            let info = st.info();
             let myself = &_myself;
             let mut cx = cx!(st, myself);
-            st.app.on_closed(&mut cx, &CloseReason::Aborted);
+            st.app.on_closed(&mut cx, &info);
         }
         st.remove_routes();
-        st.closed_tx.send_replace(st.close_reason.clone());
+        st.report_closed();
         if let Some(tx) = st.established.take() {
             let _ = tx.send(Err(st.close_reason.clone().unwrap_or(CloseReason::Aborted)));
         }
@@ -543,6 +563,7 @@ impl<A: ConnectionApp> ConnState<A> {
             rtt: path.as_ref().map(|p| p.rtt),
             cwnd: path.as_ref().map(|p| p.cwnd),
             stats: self.conn.stats(),
+            close: self.close_reason.clone(),
         }
     }
 
@@ -643,6 +664,10 @@ impl<A: ConnectionApp> ConnState<A> {
         let now = Instant::now();
         self.stage = Stage::Established { since: now };
         self.handshake_time = Some(now - self.started);
+        self.routes
+            .stats
+            .metrics
+            .connection_established(now - self.started);
         debug!(
             handshake_ms = (now - self.started).as_secs_f64() * 1e3,
             "established"
@@ -795,18 +820,33 @@ impl<A: ConnectionApp> ConnState<A> {
         }
     }
 
+    /// Publishes the final figures to handles and the metrics sink, once.
+    fn report_closed(&mut self) {
+        if self.closed_tx.borrow().is_some() {
+            return;
+        }
+        let info = self.info();
+        let metrics = &self.routes.stats.metrics;
+        if info.handshake_time.is_none() {
+            metrics.handshake_failed(info.close.as_ref().unwrap_or(&CloseReason::Aborted));
+        }
+        metrics.connection_closed(&info);
+        self.closed_tx.send_replace(Some(Arc::new(info)));
+    }
+
     /// The connection is over: tell the application, stop the children in order, stop.
     async fn finish(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, reason: CloseReason) {
         debug!(%reason, "connection closed");
         self.stage = Stage::Closed;
+        self.close_reason = Some(reason.clone());
+        let info = self.info();
         let mut cx = cx!(self, myself);
-        self.app.on_closed(&mut cx, &reason);
+        self.app.on_closed(&mut cx, &info);
         if matches!(reason, CloseReason::HandshakeTimeout) {
             bump(&self.routes.stats.handshake_timeouts);
         }
-        self.close_reason = Some(reason.clone());
         self.remove_routes();
-        self.closed_tx.send_replace(Some(reason.clone()));
+        self.report_closed();
         if let Some(tx) = self.established.take() {
             let _ = tx.send(Err(reason));
         }

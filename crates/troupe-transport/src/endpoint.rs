@@ -25,6 +25,7 @@ use tracing::{debug, info, trace, warn};
 use crate::app::ConnectionApp;
 use crate::connection::{ConnArgs, ConnMsg, Connection, ConnectionActor, LOCAL_CID_LEN};
 use crate::error::{ConnectError, EndpointError};
+use crate::metrics::DropReason;
 use crate::retry::RetryTokens;
 use crate::route::{Inbox, Offer, Packet, Routes};
 use crate::settings::QuicSettings;
@@ -232,7 +233,7 @@ impl<A: ConnectionApp> Endpoint<A> {
         let socket = Socket::bind(addr).map_err(|source| EndpointError::Bind { addr, source })?;
         let local_addr = socket.local_addr();
         let socket = Arc::new(socket);
-        let stats = Arc::new(EndpointStats::default());
+        let stats = Arc::new(EndpointStats::with_metrics(settings.metrics.clone()));
         let routes = Routes::new(stats.clone());
         let accepting = Arc::new(AtomicBool::new(true));
         let (live_tx, live) = watch::channel(0);
@@ -311,6 +312,15 @@ impl<A: ConnectionApp> Endpoint<A> {
     pub async fn wait_idle(&self) {
         let mut rx = self.live.clone();
         let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// The live connection actors (children of the endpoint actor).
+    pub fn connections(&self) -> Vec<ActorRef<ConnMsg<A::Msg>>> {
+        self.actor
+            .get_children()
+            .into_iter()
+            .map(ActorRef::from)
+            .collect()
     }
 
     /// Number of actors running under all connection actors (for HTTP/3: live request streams).
@@ -470,28 +480,28 @@ impl<A: ConnectionApp> RecvLoop<A> {
         let hdr = match quiche::Header::from_slice(&mut packet.data, LOCAL_CID_LEN) {
             Ok(h) => h,
             Err(_) => {
-                bump(&self.routes.stats.dropped_unparseable);
+                self.routes.stats.dropped(DropReason::Unparseable);
                 return;
             }
         };
         if let Some(inbox) = self.routes.get(&hdr.dcid) {
             match inbox.offer(packet) {
                 Offer::Queued => {}
-                Offer::Full | Offer::Closed => bump(&self.routes.stats.dropped_queue_full),
+                Offer::Full | Offer::Closed => self.routes.stats.dropped(DropReason::QueueFull),
             }
             return;
         }
         let Some(server) = self.server.as_mut() else {
-            bump(&self.routes.stats.dropped_unknown_connection);
+            self.routes.stats.dropped(DropReason::UnknownConnection);
             return;
         };
         if hdr.ty != quiche::Type::Initial || !self.accepting.load(Ordering::Acquire) {
-            bump(&self.routes.stats.dropped_unknown_connection);
+            self.routes.stats.dropped(DropReason::UnknownConnection);
             return;
         }
         // RFC 9000 §14.1: a server must drop Initials in datagrams under 1200 bytes.
         if packet.data.len() < 1200 {
-            bump(&self.routes.stats.dropped_unknown_connection);
+            self.routes.stats.dropped(DropReason::UnknownConnection);
             return;
         }
         let mut out = [0u8; 1500];
@@ -525,7 +535,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
                 match tokens.validate(&packet.from, &hdr.dcid, token) {
                     Some(odcid) => (hdr.dcid.clone().into_owned(), Some(odcid)),
                     None => {
-                        bump(&self.routes.stats.dropped_invalid_token);
+                        self.routes.stats.dropped(DropReason::InvalidToken);
                         return;
                     }
                 }
@@ -546,7 +556,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
             Ok(c) => c,
             Err(e) => {
                 debug!("accept failed: {e}");
-                bump(&self.routes.stats.dropped_unknown_connection);
+                self.routes.stats.dropped(DropReason::UnknownConnection);
                 return;
             }
         };
@@ -579,7 +589,10 @@ impl<A: ConnectionApp> RecvLoop<A> {
         )
         .await
         {
-            Ok(_) => bump(&self.routes.stats.connections_accepted),
+            Ok(_) => {
+                bump(&self.routes.stats.connections_accepted);
+                self.routes.stats.metrics.connection_accepted();
+            }
             Err(e) => {
                 warn!("cannot spawn connection actor: {e}");
                 self.routes.remove(&scid);

@@ -11,6 +11,7 @@ mod app;
 mod connection;
 mod endpoint;
 mod error;
+pub mod metrics;
 mod retry;
 mod route;
 mod settings;
@@ -22,6 +23,9 @@ pub use app::{AppError, ConnCx, ConnectionApp};
 pub use connection::{CloseReason, ConnMsg, Connection, ConnectionInfo, Stage, LOCAL_CID_LEN};
 pub use endpoint::{AppFactory, Endpoint, EndpointMsg};
 pub use error::{ConfigError, ConnectError, EndpointError};
+pub use metrics::{
+    DropReason, Metrics, NoMetrics, PrometheusMetrics, SharedMetrics, StreamEnd, StreamSummary,
+};
 pub use retry::TOKEN_LIFETIME;
 pub use settings::{CongestionControl, QuicSettings};
 pub use stats::{EndpointStats, EndpointStatsSnapshot};

@@ -80,6 +80,9 @@ pub struct QuicSettings {
     /// are dropped (and counted). Default 1024: about 1.3 MB per connection at full size, far
     /// more than one loop turn produces, so only a stalled actor ever hits it.
     pub connection_queue: usize,
+    /// Where connection, stream and dropped-datagram events are reported. Default: nowhere
+    /// ([`crate::NoMetrics`]); use [`crate::PrometheusMetrics`] for Prometheus text.
+    pub metrics: crate::metrics::SharedMetrics,
 }
 
 impl Default for QuicSettings {
@@ -100,6 +103,7 @@ impl Default for QuicSettings {
             keylog_file: None,
             qlog_dir: None,
             connection_queue: 1024,
+            metrics: Default::default(),
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct EndpointStats {
     pub(crate) connections_closed: AtomicU64,
     pub(crate) connections_failed: AtomicU64,
     pub(crate) handshake_timeouts: AtomicU64,
+    /// The sink every event is also reported to.
+    pub(crate) metrics: crate::metrics::SharedMetrics,
 }
 
 /// A point-in-time copy of [`EndpointStats`].
@@ -61,6 +63,25 @@ pub(crate) fn bump(c: &AtomicU64) {
 }
 
 impl EndpointStats {
+    pub(crate) fn with_metrics(metrics: crate::metrics::SharedMetrics) -> Self {
+        EndpointStats {
+            metrics,
+            ..Default::default()
+        }
+    }
+
+    /// Counts a dropped datagram here and in the metrics sink.
+    pub(crate) fn dropped(&self, reason: crate::metrics::DropReason) {
+        use crate::metrics::DropReason::*;
+        bump(match reason {
+            Unparseable => &self.dropped_unparseable,
+            UnknownConnection => &self.dropped_unknown_connection,
+            QueueFull => &self.dropped_queue_full,
+            InvalidToken => &self.dropped_invalid_token,
+        });
+        self.metrics.datagram_dropped(reason);
+    }
+
     /// Copies the counters.
     pub fn snapshot(&self) -> EndpointStatsSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -22,11 +22,13 @@ use tokio::sync::oneshot;
 use tracing::{debug, info_span, trace, Instrument};
 use troupe_transport::ConnMsg;
 
+use crate::audit::{StreamEnd, StreamStats};
 use crate::body::{Body, BodyCancelled, BodyWriter, End, Frame, RecvBody};
 use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED};
 use crate::conn::{H3Msg, OutFrame};
 use crate::error::RequestError;
 use crate::headers;
+use crate::priority::{Priority, PrioritySignal};
 use crate::server::Handler;
 use crate::settings::H3Settings;
 pub use state::{RecvState, SendState};
@@ -139,6 +141,7 @@ pub(crate) struct StreamArgs {
     pub(crate) settings: Arc<H3Settings>,
     pub(crate) trace_id: String,
     pub(crate) role: Role,
+    pub(crate) stats: StreamStats,
 }
 
 pub(crate) enum Role {
@@ -148,6 +151,8 @@ pub(crate) enum Role {
         /// The request headers carried FIN (no body).
         fin: bool,
         handler: Arc<dyn Handler>,
+        /// The client's priority signal for this stream.
+        priority: tokio::sync::watch::Receiver<Priority>,
     },
     /// A client stream: the request headers are on the wire; send the body, await the reply.
     Client {
@@ -184,6 +189,10 @@ pub(crate) struct StreamState {
     content_length: Option<u64>,
     /// Body bytes received so far.
     body_received: u64,
+    /// Body bytes written into quiche so far.
+    body_sent: u64,
+    /// Audit figures, shared with the connection and the application.
+    stats: StreamStats,
 }
 
 /// Interim responses waiting in a stream actor.
@@ -292,6 +301,8 @@ impl Actor for StreamActor {
             interim_received: Vec::new(),
             content_length: None,
             body_received: 0,
+            body_sent: 0,
+            stats: args.stats,
         })
     }
 
@@ -303,7 +314,12 @@ impl Actor for StreamActor {
         let span = st.span.clone();
         let _g = span.enter();
         match st.pending_role.take() {
-            Some(Role::Server { head, fin, handler }) => {
+            Some(Role::Server {
+                head,
+                fin,
+                handler,
+                priority,
+            }) => {
                 st.content_length = content_length(&head.headers);
                 let body = st.open_recv(&myself);
                 if fin && st.content_length.is_some_and(|n| n != 0) {
@@ -327,6 +343,8 @@ impl Actor for StreamActor {
                     actor: myself.clone(),
                     stream_id: st.id,
                 });
+                req.extensions_mut().insert(PrioritySignal::new(priority));
+                req.extensions_mut().insert(st.stats.clone());
                 st.handler = Some(Box::pin(handler.call(req)));
             }
             Some(Role::Client {
@@ -345,6 +363,7 @@ impl Actor for StreamActor {
             None => {}
         }
         st.drive(&myself);
+        st.sync_audit();
         Ok(())
     }
 
@@ -358,6 +377,7 @@ impl Actor for StreamActor {
         async {
             st.on_message(&myself, msg);
             st.drive(&myself);
+            st.sync_audit();
         }
         .instrument(span)
         .await;
@@ -379,8 +399,35 @@ impl StreamState {
         )
     }
 
+    /// Copies the byte counts and how each direction ended into the shared audit figures.
+    fn sync_audit(&self) {
+        let send_end = match self.send {
+            SendState::FinSent => Some(StreamEnd::Fin),
+            SendState::ResetSent(c) => Some(StreamEnd::ResetSent(c)),
+            SendState::Stopped(c) => Some(StreamEnd::StopSendingReceived(c)),
+            _ => None,
+        };
+        let recv_end = match self.recv {
+            RecvState::FinReceived => Some(StreamEnd::Fin),
+            RecvState::ResetReceived(c) => Some(StreamEnd::ResetReceived(c)),
+            RecvState::StopSendingSent(c) => Some(StreamEnd::StopSendingSent(c)),
+            _ => None,
+        };
+        let (sent, received) = (self.body_sent, self.body_received);
+        self.stats.update(|a| {
+            a.bytes_sent = sent;
+            a.bytes_received = received;
+            a.send_end = send_end;
+            a.recv_end = recv_end;
+        });
+        if self.send.is_terminal() && self.recv.is_terminal() {
+            self.stats.end();
+        }
+    }
+
     fn recv_fin(&mut self) {
         if self.recv.on_fin().is_ok() {
+            self.sync_audit();
             if let Some(w) = &self.writer {
                 w.end(End::Fin);
             }
@@ -401,6 +448,8 @@ impl StreamState {
                         debug!("body longer than content-length: H3_MESSAGE_ERROR");
                         return self.abort_both(H3_MESSAGE_ERROR);
                     }
+                    // Figures first: a reader woken by the push may read them at once.
+                    self.sync_audit();
                     if let Some(w) = &self.writer {
                         w.push(chunks);
                     }
@@ -420,6 +469,7 @@ impl StreamState {
             StreamMsg::PeerReset(code) => {
                 if self.recv.on_reset(code).is_ok() {
                     debug!(code, "peer reset the stream");
+                    self.sync_audit();
                     if let Some(w) = &self.writer {
                         w.end(End::Reset(code));
                     }
@@ -440,6 +490,7 @@ impl StreamState {
                 }
             }
             StreamMsg::Written { bytes, fin } => {
+                self.body_sent += bytes as u64;
                 if self.send.on_written(bytes, fin).is_err() {
                     trace!(bytes, fin, state = ?self.send, "late write report ignored");
                 }
@@ -485,6 +536,8 @@ impl StreamState {
 
     fn on_headers(&mut self, myself: &ActorRef<StreamMsg>, list: Vec<Header>, fin: bool) {
         if self.recv == RecvState::AwaitingHeaders {
+            // The first response byte: an interim or the final response.
+            self.stats.first_headers(std::time::Instant::now(), None);
             let parts = match headers::parse_response(&list) {
                 Ok(p) => p,
                 Err(e) => {
@@ -512,6 +565,7 @@ impl StreamState {
                 actor: myself.clone(),
                 stream_id: self.id,
             });
+            resp.extensions_mut().insert(self.stats.clone());
             if !self.interim_received.is_empty() {
                 resp.extensions_mut()
                     .insert(InterimResponses(std::mem::take(&mut self.interim_received)));
@@ -575,6 +629,7 @@ impl StreamState {
                             list: headers::response_headers(&parts),
                             fin: false,
                             trailer: false,
+                            priority: None,
                         });
                     }
                 }
@@ -583,12 +638,23 @@ impl StreamState {
                 self.handler = None;
                 self.interim = None;
                 if self.send.can_send() {
-                    let (parts, body) = resp.into_parts();
+                    let (mut parts, body) = resp.into_parts();
                     let fin = body.is_end_stream();
+                    // RFC 9218 §5: a priority the handler chose is applied to the stream and
+                    // signalled in the response's `priority` field.
+                    let priority = parts.extensions.get::<Priority>().copied();
+                    if let Some(p) = priority {
+                        if !parts.headers.contains_key("priority") {
+                            if let Ok(v) = http::HeaderValue::from_str(&p.to_field_value()) {
+                                parts.headers.insert("priority", v);
+                            }
+                        }
+                    }
                     frames.push(OutFrame::Headers {
                         list: headers::response_headers(&parts),
                         fin,
                         trailer: false,
+                        priority,
                     });
                     let _ = self.send.on_handed(0, fin);
                     if !fin {
@@ -621,6 +687,7 @@ impl StreamState {
                             list: headers::trailer_headers(&t),
                             fin: true,
                             trailer: true,
+                            priority: None,
                         });
                         fin = true;
                         break;

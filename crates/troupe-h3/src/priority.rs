@@ -1,0 +1,144 @@
+//! Extensible priorities (RFC 9218): the `priority` field and PRIORITY_UPDATE frames.
+//!
+//! A server request carries a [`PrioritySignal`] in its extensions: the client's current
+//! priority for the stream, from the request's `priority` header and then from each
+//! PRIORITY_UPDATE frame (the latest wins). The connection applies that priority to quiche's
+//! stream scheduler. A handler may set the response's own priority by putting a [`Priority`]
+//! in the response's extensions; it is applied when the response starts and sent as the
+//! response's `priority` header.
+
+use tokio::sync::watch;
+
+/// The lowest urgency value (least urgent) RFC 9218 §4.1 allows.
+pub const URGENCY_MAX: u8 = 7;
+
+/// An RFC 9218 priority: urgency 0 (most urgent) to 7, and whether the response may be
+/// interleaved with others of the same urgency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Priority {
+    /// 0..=7, lower is more urgent.
+    pub urgency: u8,
+    /// Whether bytes of this response can be interleaved with others of the same urgency.
+    pub incremental: bool,
+}
+
+impl Priority {
+    /// RFC 9218 §4's defaults for a request that signals nothing: urgency 3, not incremental.
+    pub const REQUEST_DEFAULT: Priority = Priority {
+        urgency: 3,
+        incremental: false,
+    };
+
+    /// What a response gets when its handler sets nothing and the client signalled nothing:
+    /// urgency 3, incremental, so concurrent responses of equal urgency share the connection
+    /// instead of running one after another (tokio-quiche's default too).
+    pub const RESPONSE_DEFAULT: Priority = Priority {
+        urgency: 3,
+        incremental: true,
+    };
+
+    /// A priority; an urgency above 7 is clamped to 7 (RFC 9218 §4.1).
+    pub fn new(urgency: u8, incremental: bool) -> Self {
+        Priority {
+            urgency: urgency.min(URGENCY_MAX),
+            incremental,
+        }
+    }
+
+    /// Parses a `priority` field value or PRIORITY_UPDATE payload (a Structured Fields
+    /// Dictionary). Per RFC 9218 §4, unknown parameters are ignored, omitted ones take their
+    /// defaults, and an out-of-range or mistyped `u` is ignored; a value that is not a valid
+    /// dictionary yields `None` (the field is ignored as a whole).
+    pub fn parse(value: &[u8]) -> Option<Priority> {
+        let mut p = Priority::REQUEST_DEFAULT;
+        let mut parser = sfparse::Parser::new(value);
+        loop {
+            match parser.parse_dict() {
+                Ok(None) => return Some(p),
+                Ok(Some(("u", sfparse::Value::Integer(u)))) if (0..=7).contains(&u) => {
+                    p.urgency = u as u8
+                }
+                Ok(Some(("i", sfparse::Value::Bool(i)))) => p.incremental = i,
+                Ok(Some(_)) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The field value: `u=N` and `, i` when incremental (defaults are still written: the
+    /// response default differs from the request default).
+    pub fn to_field_value(self) -> String {
+        if self.incremental {
+            format!("u={}, i", self.urgency)
+        } else {
+            format!("u={}", self.urgency)
+        }
+    }
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::REQUEST_DEFAULT
+    }
+}
+
+/// The client's current priority for one request, as the server sees it: the request's
+/// `priority` header, then the latest PRIORITY_UPDATE. Found in a server request's
+/// extensions.
+#[derive(Debug, Clone)]
+pub struct PrioritySignal {
+    rx: watch::Receiver<Priority>,
+}
+
+impl PrioritySignal {
+    pub(crate) fn new(rx: watch::Receiver<Priority>) -> Self {
+        PrioritySignal { rx }
+    }
+
+    /// The latest priority the client signalled (RFC 9218 defaults if it signalled none).
+    pub fn current(&self) -> Priority {
+        *self.rx.borrow()
+    }
+
+    /// Waits for the client's next PRIORITY_UPDATE and returns the new priority; `None` once
+    /// the stream is gone.
+    ///
+    /// Cancel safety: cancel-safe; an update that arrives while no one waits is still seen by
+    /// the next call (and by [`PrioritySignal::current`]).
+    pub async fn changed(&mut self) -> Option<Priority> {
+        self.rx.changed().await.ok()?;
+        Some(*self.rx.borrow_and_update())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rfc9218_examples() {
+        assert_eq!(Priority::parse(b"u=5, i"), Some(Priority::new(5, true)));
+        assert_eq!(Priority::parse(b"u=0"), Some(Priority::new(0, false)));
+        assert_eq!(Priority::parse(b"i"), Some(Priority::new(3, true)));
+        assert_eq!(Priority::parse(b"i=?0"), Some(Priority::new(3, false)));
+        assert_eq!(Priority::parse(b""), Some(Priority::REQUEST_DEFAULT));
+        // Unknown parameters are ignored; an out-of-range urgency is ignored.
+        assert_eq!(Priority::parse(b"u=2, x=1"), Some(Priority::new(2, false)));
+        assert_eq!(Priority::parse(b"u=9"), Some(Priority::REQUEST_DEFAULT));
+        assert_eq!(Priority::parse(b"u=\"1\""), Some(Priority::REQUEST_DEFAULT));
+        // Not a dictionary.
+        assert_eq!(Priority::parse(b"u=1,,"), None);
+    }
+
+    #[test]
+    fn field_value_round_trips() {
+        for u in 0..=7 {
+            for i in [false, true] {
+                let p = Priority::new(u, i);
+                assert_eq!(Priority::parse(p.to_field_value().as_bytes()), Some(p));
+            }
+        }
+        assert_eq!(Priority::new(200, false).urgency, 7);
+    }
+}

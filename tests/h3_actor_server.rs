@@ -1,0 +1,194 @@
+//! The second way to write a server: requests delivered to the application's own ractor
+//! actor, answered through a `Responder`, with a bounded number outstanding.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use troupe::h3::codes::H3_REQUEST_CANCELLED;
+use troupe::h3::{Body, IncomingRequest, RequestError, Responder, Server, ServerConfig};
+
+/// The application actor's messages: requests from the server, and test commands.
+enum AppMsg {
+    /// Boxed: a request head is a few hundred bytes, the other messages small.
+    Request(Box<IncomingRequest>),
+    /// Answer every request held so far.
+    ReleaseHeld,
+}
+
+impl From<IncomingRequest> for AppMsg {
+    fn from(r: IncomingRequest) -> Self {
+        AppMsg::Request(Box::new(r))
+    }
+}
+
+struct App {
+    delivered: Arc<AtomicUsize>,
+}
+
+impl Actor for App {
+    type Msg = AppMsg;
+    type State = Vec<Responder>;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<AppMsg>,
+        _: (),
+    ) -> Result<Vec<Responder>, ActorProcessingErr> {
+        Ok(Vec::new())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<AppMsg>,
+        msg: AppMsg,
+        held: &mut Vec<Responder>,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AppMsg::Request(incoming) => {
+                let IncomingRequest { request, responder } = *incoming;
+                self.delivered.fetch_add(1, Ordering::SeqCst);
+                match request.uri().path() {
+                    // Echo: read the body off the actor's thread, answer from there.
+                    "/echo" => {
+                        tokio::spawn(async move {
+                            let body = request.into_body().collect().await.unwrap_or_default();
+                            let _ = responder.respond(http::Response::new(Body::from(body)));
+                        });
+                    }
+                    "/drop" => drop(responder),
+                    "/hold" => held.push(responder),
+                    path => {
+                        let text = format!("actor saw {path} on stream {}", responder.stream_id());
+                        let _ = responder.respond(http::Response::new(Body::from(text)));
+                    }
+                }
+            }
+            AppMsg::ReleaseHeld => {
+                for r in held.drain(..) {
+                    let _ = r.respond(http::Response::new(Body::from("released")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn start(max_unanswered: usize) -> (Server, ActorRef<AppMsg>, Arc<AtomicUsize>) {
+    init_tracing();
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let (actor, _) = Actor::spawn(
+        None,
+        App {
+            delivered: delivered.clone(),
+        },
+        (),
+    )
+    .await
+    .unwrap();
+    let mut config = ServerConfig::default();
+    config.h3.max_unanswered_requests = max_unanswered;
+    let server = Server::bind_actor(loopback(), config, actor.clone())
+        .await
+        .unwrap();
+    (server, actor, delivered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_answers_requests() {
+    let (server, actor, _) = start(16).await;
+    let (_ep, client) = connect(&server).await;
+    let r = client.send(get(&server, "/hello")).await.unwrap();
+    assert_eq!(
+        r.into_body().collect().await.unwrap(),
+        "actor saw /hello on stream 0"
+    );
+    let req = http::Request::post(url(&server, "/echo"))
+        .body(Body::from(vec![4u8; 100_000]))
+        .unwrap();
+    let r = client.send(req).await.unwrap();
+    assert_eq!(r.into_body().collect().await.unwrap(), vec![4u8; 100_000]);
+    actor.stop(None);
+}
+
+/// A responder dropped unanswered resets the response with H3_REQUEST_CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_responder_cancels_the_request() {
+    let (server, actor, _) = start(16).await;
+    let (_ep, client) = connect(&server).await;
+    match client.send(get(&server, "/drop")).await {
+        Err(RequestError::StreamReset(code)) => assert_eq!(code, H3_REQUEST_CANCELLED),
+        other => panic!("expected a reset, got {:?}", other.map(|r| r.status())),
+    }
+    eventually(Duration::from_secs(5), "stream actor gone", || async {
+        server.endpoint().connection_children() == 0
+    })
+    .await;
+    // The connection carries on.
+    let r = client.send(get(&server, "/after")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    actor.stop(None);
+}
+
+/// With the budget of unanswered requests spent, further requests wait in their stream
+/// actors (not in the application's mailbox) until one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_requests_are_bounded() {
+    let (server, actor, delivered) = start(2).await;
+    let (_ep, client) = connect(&server).await;
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        let client = client.clone();
+        let req = get(&server, "/hold");
+        pending.push(tokio::spawn(async move { client.send(req).await }));
+    }
+    // All four streams exist on the server...
+    eventually(Duration::from_secs(5), "four request streams", || async {
+        routed_count(&server).await == 4
+    })
+    .await;
+    // ...and two were delivered: the budget.
+    eventually(Duration::from_secs(5), "two delivered", || async {
+        delivered.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(delivered.load(Ordering::SeqCst), 2);
+    actor.cast(AppMsg::ReleaseHeld).unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the other two delivered",
+        || async { delivered.load(Ordering::SeqCst) == 4 },
+    )
+    .await;
+    actor.cast(AppMsg::ReleaseHeld).unwrap();
+    for p in pending {
+        let r = tokio::time::timeout(Duration::from_secs(5), p)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.into_body().collect().await.unwrap(), "released");
+    }
+    actor.stop(None);
+}
+
+/// With the application actor gone, requests are refused as not processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_actor_means_rejected_requests() {
+    let (server, actor, _) = start(16).await;
+    actor.stop(None);
+    eventually(Duration::from_secs(5), "actor stopped", || async {
+        actor.get_status() == ractor::ActorStatus::Stopped
+    })
+    .await;
+    let (_ep, client) = connect(&server).await;
+    match client.send(get(&server, "/x")).await {
+        Err(RequestError::Rejected) => {}
+        other => panic!("expected Rejected, got {:?}", other.map(|r| r.status())),
+    }
+}

@@ -1,0 +1,443 @@
+//! What an operator can read: the peer's SETTINGS (once), per-connection final figures,
+//! per-stream audit figures during and after a stream, Prometheus metrics, and RFC 9218
+//! priorities as a handler sees them.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::raw::{RawClient, StreamOutcome};
+use common::*;
+use tokio::sync::mpsc;
+use troupe::h3::codes::{H3_INTERNAL_ERROR, H3_NO_ERROR};
+use troupe::h3::{
+    Body, ClientEndpoint, ConnectionEvent, EventSink, H3Settings, Priority, PrioritySignal,
+    RecvBody, Server, ServerConfig, StreamEnd, StreamStats,
+};
+use troupe::transport::{CloseReason, PrometheusMetrics, QuicSettings};
+
+/// The client's SETTINGS reach the server's event sink exactly once, the server's reach the
+/// client, and a closed connection reports its final figures with the close code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_settings_once_and_final_connection_figures() {
+    let (tx, mut events) = mpsc::channel(16);
+    let mut config = ServerConfig::default();
+    config.h3.max_field_section_size = Some(12_345);
+    config.events = Some(EventSink::channel(tx));
+    let server = builtin_server(config).await;
+
+    let mut client_h3 = H3Settings::default();
+    client_h3.max_field_section_size = Some(54_321);
+    let ep = ClientEndpoint::bind(
+        loopback(),
+        QuicSettings::default(),
+        trusting(&server),
+        client_h3,
+    )
+    .await
+    .unwrap();
+    let client = ep.connect(server.local_addr(), "localhost").await.unwrap();
+
+    // The client sees what the server advertised.
+    let theirs = tokio::time::timeout(Duration::from_secs(5), client.peer_settings())
+        .await
+        .unwrap()
+        .expect("server SETTINGS");
+    assert_eq!(theirs.max_field_section_size(), Some(12_345));
+    assert_eq!(theirs.qpack_max_table_capacity(), 0);
+    assert_eq!(theirs.qpack_blocked_streams(), 0);
+
+    for _ in 0..3 {
+        let r = client.send(get(&server, "/bytes/10")).await.unwrap();
+        r.into_body().collect().await.unwrap();
+    }
+    let first = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let conn_id = match first {
+        ConnectionEvent::PeerSettings {
+            conn_id,
+            settings,
+            peer,
+        } => {
+            assert_eq!(settings.max_field_section_size(), Some(54_321));
+            assert_eq!(peer, Some(ep.endpoint().local_addr()));
+            conn_id
+        }
+        other => panic!("expected the peer's SETTINGS first, got {other:?}"),
+    };
+
+    client.close();
+    let reason = client.closed().await;
+    assert!(
+        matches!(reason, CloseReason::Local { app: true, code, .. } if code == H3_NO_ERROR),
+        "{reason}"
+    );
+    // The client's own final figures.
+    let info = client.connection().info().await.expect("final figures");
+    assert_eq!(info.close, Some(reason));
+    assert!(info.handshake_time.is_some() && info.rtt.is_some() && info.cwnd.is_some());
+    assert!(info.stats.sent > 0 && info.stats.recv > 0);
+
+    // The server's: the next (and only other) event is the close, with the peer's code.
+    let next = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    match next {
+        ConnectionEvent::Closed { conn_id: id, info } => {
+            assert_eq!(id, conn_id);
+            assert!(
+                matches!(info.close, Some(CloseReason::Peer { app: true, code, .. }) if code == H3_NO_ERROR),
+                "{:?}",
+                info.close
+            );
+            assert!(info.handshake_time.is_some());
+            assert!(info.stats.recv_bytes > 0);
+        }
+        other => panic!("expected Closed, got {other:?} (SETTINGS surfaced twice?)"),
+    }
+    assert!(events.try_recv().is_err());
+}
+
+/// Audit figures on both ends, read while the response streams and after it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_audit_figures_during_and_after() {
+    init_tracing();
+    let server_stats: Arc<Mutex<Option<StreamStats>>> = Arc::default();
+    let slot = server_stats.clone();
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let server = Server::bind(
+        loopback(),
+        ServerConfig::default(),
+        move |req: http::Request<RecvBody>| {
+            let slot = slot.clone();
+            let mut go = go_rx.clone();
+            async move {
+                *slot.lock().unwrap() = req.extensions().get::<StreamStats>().cloned();
+                let got = req.into_body().collect().await.unwrap();
+                assert_eq!(got.len(), 3000);
+                let (tx, body) = Body::channel(2);
+                tokio::spawn(async move {
+                    tx.send_data(Bytes::from(vec![1u8; 10_000])).await.unwrap();
+                    // The second half waits for the test's go.
+                    go.wait_for(|g| *g).await.unwrap();
+                    tx.send_data(Bytes::from(vec![2u8; 5_000])).await.unwrap();
+                    tx.finish();
+                });
+                http::Response::new(body)
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let (_ep, client) = connect(&server).await;
+    let req = http::Request::post(url(&server, "/audit"))
+        .body(Body::from(vec![9u8; 3000]))
+        .unwrap();
+    let resp = client.send(req).await.unwrap();
+    let client_stats = resp.extensions().get::<StreamStats>().unwrap().clone();
+    let mut body = resp.into_body();
+    let mut n = 0;
+    while n < 10_000 {
+        n += body.chunk().await.unwrap().unwrap().len();
+    }
+    // During: the client has sent everything and received part; the response is open.
+    let during = client_stats.snapshot();
+    assert_eq!(during.bytes_sent, 3000);
+    assert!(during.bytes_received >= 10_000, "{during:?}");
+    assert_eq!(during.send_end, Some(StreamEnd::Fin));
+    assert_eq!(during.recv_end, None);
+    assert!(during.time_to_first_byte.is_some());
+    let s = server_stats.lock().unwrap().clone().unwrap();
+    let during = s.snapshot();
+    assert_eq!(during.bytes_received, 3000);
+    assert_eq!(during.recv_end, Some(StreamEnd::Fin));
+    assert_eq!(during.send_end, None);
+
+    go_tx.send_replace(true);
+    while let Some(c) = body.chunk().await {
+        n += c.unwrap().len();
+    }
+    assert_eq!(n, 15_000);
+    // After: both ends closed with FIN, full counts, a time to first byte, a header wait.
+    eventually(Duration::from_secs(5), "server stream ended", || async {
+        server.endpoint().connection_children() == 0
+    })
+    .await;
+    let after = s.snapshot();
+    assert_eq!(
+        (after.bytes_sent, after.bytes_received),
+        (15_000, 3000),
+        "{after:?}"
+    );
+    assert_eq!(after.send_end, Some(StreamEnd::Fin));
+    let ttfb = after.time_to_first_byte.expect("server time to first byte");
+    assert!(after.headers_wait.is_some());
+    assert!(after.duration >= ttfb);
+    let finished = after.duration;
+    eventually(Duration::from_secs(5), "client stream ended", || async {
+        client_stats.snapshot().recv_end == Some(StreamEnd::Fin)
+    })
+    .await;
+    let c = client_stats.snapshot();
+    assert_eq!((c.bytes_sent, c.bytes_received), (3000, 15_000));
+    // Ended streams keep their figures: the duration no longer grows.
+    assert_eq!(s.snapshot().duration, finished);
+}
+
+/// The first response header section waits for connection flow control while the client
+/// leaves another response unread; the wait is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_wait_under_flow_control_is_measured() {
+    init_tracing();
+    let stats: Arc<Mutex<Vec<(String, StreamStats)>>> = Arc::default();
+    let (answered_tx, mut answered) = mpsc::unbounded_channel::<Instant>();
+    let slot = stats.clone();
+    let server = Server::bind(
+        loopback(),
+        ServerConfig::default(),
+        move |req: http::Request<RecvBody>| {
+            let slot = slot.clone();
+            let answered = answered_tx.clone();
+            async move {
+                let s = req.extensions().get::<StreamStats>().unwrap().clone();
+                slot.lock().unwrap().push((req.uri().path().to_owned(), s));
+                if req.uri().path() == "/big" {
+                    http::Response::new(Body::from(vec![5u8; 1 << 20]))
+                } else {
+                    let _ = answered.send(Instant::now());
+                    http::Response::new(Body::from("small"))
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // A client with a 64 KiB connection window and a 16 KiB per-stream reader window.
+    let mut quic = QuicSettings::default();
+    quic.initial_max_data = 64 * 1024;
+    let mut h3 = H3Settings::default();
+    h3.recv_window = 16 * 1024;
+    let ep = ClientEndpoint::bind(loopback(), quic, trusting(&server), h3)
+        .await
+        .unwrap();
+    let client = ep.connect(server.local_addr(), "localhost").await.unwrap();
+    let big = client.send(get(&server, "/big")).await.unwrap();
+    // The unread response holds the whole connection window.
+    let small = tokio::spawn({
+        let client = client.clone();
+        let req = get(&server, "/small");
+        async move { client.send(req).await.unwrap() }
+    });
+    let answered_at = tokio::time::timeout(Duration::from_secs(5), answered.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let small_stats = || {
+        stats
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| p == "/small")
+            .map(|(_, s)| s.clone())
+            .unwrap()
+    };
+    // The handler answered, but its headers cannot be written: for as long as the client
+    // holds the big response unread (the stimulus whose length the figure must show), they
+    // stay unwritten.
+    let hold = answered_at + Duration::from_millis(150);
+    while Instant::now() < hold {
+        let early = small_stats().snapshot();
+        assert_eq!(early.time_to_first_byte, None, "{early:?}");
+        assert!(!small.is_finished());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let released_at = Instant::now();
+    let n = big.into_body().collect().await.unwrap().len();
+    assert_eq!(n, 1 << 20);
+    let small = tokio::time::timeout(Duration::from_secs(5), small)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(small.into_body().collect().await.unwrap(), "small");
+    let wait = small_stats().snapshot().headers_wait.expect("header wait");
+    assert!(
+        wait >= released_at - answered_at,
+        "headers waited {wait:?}, but were blocked for at least {:?}",
+        released_at - answered_at
+    );
+}
+
+/// The default Prometheus sink counts connections, streams, resets by code, handler failures
+/// and dropped datagrams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_text_counts_what_happened() {
+    init_tracing();
+    let metrics = PrometheusMetrics::new();
+    let mut config = ServerConfig::default();
+    config.quic.metrics = metrics.shared();
+    let server = Server::bind(
+        loopback(),
+        config,
+        |req: http::Request<RecvBody>| async move {
+            if req.uri().path() == "/panic" {
+                panic!("handler failure for the metrics test");
+            }
+            http::Response::new(Body::from("ok"))
+        },
+    )
+    .await
+    .unwrap();
+    let (_ep, client) = connect(&server).await;
+    for _ in 0..3 {
+        let r = client.send(get(&server, "/ok")).await.unwrap();
+        r.into_body().collect().await.unwrap();
+    }
+    let failed = client.send(get(&server, "/panic")).await;
+    assert!(failed.is_err());
+    // A datagram no connection can take.
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    junk.send_to(&[0x40, 1, 2, 3], server.local_addr()).unwrap();
+    client.close();
+    client.closed().await;
+    let has = |line: &str| {
+        let line = line.to_owned();
+        let m = metrics.clone();
+        move || {
+            let text = m.render();
+            let ok = text.lines().any(|l| l == line);
+            async move { ok }
+        }
+    };
+    for line in [
+        "troupe_connections_accepted_total 1",
+        "troupe_connections_established_total 1",
+        "troupe_streams_opened_total 4",
+        "troupe_streams_closed_total 4",
+        "troupe_stream_failures_total 1",
+        "troupe_stream_body_bytes_sent_total 6",
+        "troupe_connections_open 0",
+        &format!(
+            "troupe_stream_aborts_total{{kind=\"reset_sent\",code=\"0x{H3_INTERNAL_ERROR:x}\"}} 1"
+        ),
+        "troupe_connections_closed_total{by=\"peer\",space=\"application\",code=\"0x100\"} 1",
+    ] {
+        eventually(Duration::from_secs(5), line, has(line)).await;
+    }
+    eventually(Duration::from_secs(5), "a dropped datagram", || {
+        let text = metrics.render();
+        async move { text.contains("troupe_datagrams_dropped_total{reason=") }
+    })
+    .await;
+}
+
+/// RFC 9218: the request's `priority` field and then the client's PRIORITY_UPDATE reach the
+/// handler; the handler's own response priority goes out in the response's `priority` field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_signals_reach_the_handler() {
+    init_tracing();
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = started.clone();
+    let server = Server::bind(
+        loopback(),
+        ServerConfig::default(),
+        move |req: http::Request<RecvBody>| {
+            let flag = flag.clone();
+            async move {
+                let mut signal = req.extensions().get::<PrioritySignal>().unwrap().clone();
+                let initial = signal.current();
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                let updated = if req.uri().path() == "/wait-update" {
+                    tokio::time::timeout(Duration::from_secs(5), signal.changed())
+                        .await
+                        .ok()
+                        .flatten()
+                } else {
+                    None
+                };
+                let text = format!("initial={initial:?} updated={updated:?}");
+                let mut resp = http::Response::new(Body::from(text));
+                resp.extensions_mut().insert(Priority::new(1, false));
+                resp
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let mut c = RawClient::connect(server.local_addr()).await;
+    let id = c.request(&[
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/wait-update"),
+        ("priority", "u=5"),
+    ]);
+    // The update is sent once the handler runs (one sent earlier would simply be the
+    // priority the request starts with).
+    c.drive_while_waiting("the handler to start", || {
+        started.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    c.priority_update(id, 2, true);
+    let mut o = StreamOutcome::default();
+    c.drive_until(id, &mut o, "the response", |o| o.finished)
+        .await;
+    assert_eq!(o.header("priority"), Some("u=1"));
+    let text = String::from_utf8(o.data.clone()).unwrap();
+    assert_eq!(
+        text,
+        format!(
+            "initial={:?} updated={:?}",
+            Priority::new(5, false),
+            Some(Priority::new(2, true))
+        )
+    );
+
+    // Our own client sends a request's Priority extension as its `priority` field; without
+    // one, the handler sees RFC 9218's defaults.
+    let (_ep, client) = connect(&server).await;
+    let mut req = get(&server, "/plain");
+    req.extensions_mut().insert(Priority::new(6, true));
+    let r = client.send(req).await.unwrap();
+    assert_eq!(r.headers().get("priority").unwrap(), "u=1");
+    let body = r.into_body().collect().await.unwrap();
+    assert_eq!(
+        body,
+        format!("initial={:?} updated=None", Priority::new(6, true))
+    );
+    let r = client.send(get(&server, "/plain")).await.unwrap();
+    let body = r.into_body().collect().await.unwrap();
+    assert_eq!(
+        body,
+        format!("initial={:?} updated=None", Priority::REQUEST_DEFAULT)
+    );
+}
+
+/// A full event channel never stalls a connection: the event is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_event_channel_drops_and_counts() {
+    let (tx, mut events) = mpsc::channel(1);
+    let sink = EventSink::channel(tx);
+    let mut config = ServerConfig::default();
+    config.events = Some(sink.clone());
+    let server = builtin_server(config).await;
+    let (_ep1, a) = connect(&server).await;
+    let (_ep2, b) = connect(&server).await;
+    // Both connections work while nobody reads the events.
+    for c in [&a, &b] {
+        let r = c.send(get(&server, "/bytes/100")).await.unwrap();
+        assert_eq!(r.into_body().collect().await.unwrap().len(), 100);
+    }
+    eventually(Duration::from_secs(5), "one event dropped", || async {
+        sink.dropped() == 1
+    })
+    .await;
+    assert!(matches!(
+        events.try_recv(),
+        Ok(ConnectionEvent::PeerSettings { .. })
+    ));
+}

@@ -1,0 +1,351 @@
+//! Stream lifecycle, one test per ordering: the peer's STOP_SENDING before, during and after
+//! our response; the peer's RESET_STREAM during and after the request body, before and after
+//! our FIN; a handler dropping the request body unread. Each checks that the right side ends
+//! with the right code, that the other side keeps working, and that the stream actor stops
+//! and its routing entry goes. The peer is a raw quiche client driven by hand.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::raw::{RawClient, StreamOutcome};
+use common::*;
+use tokio::sync::{mpsc, Notify};
+use troupe::h3::codes::H3_REQUEST_CANCELLED;
+use troupe::h3::{Body, BodyError, RecvBody, Server, ServerConfig, StreamEnd, StreamStats};
+
+/// What the handlers report to the test.
+#[derive(Debug)]
+enum Seen {
+    /// The request body ended: its length, or the error.
+    Body(Result<usize, BodyError>),
+    /// Body bytes started arriving.
+    FirstBytes,
+    /// A streamed response could not be sent further.
+    SendFailed,
+}
+
+struct Probe {
+    server: Server,
+    stats: Arc<Mutex<HashMap<u64, StreamStats>>>,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    go: Arc<Notify>,
+}
+
+impl Probe {
+    async fn start() -> Probe {
+        init_tracing();
+        let stats: Arc<Mutex<HashMap<u64, StreamStats>>> = Arc::default();
+        let (tx, seen) = mpsc::unbounded_channel();
+        let go = Arc::new(Notify::new());
+        let (s, g) = (stats.clone(), go.clone());
+        let server = Server::bind(loopback(), ServerConfig::default(), move |req| {
+            let (stats, tx, go) = (s.clone(), tx.clone(), g.clone());
+            async move { handle(req, stats, tx, go).await }
+        })
+        .await
+        .unwrap();
+        Probe {
+            server,
+            stats,
+            seen,
+            go,
+        }
+    }
+
+    fn stats(&self, stream: u64) -> StreamStats {
+        self.stats.lock().unwrap()[&stream].clone()
+    }
+
+    /// The stream's actor stopped and the connection no longer routes it; returns its ends.
+    async fn ended(&self, stream: u64) -> (Option<StreamEnd>, Option<StreamEnd>) {
+        eventually(Duration::from_secs(5), "stream actor stopped", || async {
+            self.server.endpoint().connection_children() == 0
+        })
+        .await;
+        eventually(Duration::from_secs(5), "routing entry gone", || async {
+            self.server
+                .routed_streams()
+                .await
+                .iter()
+                .all(|ids| !ids.contains(&stream))
+        })
+        .await;
+        let a = self.stats(stream).snapshot();
+        (a.send_end, a.recv_end)
+    }
+}
+
+async fn read_body(
+    mut body: RecvBody,
+    tx: &mpsc::UnboundedSender<Seen>,
+) -> Result<usize, BodyError> {
+    let mut n = 0;
+    while let Some(c) = body.chunk().await {
+        let c = c?;
+        if n == 0 && !c.is_empty() {
+            let _ = tx.send(Seen::FirstBytes);
+        }
+        n += c.len();
+    }
+    Ok(n)
+}
+
+async fn handle(
+    req: http::Request<RecvBody>,
+    stats: Arc<Mutex<HashMap<u64, StreamStats>>>,
+    tx: mpsc::UnboundedSender<Seen>,
+    go: Arc<Notify>,
+) -> http::Response<Body> {
+    let s = req.extensions().get::<StreamStats>().unwrap().clone();
+    stats.lock().unwrap().insert(s.snapshot().stream_id, s);
+    let path = req.uri().path().to_owned();
+    let body = req.into_body();
+    match path.as_str() {
+        // Read the whole request body, then answer.
+        "/collect" => {
+            let r = read_body(body, &tx).await;
+            let _ = tx.send(Seen::Body(r));
+            http::Response::new(Body::from("collected"))
+        }
+        // Read the body, wait for the test's go, then answer.
+        "/hold" => {
+            let r = read_body(body, &tx).await;
+            let _ = tx.send(Seen::Body(r));
+            go.notified().await;
+            http::Response::new(Body::from("held"))
+        }
+        // Answer at once; keep reading the body in the background.
+        "/early" => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let r = read_body(body, &tx).await;
+                let _ = tx.send(Seen::Body(r));
+            });
+            http::Response::new(Body::from("early"))
+        }
+        // Stream a response until it can go no further.
+        "/stream" => {
+            drop(body);
+            let (sender, out) = Body::channel(4);
+            tokio::spawn(async move {
+                loop {
+                    if sender
+                        .send_data(Bytes::from(vec![7u8; 16 * 1024]))
+                        .await
+                        .is_err()
+                    {
+                        let _ = tx.send(Seen::SendFailed);
+                        return;
+                    }
+                }
+            });
+            http::Response::new(out)
+        }
+        // Drop the request body unread, wait for go, then answer.
+        "/drop-body" => {
+            drop(body);
+            go.notified().await;
+            http::Response::new(Body::from("dropped"))
+        }
+        _ => http::Response::new(Body::from("small")),
+    }
+}
+
+fn req(path: &str) -> Vec<(&str, &str)> {
+    vec![
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", path),
+    ]
+}
+
+/// STOP_SENDING before the response exists: the response side ends (the handler's answer is
+/// dropped), while the request body keeps flowing to the handler to its FIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sending_before_response() {
+    let mut p = Probe::start().await;
+    let mut c = RawClient::connect(p.server.local_addr()).await;
+    let id = c.request_open(&req("/collect"));
+    c.send_body(id, &[1u8; 1000], false);
+    c.exchange().await;
+    assert!(matches!(p.next_after(&mut c).await, Seen::FirstBytes));
+    c.stop_sending(id, H3_REQUEST_CANCELLED);
+    c.exchange().await;
+    c.send_body(id, &[2u8; 500], true);
+    c.exchange().await;
+    match p.next_after(&mut c).await {
+        Seen::Body(Ok(n)) => assert_eq!(n, 1500),
+        other => panic!("request body did not complete: {other:?}"),
+    }
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(
+        send,
+        Some(StreamEnd::StopSendingReceived(H3_REQUEST_CANCELLED))
+    );
+    assert_eq!(recv, Some(StreamEnd::Fin));
+    assert_eq!(p.stats(id).snapshot().bytes_received, 1500);
+}
+
+/// STOP_SENDING in the middle of a streamed response: our sending side ends with the peer's
+/// code (quiche answers with RESET_STREAM), the producer learns it cannot send, the actor stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sending_during_response() {
+    let mut p = Probe::start().await;
+    let mut c = RawClient::connect(p.server.local_addr()).await;
+    let id = c.request(&req("/stream"));
+    let mut o = StreamOutcome::default();
+    c.drive_until(id, &mut o, "64 KiB of response", |o| o.body >= 64 * 1024)
+        .await;
+    c.stop_sending(id, 0x42);
+    c.exchange().await;
+    assert!(matches!(p.next_after(&mut c).await, Seen::SendFailed));
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::StopSendingReceived(0x42)));
+    assert_eq!(recv, Some(StreamEnd::Fin));
+    let a = p.stats(id).snapshot();
+    assert!(a.bytes_sent >= 64 * 1024, "{a:?}");
+}
+
+/// STOP_SENDING after our FIN: nothing changes, our side ended with FIN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sending_after_response() {
+    let p = Probe::start().await;
+    let mut c = RawClient::connect(p.server.local_addr()).await;
+    let id = c.request(&req("/small"));
+    let mut o = StreamOutcome::default();
+    c.drive_until(id, &mut o, "response headers", |o| o.status.is_some())
+        .await;
+    // The stream may already be collected on our side if its FIN was read: then there is
+    // nothing to stop, which is the same outcome for the server.
+    let _ = c
+        .conn
+        .stream_shutdown(id, troupe::transport::quiche::Shutdown::Read, 0x42);
+    c.exchange().await;
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::Fin));
+    assert_eq!(recv, Some(StreamEnd::Fin));
+    assert_eq!(p.stats(id).snapshot().bytes_sent, 5);
+}
+
+/// RESET_STREAM in the middle of the request body, before our response: the handler sees the
+/// reset with its code, and its answer still reaches the client complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_during_request_body_before_our_fin() {
+    let mut p = Probe::start().await;
+    let mut c = RawClient::connect(p.server.local_addr()).await;
+    let id = c.request_open(&req("/collect"));
+    c.send_body(id, &[1u8; 1000], false);
+    c.exchange().await;
+    assert!(matches!(p.next_after(&mut c).await, Seen::FirstBytes));
+    c.reset(id, H3_REQUEST_CANCELLED);
+    match p.next_after(&mut c).await {
+        Seen::Body(Err(BodyError::Reset(code))) => assert_eq!(code, H3_REQUEST_CANCELLED),
+        other => panic!("expected the reset, got {other:?}"),
+    }
+    let o = c.outcome(id).await;
+    assert_eq!(o.status.as_deref(), Some("200"));
+    assert!(o.finished && o.data == b"collected", "{o:?}");
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::Fin));
+    assert_eq!(recv, Some(StreamEnd::ResetReceived(H3_REQUEST_CANCELLED)));
+}
+
+/// RESET_STREAM of the request body after our FIN: the response already ended cleanly; the
+/// reader of the body sees the reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_during_request_body_after_our_fin() {
+    let mut p = Probe::start().await;
+    let mut c = RawClient::connect(p.server.local_addr()).await;
+    let id = c.request_open(&req("/early"));
+    c.send_body(id, &[1u8; 1000], false);
+    let mut o = StreamOutcome::default();
+    c.drive_until(id, &mut o, "the whole response", |o| o.finished)
+        .await;
+    assert_eq!(o.data, b"early");
+    c.reset(id, 0x42);
+    loop {
+        match p.next_after(&mut c).await {
+            Seen::FirstBytes => continue,
+            Seen::Body(Err(BodyError::Reset(code))) => {
+                assert_eq!(code, 0x42);
+                break;
+            }
+            other => panic!("expected the reset, got {other:?}"),
+        }
+    }
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::Fin));
+    assert_eq!(recv, Some(StreamEnd::ResetReceived(0x42)));
+}
+
+/// RESET_STREAM after the request body's FIN was read: the body stays complete, the
+/// response goes out whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_after_request_body() {
+    let mut p = Probe::start().await;
+    let mut c = RawClient::connect(p.server.local_addr()).await;
+    let id = c.request_with_body(&req("/hold"), &[3u8; 700]);
+    loop {
+        match p.next_after(&mut c).await {
+            Seen::FirstBytes => continue,
+            Seen::Body(Ok(n)) => {
+                assert_eq!(n, 700);
+                break;
+            }
+            other => panic!("expected the whole body, got {other:?}"),
+        }
+    }
+    c.reset(id, 0x42);
+    for _ in 0..3 {
+        c.exchange().await;
+    }
+    p.go.notify_one();
+    let o = c.outcome(id).await;
+    assert_eq!(o.status.as_deref(), Some("200"));
+    assert!(o.finished && o.data == b"held", "{o:?}");
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::Fin));
+    assert_eq!(recv, Some(StreamEnd::Fin));
+    assert_eq!(p.stats(id).snapshot().bytes_received, 700);
+}
+
+/// A handler that drops the request body unread before answering: STOP_SENDING with
+/// H3_REQUEST_CANCELLED; the response still goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_drops_request_body_unread() {
+    let p = Probe::start().await;
+    let mut c = RawClient::connect(p.server.local_addr()).await;
+    let id = c.request_open(&req("/drop-body"));
+    c.send_body(id, &[1u8; 100], false);
+    assert_eq!(c.wait_stopped(id).await, H3_REQUEST_CANCELLED);
+    p.go.notify_one();
+    let o = c.outcome(id).await;
+    assert_eq!(o.status.as_deref(), Some("200"));
+    assert!(o.finished && o.data == b"dropped", "{o:?}");
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::Fin));
+    assert_eq!(recv, Some(StreamEnd::StopSendingSent(H3_REQUEST_CANCELLED)));
+}
+
+impl Probe {
+    /// Waits for the next report while driving the raw client (its packets must flow for the
+    /// server to learn anything).
+    async fn next_after(&mut self, c: &mut RawClient) -> Seen {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(s) = self.seen.try_recv() {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the handler reported nothing within 5 s"
+            );
+            c.exchange().await;
+        }
+    }
+}

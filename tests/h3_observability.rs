@@ -25,6 +25,7 @@ async fn peer_settings_once_and_final_connection_figures() {
     let (tx, mut events) = mpsc::channel(16);
     let mut config = ServerConfig::default();
     config.h3.max_field_section_size = Some(12_345);
+    config.h3.qpack_blocked_streams = 10;
     config.events = Some(EventSink::channel(tx));
     let server = builtin_server(config).await;
 
@@ -47,7 +48,7 @@ async fn peer_settings_once_and_final_connection_figures() {
         .expect("server SETTINGS");
     assert_eq!(theirs.max_field_section_size(), Some(12_345));
     assert_eq!(theirs.qpack_max_table_capacity(), 0);
-    assert_eq!(theirs.qpack_blocked_streams(), 0);
+    assert_eq!(theirs.qpack_blocked_streams(), 10);
 
     for _ in 0..3 {
         let r = client.send(get(&server, "/bytes/10")).await.unwrap();
@@ -440,4 +441,60 @@ async fn a_full_event_channel_drops_and_counts() {
         events.try_recv(),
         Ok(ConnectionEvent::PeerSettings { .. })
     ));
+}
+
+/// A QPACK dynamic table quiche cannot decode is refused at bind, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qpack_dynamic_table_is_refused_with_a_clear_error() {
+    let mut config = ServerConfig::default();
+    config.h3.qpack_max_table_capacity = 4096;
+    let err = match Server::bind(loopback(), config, |_req: http::Request<RecvBody>| async {
+        http::Response::new(Body::empty())
+    })
+    .await
+    {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a non-zero QPACK table capacity was accepted"),
+    };
+    assert!(
+        err.contains("h3.qpack_max_table_capacity") && err.contains("leave it at 0"),
+        "{err}"
+    );
+}
+
+/// A client that refuses the server's certificate: the server counts a handshake failure
+/// (the peer's TLS alert), not an established connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_failures_are_counted() {
+    let metrics = PrometheusMetrics::new();
+    let mut config = ServerConfig::default();
+    config.quic.metrics = metrics.shared();
+    let server = builtin_server(config).await;
+    let mut quic = QuicSettings::default();
+    quic.handshake_timeout = Duration::from_secs(2);
+    // The system roots do not include the server's self-signed certificate.
+    let ep = ClientEndpoint::bind(
+        loopback(),
+        quic,
+        troupe::transport::TlsConfig::default(),
+        H3Settings::default(),
+    )
+    .await
+    .unwrap();
+    assert!(ep.connect(server.local_addr(), "localhost").await.is_err());
+    eventually(
+        Duration::from_secs(5),
+        "a counted handshake failure",
+        || {
+            let text = metrics.render();
+            async move {
+                text.lines()
+                    .any(|l| l == "troupe_handshake_failures_total{reason=\"peer_error\"} 1")
+                    && text
+                        .lines()
+                        .any(|l| l == "troupe_connections_established_total 0")
+            }
+        },
+    )
+    .await;
 }

@@ -180,6 +180,22 @@ fn test() -> Result<(), String> {
             "warnings",
         ]),
     )?;
+    // The `cluster` feature (explicit ractor `Message` impls) must keep compiling; libraries
+    // only, as user code (tests, examples) needs its own impls under it.
+    step(
+        "cargo clippy -p troupe --features cluster --lib -- -D warnings",
+        cargo().args([
+            "clippy",
+            "-p",
+            "troupe",
+            "--features",
+            "cluster",
+            "--lib",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
     let nextest = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["nextest", "--version"])
         .output()

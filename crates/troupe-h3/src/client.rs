@@ -29,6 +29,7 @@ impl ClientEndpoint {
         tls: TlsConfig,
         h3: H3Settings,
     ) -> Result<Self, EndpointError> {
+        h3.validate()?;
         Ok(ClientEndpoint {
             endpoint: Endpoint::client(addr, quic, tls).await?,
             h3: Arc::new(h3),
@@ -41,14 +42,6 @@ impl ClientEndpoint {
         peer: SocketAddr,
         server_name: &str,
     ) -> Result<Client, ConnectError> {
-        if self.h3.max_pending_requests == 0 {
-            return Err(ConnectError::Config(
-                troupe_transport::ConfigError::Invalid {
-                    field: "h3.max_pending_requests",
-                    why: "must be at least 1, or no request could ever start".into(),
-                },
-            ));
-        }
         let shared = Arc::new(ClientShared::new(self.h3.max_pending_requests));
         let conn = self
             .endpoint

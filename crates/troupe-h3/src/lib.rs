@@ -38,3 +38,11 @@ pub use server::{Handler, IncomingRequest, Responder, Server, ServerConfig};
 pub use settings::H3Settings;
 pub use stream::state::{RecvState, Refused, SendState};
 pub use stream::{Interim, InterimResponses, NotInterim, StreamControl, StreamMsg};
+
+// With `ractor/cluster` enabled anywhere in the graph, message types need explicit impls.
+#[cfg(feature = "cluster")]
+impl ractor::Message for StreamMsg {}
+#[cfg(feature = "cluster")]
+impl ractor::Message for IncomingRequest {}
+#[cfg(feature = "cluster")]
+impl ractor::Message for ConnectionEvent {}

@@ -65,6 +65,7 @@ impl Server {
         config: ServerConfig,
         handler: impl Handler,
     ) -> Result<Server, EndpointError> {
+        config.h3.validate()?;
         let handler: Arc<dyn Handler> = Arc::new(handler);
         let h3 = Arc::new(config.h3);
         let events = config.events;
@@ -280,14 +281,7 @@ impl Server {
         config: ServerConfig,
         deliver: Deliver,
     ) -> Result<Server, EndpointError> {
-        if config.h3.max_unanswered_requests == 0 {
-            return Err(EndpointError::Config(
-                troupe_transport::ConfigError::Invalid {
-                    field: "h3.max_unanswered_requests",
-                    why: "must be at least 1, or no request could ever be delivered".into(),
-                },
-            ));
-        }
+        config.h3.validate()?;
         let budget = Arc::new(Semaphore::new(config.h3.max_unanswered_requests));
         Self::bind(addr, config, ActorHandler { deliver, budget }).await
     }

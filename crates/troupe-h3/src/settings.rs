@@ -13,10 +13,12 @@ pub struct H3Settings {
     pub send_window: usize,
     /// SETTINGS_MAX_FIELD_SECTION_SIZE we advertise; `None` = unlimited (quiche's default).
     pub max_field_section_size: Option<u64>,
-    /// SETTINGS_QPACK_MAX_TABLE_CAPACITY. Default 0: quiche's QPACK encoder does not use the
-    /// dynamic table, and a 0 capacity makes decoding independent of stream order.
+    /// SETTINGS_QPACK_MAX_TABLE_CAPACITY. Must be 0 (the default): quiche's QPACK decoder has
+    /// no dynamic table, so a non-zero capacity would invite peers to send header blocks that
+    /// cannot be decoded (a connection error). [`H3Settings::validate`] refuses anything else.
     pub qpack_max_table_capacity: u64,
-    /// SETTINGS_QPACK_BLOCKED_STREAMS. Default 0 (consistent with a 0 table capacity).
+    /// SETTINGS_QPACK_BLOCKED_STREAMS, advertised as given. Default 0: with no dynamic table
+    /// no stream can block on it, so any value is harmless but 0 is the honest one.
     pub qpack_blocked_streams: u64,
     /// Server: requests accepted on one connection before it sends GOAWAY and drains (later
     /// requests get H3_REQUEST_REJECTED). Default `None`: unlimited. Bounds how long one client
@@ -48,6 +50,91 @@ impl Default for H3Settings {
             post_accept_timeout: None,
             max_pending_requests: 1024,
             max_unanswered_requests: 1024,
+        }
+    }
+}
+
+impl H3Settings {
+    /// Checks the settings for values that cannot work, naming the field and the fix.
+    pub fn validate(&self) -> Result<(), troupe_transport::ConfigError> {
+        let invalid = |field: &'static str, why: String| {
+            Err(troupe_transport::ConfigError::Invalid { field, why })
+        };
+        let min_window = 2 * crate::body::CHUNK_OVERHEAD + 1;
+        if self.recv_window < min_window {
+            return invalid(
+                "h3.recv_window",
+                format!(
+                    "{} is too small: each chunk is charged its length plus {} bytes, so use at \
+                     least {min_window} (the default is 256 KiB)",
+                    self.recv_window,
+                    crate::body::CHUNK_OVERHEAD
+                ),
+            );
+        }
+        if self.send_window == 0 {
+            return invalid(
+                "h3.send_window",
+                "must be at least 1 byte (the default is 256 KiB)".into(),
+            );
+        }
+        if self.qpack_max_table_capacity != 0 {
+            return invalid(
+                "h3.qpack_max_table_capacity",
+                format!(
+                    "{} is not supported: quiche's QPACK decoder has no dynamic table, so peers \
+                     using one would break the connection; leave it at 0",
+                    self.qpack_max_table_capacity
+                ),
+            );
+        }
+        if self.max_pending_requests == 0 {
+            return invalid(
+                "h3.max_pending_requests",
+                "must be at least 1, or no request could ever start".into(),
+            );
+        }
+        if self.max_unanswered_requests == 0 {
+            return invalid(
+                "h3.max_unanswered_requests",
+                "must be at least 1, or no request could ever be delivered".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        H3Settings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unusable_values_name_their_field() {
+        let cases: [(&str, fn(&mut H3Settings)); 5] = [
+            ("h3.recv_window", |s| s.recv_window = 64),
+            ("h3.send_window", |s| s.send_window = 0),
+            ("h3.qpack_max_table_capacity", |s| {
+                s.qpack_max_table_capacity = 4096
+            }),
+            ("h3.max_pending_requests", |s| s.max_pending_requests = 0),
+            ("h3.max_unanswered_requests", |s| {
+                s.max_unanswered_requests = 0
+            }),
+        ];
+        for (field, break_it) in cases {
+            let mut s = H3Settings::default();
+            break_it(&mut s);
+            match s.validate() {
+                Err(troupe_transport::ConfigError::Invalid { field: f, .. }) => {
+                    assert_eq!(f, field)
+                }
+                other => panic!("{field}: expected Invalid, got {other:?}"),
+            }
         }
     }
 }

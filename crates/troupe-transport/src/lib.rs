@@ -31,5 +31,11 @@ pub use settings::{CongestionControl, QuicSettings};
 pub use stats::{EndpointStats, EndpointStatsSnapshot};
 pub use tls::{Identity, TlsConfig, Verify, SELF_SIGNED_NAMES};
 
+// With `ractor/cluster` enabled anywhere in the graph, message types need explicit impls.
+#[cfg(feature = "cluster")]
+impl<M: Send + 'static> ractor::Message for ConnMsg<M> {}
+#[cfg(feature = "cluster")]
+impl ractor::Message for EndpointMsg {}
+
 /// Re-export of the quiche version this crate is built on.
 pub use quiche;

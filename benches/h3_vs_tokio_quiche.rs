@@ -351,7 +351,17 @@ fn main() {
         (
             "troupe",
             &troupe_bin,
-            vec!["serve", "--listen", "127.0.0.1:0", "--no-retry"],
+            // One thread, like tq-serve's current-thread runtime: like is compared with like
+            // (both servers are pinned to one core anyway; a one-worker multi-thread runtime
+            // costs troupe about 1 us more per request in cross-thread wake-ups).
+            vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-retry",
+                "--workers",
+                "0",
+            ],
             "troupe serving HTTP/3 on ",
         ),
         (

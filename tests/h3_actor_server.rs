@@ -26,6 +26,18 @@ impl From<IncomingRequest> for AppMsg {
     }
 }
 
+/// What `get_derived` needs to turn an `ActorRef<AppMsg>` into a
+/// `DerivedActorRef<IncomingRequest>`.
+impl TryFrom<AppMsg> for IncomingRequest {
+    type Error = ();
+    fn try_from(m: AppMsg) -> Result<Self, ()> {
+        match m {
+            AppMsg::Request(r) => Ok(*r),
+            AppMsg::ReleaseHeld => Err(()),
+        }
+    }
+}
+
 struct App {
     delivered: Arc<AtomicUsize>,
 }
@@ -191,4 +203,31 @@ async fn a_gone_actor_means_rejected_requests() {
         Err(RequestError::Rejected) => {}
         other => panic!("expected Rejected, got {:?}", other.map(|r| r.status())),
     }
+}
+
+/// The same actor reached through a `DerivedActorRef<IncomingRequest>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_derived_actor_ref_answers_requests() {
+    init_tracing();
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let (actor, _) = Actor::spawn(
+        None,
+        App {
+            delivered: delivered.clone(),
+        },
+        (),
+    )
+    .await
+    .unwrap();
+    let server = Server::bind_derived(loopback(), ServerConfig::default(), actor.get_derived())
+        .await
+        .unwrap();
+    let (_ep, client) = connect(&server).await;
+    let r = client.send(get(&server, "/derived")).await.unwrap();
+    assert_eq!(
+        r.into_body().collect().await.unwrap(),
+        "actor saw /derived on stream 0"
+    );
+    assert_eq!(delivered.load(Ordering::SeqCst), 1);
+    actor.stop(None);
 }

@@ -165,8 +165,8 @@ async fn stream_audit_figures_during_and_after() {
     }
     assert_eq!(n, 15_000);
     // After: both ends closed with FIN, full counts, a time to first byte, a header wait.
-    eventually(Duration::from_secs(5), "server stream ended", || async {
-        server.endpoint().connection_children() == 0
+    eventually(Duration::from_secs(5), "server stream retired", || async {
+        routed_count(&server).await == 0
     })
     .await;
     let after = s.snapshot();

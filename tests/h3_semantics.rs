@@ -5,7 +5,9 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use troupe::h3::{Body, Frame, Interim, InterimResponses, RecvBody, Server, ServerConfig};
+use troupe::h3::{
+    Body, Frame, Interim, InterimResponses, RecvBody, Server, ServerConfig, StreamControl,
+};
 
 async fn server(handler: fn(http::Request<RecvBody>) -> http::Response<Body>) -> Server {
     init_tracing();
@@ -85,4 +87,54 @@ async fn trailers_both_ways() {
     assert_eq!(n, 101_000);
     let got = body.trailers().expect("response trailers");
     assert_eq!(got["x-checksum"], "abc123");
+}
+
+/// An error that belongs to one request fails that request alone, reported to its caller: a
+/// request the client cannot encode, and a response the server resets, leave the connection
+/// and a concurrent request untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_requests_error_is_its_own() {
+    init_tracing();
+    let server = Server::bind(
+        loopback(),
+        ServerConfig::default(),
+        |req: http::Request<RecvBody>| async move {
+            if req.uri().path() == "/reset" {
+                let control = req.extensions().get::<StreamControl>().unwrap();
+                control.shutdown_write(0x42);
+                // No response will follow the reset.
+                std::future::pending::<()>().await;
+            }
+            http::Response::new(Body::from("fine"))
+        },
+    )
+    .await
+    .unwrap();
+    let (_ep, client) = connect(&server).await;
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let req = get(&server, "/concurrent");
+        async move { client.send(req).await }
+    });
+    let no_host = http::Request::get("/relative-only")
+        .body(Body::empty())
+        .unwrap();
+    match client.send(no_host).await {
+        Err(troupe::h3::RequestError::InvalidRequest(why)) => {
+            assert!(why.contains("no authority"), "{why}")
+        }
+        other => panic!(
+            "expected InvalidRequest, got {:?}",
+            other.map(|r| r.status())
+        ),
+    }
+    match client.send(get(&server, "/reset")).await {
+        Err(troupe::h3::RequestError::StreamReset(code)) => assert_eq!(code, 0x42),
+        other => panic!("expected StreamReset, got {:?}", other.map(|r| r.status())),
+    }
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.into_body().collect().await.unwrap(), "fine");
+    let r = client.send(get(&server, "/after")).await.unwrap();
+    assert_eq!(r.into_body().collect().await.unwrap(), "fine");
+    assert!(client.connection().close_reason().is_none());
 }

@@ -61,6 +61,10 @@ struct ServeArgs {
     /// connections are closed anyway. A second signal exits at once.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     drain_timeout: u64,
+    /// Runtime worker threads; 0 runs everything on one thread (a current-thread runtime).
+    /// Default: one per core this process may use.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 }
 
 #[derive(Args)]
@@ -102,10 +106,20 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = match &cli.cmd {
+        Cmd::Serve(a) => a.workers,
+        Cmd::Get(_) => None,
+    };
+    let mut builder = match workers {
+        Some(0) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("troupe: cannot start the runtime: {e}");

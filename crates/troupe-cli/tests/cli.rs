@@ -109,7 +109,8 @@ fn root_serves_files_and_nothing_outside() {
     std::fs::write(root.join("hello.txt"), b"file body\n").unwrap();
     std::fs::write(base.join("secret.txt"), b"secret\n").unwrap();
     std::os::unix::fs::symlink(base.join("secret.txt"), root.join("link.txt")).unwrap();
-    let (_server, port, cert) = serve(&["--root", root.to_str().unwrap()]);
+    // On a one-thread runtime (`--workers 0`, as the benchmark runs it).
+    let (_server, port, cert) = serve(&["--root", root.to_str().unwrap(), "--workers", "0"]);
 
     let out = troupe()
         .args([

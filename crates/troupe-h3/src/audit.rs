@@ -26,7 +26,8 @@ pub struct StreamAudit {
     /// How long our first header section waited before quiche took it (stream or connection
     /// flow control, or on a client the peer's stream limit).
     pub headers_wait: Option<Duration>,
-    /// How long the stream has lived, or lived: until both directions ended.
+    /// How long the stream has lived, or lived: until the connection retired it (both
+    /// directions ended and its actor stopped, or the connection closed).
     pub duration: Duration,
     /// The application's code for this stream panicked or failed; the connection reset it.
     pub failed: bool,

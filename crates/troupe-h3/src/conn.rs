@@ -26,7 +26,7 @@ use crate::error::RequestError;
 use crate::events::{ConnectionEvent, EventSink};
 use crate::headers;
 use crate::peer_settings::PeerSettings;
-use crate::priority::Priority;
+use crate::priority::{Priority, PriorityCell};
 use crate::server::Handler;
 use crate::settings::H3Settings;
 use crate::stream::{Role, StreamActor, StreamArgs, StreamMsg};
@@ -147,7 +147,19 @@ struct Route {
     /// The stream's audit figures, shared with its actor.
     stats: StreamStats,
     /// Server: the client's priority signal, watched by the handler.
-    priority: Option<tokio::sync::watch::Sender<Priority>>,
+    priority: Option<Arc<PriorityCell>>,
+}
+
+impl Route {
+    /// The stream is over for the connection: its figures are final and reported, and anyone
+    /// waiting for a priority change learns no more will come.
+    fn retire(self, metrics: &dyn troupe_transport::Metrics) {
+        self.stats.end();
+        metrics.stream_closed(&self.stats.summary());
+        if let Some(p) = &self.priority {
+            p.close();
+        }
+    }
 }
 
 /// A server's GOAWAY: not asked for, waiting for stream capacity on the control stream, or sent.
@@ -284,7 +296,7 @@ impl H3App {
         stream_id: u64,
         role: Role,
         stats: StreamStats,
-        priority: Option<tokio::sync::watch::Sender<Priority>>,
+        priority: Option<Arc<PriorityCell>>,
     ) -> Result<(), ()> {
         // A client request whose headers carried FIN has nothing more to send.
         let send_done = matches!(role, Role::Client { fin_sent: true, .. });
@@ -378,17 +390,16 @@ impl H3App {
         let _ = cx
             .conn
             .stream_priority(stream_id, effective.urgency, effective.incremental);
-        let (prio_tx, prio_rx) =
-            tokio::sync::watch::channel(signalled.unwrap_or(Priority::REQUEST_DEFAULT));
+        let prio = PriorityCell::new(signalled.unwrap_or(Priority::REQUEST_DEFAULT));
         let role = Role::Server {
             head,
             fin: !more_frames,
             handler,
-            priority: prio_rx,
+            priority: prio.clone(),
         };
         let stats = StreamStats::new(stream_id, Instant::now());
         if self
-            .spawn_stream(cx, stream_id, role, stats, Some(prio_tx))
+            .spawn_stream(cx, stream_id, role, stats, Some(prio))
             .await
             .is_err()
         {
@@ -868,7 +879,7 @@ impl ConnectionApp for H3App {
                                 .get(&stream_id)
                                 .and_then(|r| r.priority.as_ref())
                             {
-                                tx.send_replace(p);
+                                tx.set(p);
                             }
                         }
                     }
@@ -1002,8 +1013,7 @@ impl ConnectionApp for H3App {
                     // Both directions were terminal; any STOP_SENDING or RESET it asked for
                     // arrives as a message of its own (supervision events overtake messages).
                     if let Some(route) = self.routes.remove(&id) {
-                        route.stats.end();
-                        cx.metrics.stream_closed(&route.stats.summary());
+                        route.retire(cx.metrics);
                     }
                     if cx.conn.is_server() {
                         self.unacked.push(id);
@@ -1025,8 +1035,7 @@ impl ConnectionApp for H3App {
                             a.recv_end
                                 .get_or_insert(StreamEnd::StopSendingSent(H3_INTERNAL_ERROR));
                         });
-                        route.stats.end();
-                        cx.metrics.stream_closed(&route.stats.summary());
+                        route.retire(cx.metrics);
                     }
                     warn!(conn_id = %self.trace_id, stream_id = id, "stream actor failed, resetting the stream: {err}");
                     shutdown_both(cx.conn, id, H3_INTERNAL_ERROR);
@@ -1080,8 +1089,7 @@ impl ConnectionApp for H3App {
         // The actors are drained, not supervised, from here: report the streams now.
         self.by_actor.clear();
         for (_, route) in self.routes.drain() {
-            route.stats.end();
-            cx.metrics.stream_closed(&route.stats.summary());
+            route.retire(cx.metrics);
         }
         if let Side::Server {
             events: Some(sink), ..

@@ -7,7 +7,9 @@
 //! in the response's extensions; it is applied when the response starts and sent as the
 //! response's `priority` header.
 
-use tokio::sync::watch;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
 
 /// The lowest urgency value (least urgent) RFC 9218 §4.1 allows.
 pub const URGENCY_MAX: u8 = 7;
@@ -83,32 +85,112 @@ impl Default for Priority {
     }
 }
 
+#[derive(Debug)]
+struct PriorityState {
+    current: Priority,
+    /// Bumped by every update, so a watcher knows what it has seen.
+    version: u64,
+    /// The stream is gone: no update will come.
+    closed: bool,
+    /// Someone has waited in `changed()`: only then do updates and the close notify.
+    watched: bool,
+}
+
+/// One request's priority, shared by the connection (writer) and the application's
+/// [`PrioritySignal`]s. A small mutex and one `Notify`: cheaper per stream than a watch
+/// channel, and only an update (rare) or the stream's end wakes anyone.
+#[derive(Debug)]
+pub(crate) struct PriorityCell {
+    state: Mutex<PriorityState>,
+    notify: Notify,
+}
+
+impl PriorityCell {
+    pub(crate) fn new(current: Priority) -> Arc<Self> {
+        Arc::new(PriorityCell {
+            state: Mutex::new(PriorityState {
+                current,
+                version: 0,
+                closed: false,
+                watched: false,
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PriorityState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The client sent a PRIORITY_UPDATE.
+    pub(crate) fn set(&self, p: Priority) {
+        let watched = {
+            let mut s = self.lock();
+            s.current = p;
+            s.version += 1;
+            s.watched
+        };
+        if watched {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// The stream is gone.
+    pub(crate) fn close(&self) {
+        let watched = {
+            let mut s = self.lock();
+            s.closed = true;
+            s.watched
+        };
+        if watched {
+            self.notify.notify_waiters();
+        }
+    }
+}
+
 /// The client's current priority for one request, as the server sees it: the request's
 /// `priority` header, then the latest PRIORITY_UPDATE. Found in a server request's
 /// extensions.
 #[derive(Debug, Clone)]
 pub struct PrioritySignal {
-    rx: watch::Receiver<Priority>,
+    cell: Arc<PriorityCell>,
+    seen: u64,
 }
 
 impl PrioritySignal {
-    pub(crate) fn new(rx: watch::Receiver<Priority>) -> Self {
-        PrioritySignal { rx }
+    pub(crate) fn new(cell: Arc<PriorityCell>) -> Self {
+        PrioritySignal { cell, seen: 0 }
     }
 
     /// The latest priority the client signalled (RFC 9218 defaults if it signalled none).
     pub fn current(&self) -> Priority {
-        *self.rx.borrow()
+        self.cell.lock().current
     }
 
-    /// Waits for the client's next PRIORITY_UPDATE and returns the new priority; `None` once
-    /// the stream is gone.
+    /// Waits for the client's next PRIORITY_UPDATE (one this handle has not returned yet)
+    /// and returns the new priority; `None` once the stream is gone.
     ///
-    /// Cancel safety: cancel-safe; an update that arrives while no one waits is still seen by
-    /// the next call (and by [`PrioritySignal::current`]).
+    /// Cancel safety: cancel-safe; an update that arrives while no one waits is returned by
+    /// the next call (and shown by [`PrioritySignal::current`]).
     pub async fn changed(&mut self) -> Option<Priority> {
-        self.rx.changed().await.ok()?;
-        Some(*self.rx.borrow_and_update())
+        loop {
+            let notified = self.cell.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so an update between the two is not missed.
+            notified.as_mut().enable();
+            {
+                let mut s = self.cell.lock();
+                s.watched = true;
+                if s.version != self.seen {
+                    self.seen = s.version;
+                    return Some(s.current);
+                }
+                if s.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
     }
 }
 

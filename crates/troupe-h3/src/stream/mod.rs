@@ -152,7 +152,7 @@ pub(crate) enum Role {
         fin: bool,
         handler: Arc<dyn Handler>,
         /// The client's priority signal for this stream.
-        priority: tokio::sync::watch::Receiver<Priority>,
+        priority: Arc<crate::priority::PriorityCell>,
     },
     /// A client stream: the request headers are on the wire; send the body, await the reply.
     Client {
@@ -193,6 +193,9 @@ pub(crate) struct StreamState {
     body_sent: u64,
     /// Audit figures, shared with the connection and the application.
     stats: StreamStats,
+    /// What was last copied into `stats` (sent, received, send state, receive state): the
+    /// shared figures are only locked when something changed.
+    synced: (u64, u64, SendState, RecvState),
 }
 
 /// Interim responses waiting in a stream actor.
@@ -303,6 +306,7 @@ impl Actor for StreamActor {
             body_received: 0,
             body_sent: 0,
             stats: args.stats,
+            synced: (0, 0, SendState::Idle, RecvState::AwaitingHeaders),
         })
     }
 
@@ -400,7 +404,12 @@ impl StreamState {
     }
 
     /// Copies the byte counts and how each direction ended into the shared audit figures.
-    fn sync_audit(&self) {
+    fn sync_audit(&mut self) {
+        let now = (self.body_sent, self.body_received, self.send, self.recv);
+        if now == self.synced {
+            return;
+        }
+        self.synced = now;
         let send_end = match self.send {
             SendState::FinSent => Some(StreamEnd::Fin),
             SendState::ResetSent(c) => Some(StreamEnd::ResetSent(c)),
@@ -420,9 +429,8 @@ impl StreamState {
             a.send_end = send_end;
             a.recv_end = recv_end;
         });
-        if self.send.is_terminal() && self.recv.is_terminal() {
-            self.stats.end();
-        }
+        // The end is stamped by the connection when it retires the route (one clock read
+        // per stream, not two).
     }
 
     fn recv_fin(&mut self) {

@@ -115,7 +115,8 @@ mod tests {
 
     #[test]
     fn unusable_values_name_their_field() {
-        let cases: [(&str, fn(&mut H3Settings)); 5] = [
+        type Breaker = fn(&mut H3Settings);
+        let cases: [(&str, Breaker); 5] = [
             ("h3.recv_window", |s| s.recv_window = 64),
             ("h3.send_window", |s| s.send_window = 0),
             ("h3.qpack_max_table_capacity", |s| {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use troupe::h3::codes::H3_REQUEST_CANCELLED;
+use troupe::h3::codes::{H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED};
 use troupe::h3::{Body, IncomingRequest, RequestError, Responder, Server, ServerConfig};
 
 /// The application actor's messages: requests from the server, and test commands.
@@ -18,6 +18,8 @@ enum AppMsg {
     Request(Box<IncomingRequest>),
     /// Answer every request held so far.
     ReleaseHeld,
+    /// How many held responders report their stream gone.
+    HeldClosed(tokio::sync::oneshot::Sender<usize>),
 }
 
 impl From<IncomingRequest> for AppMsg {
@@ -33,7 +35,7 @@ impl TryFrom<AppMsg> for IncomingRequest {
     fn try_from(m: AppMsg) -> Result<Self, ()> {
         match m {
             AppMsg::Request(r) => Ok(*r),
-            AppMsg::ReleaseHeld => Err(()),
+            _ => Err(()),
         }
     }
 }
@@ -80,6 +82,9 @@ impl Actor for App {
                         let _ = responder.respond(http::Response::new(Body::from(text)));
                     }
                 }
+            }
+            AppMsg::HeldClosed(reply) => {
+                let _ = reply.send(held.iter().filter(|r| r.is_closed()).count());
             }
             AppMsg::ReleaseHeld => {
                 for r in held.drain(..) {
@@ -203,6 +208,17 @@ async fn a_gone_actor_means_rejected_requests() {
         Err(RequestError::Rejected) => {}
         other => panic!("expected Rejected, got {:?}", other.map(|r| r.status())),
     }
+    // Both directions carry the same code: STOP_SENDING and RESET_STREAM, H3_REQUEST_REJECTED.
+    let mut raw = common::raw::RawClient::connect(server.local_addr()).await;
+    let id = raw.request_open(&[
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/y"),
+    ]);
+    raw.send_body(id, b"body", false);
+    assert_eq!(raw.wait_stopped(id).await, H3_REQUEST_REJECTED);
+    assert_eq!(raw.outcome(id).await.reset, Some(H3_REQUEST_REJECTED));
 }
 
 /// The same actor reached through a `DerivedActorRef<IncomingRequest>`.
@@ -229,5 +245,40 @@ async fn a_derived_actor_ref_answers_requests() {
         "actor saw /derived on stream 0"
     );
     assert_eq!(delivered.load(Ordering::SeqCst), 1);
+    actor.stop(None);
+}
+
+/// A held responder learns that its stream is gone (the client reset it and stopped the
+/// response), so the application can drop it and free its place in the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responder_learns_its_stream_is_gone() {
+    let (server, actor, delivered) = start(16).await;
+    let mut raw = common::raw::RawClient::connect(server.local_addr()).await;
+    let id = raw.request_open(&[
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/hold"),
+    ]);
+    raw.send_body(id, b"x", false);
+    let d = delivered.clone();
+    raw.drive_while_waiting("delivery", move || d.load(Ordering::SeqCst) == 1)
+        .await;
+    let closed = |actor: ActorRef<AppMsg>| async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        actor.cast(AppMsg::HeldClosed(tx)).unwrap();
+        rx.await.unwrap()
+    };
+    assert_eq!(closed(actor.clone()).await, 0);
+    raw.reset(id, H3_REQUEST_CANCELLED);
+    raw.stop_sending(id, H3_REQUEST_CANCELLED);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed(actor.clone()).await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the responder never saw its stream go"
+        );
+        raw.exchange().await;
+    }
     actor.stop(None);
 }

@@ -13,8 +13,8 @@ use common::*;
 use tokio::sync::mpsc;
 use troupe::h3::codes::{H3_INTERNAL_ERROR, H3_NO_ERROR};
 use troupe::h3::{
-    Body, ClientEndpoint, ConnectionEvent, EventSink, H3Settings, Priority, PrioritySignal,
-    RecvBody, Server, ServerConfig, StreamEnd, StreamStats,
+    Body, ClientEndpoint, ConnectionEvent, EventSink, H3Settings, Interim, Priority,
+    PrioritySignal, RecvBody, Server, ServerConfig, StreamEnd, StreamStats,
 };
 use troupe::transport::{CloseReason, PrometheusMetrics, QuicSettings};
 
@@ -497,4 +497,99 @@ async fn handshake_failures_are_counted() {
         },
     )
     .await;
+}
+
+/// RFC 9218 on the wire: with two responses ready at once, the more urgent one is sent first,
+/// even on the later stream. Stream 0 asks for urgency 7; stream 4 signals nothing and gets the
+/// response default (urgency 3): when stream 4 has arrived whole, stream 0 has barely started.
+/// (A raw client, which records arrival without any reader pacing it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_responses_are_sent_first() {
+    // Windows big enough that flow control never holds the urgent stream back: quiche's own
+    // scheduler orders what is buffered.
+    urgent_first(Lazy::ClientSignal).await;
+}
+
+/// The handler chooses the low urgency itself, on a final response that follows a 103: the
+/// priority still reaches the scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_priority_after_interim_is_applied() {
+    urgent_first(Lazy::HandlerAfterInterim).await;
+}
+
+/// How the first stream comes to have urgency 7.
+#[derive(Clone, Copy, PartialEq)]
+enum Lazy {
+    /// The request's `priority: u=7`.
+    ClientSignal,
+    /// The handler's `Priority` on the final response, after a 103.
+    HandlerAfterInterim,
+}
+
+async fn urgent_first(how: Lazy) {
+    init_tracing();
+    const SIZE: usize = 32 << 20;
+    let both = Arc::new(tokio::sync::Barrier::new(2));
+    let b = both.clone();
+    let server = Server::bind(
+        loopback(),
+        ServerConfig::default(),
+        move |req: http::Request<RecvBody>| {
+            let both = b.clone();
+            async move {
+                let chooses = req.uri().path() == "/lazy-interim";
+                if chooses {
+                    let interim = req.extensions().get::<Interim>().unwrap();
+                    interim
+                        .send(http::StatusCode::EARLY_HINTS, http::HeaderMap::new())
+                        .unwrap();
+                }
+                // Both responses become ready together.
+                both.wait().await;
+                let mut resp = http::Response::new(Body::from(vec![1u8; SIZE]));
+                if chooses {
+                    resp.extensions_mut().insert(Priority::new(7, false));
+                }
+                resp
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let mut c = RawClient::connect_with_windows(server.local_addr(), 64 << 20, 256 << 20).await;
+    let request = |path: &'static str, priority: Option<&'static str>| {
+        let mut h = vec![
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", path),
+        ];
+        if let Some(p) = priority {
+            h.push(("priority", p));
+        }
+        h
+    };
+    let lazy = match how {
+        Lazy::ClientSignal => c.request(&request("/lazy", Some("u=7"))),
+        Lazy::HandlerAfterInterim => c.request(&request("/lazy-interim", None)),
+    };
+    c.exchange().await;
+    eventually(
+        Duration::from_secs(5),
+        "the first request at the server",
+        || async { routed_count(&server).await == 1 },
+    )
+    .await;
+    let default = c.request(&request("/default", None));
+    assert_eq!((lazy, default), (0, 4));
+    let mut o = StreamOutcome::default();
+    c.drive_until(default, &mut o, "the default response", |o| o.finished)
+        .await;
+    assert_eq!(o.body, SIZE);
+    let lazy_arrived = c.read_available(lazy);
+    assert!(
+        lazy_arrived < SIZE / 8,
+        "the urgency-7 response had {lazy_arrived} of {SIZE} bytes when the default one was \
+         complete: it was not sent after it"
+    );
 }

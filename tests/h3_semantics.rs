@@ -33,6 +33,10 @@ async fn early_hints_then_final_response() {
             "link",
             HeaderValue::from_static("</style.css>; rel=preload; as=style"),
         );
+        // Any number of interim responses: 100 Continue, then 103 Early Hints.
+        interim
+            .send(StatusCode::CONTINUE, HeaderMap::new())
+            .unwrap();
         interim.send(StatusCode::EARLY_HINTS, hints).unwrap();
         assert!(
             interim.send(StatusCode::OK, HeaderMap::new()).is_err(),
@@ -49,10 +53,11 @@ async fn early_hints_then_final_response() {
         .get::<InterimResponses>()
         .expect("the 103 was received")
         .clone();
-    assert_eq!(interim.0.len(), 1);
-    assert_eq!(interim.0[0].status, StatusCode::EARLY_HINTS);
+    assert_eq!(interim.0.len(), 2);
+    assert_eq!(interim.0[0].status, StatusCode::CONTINUE);
+    assert_eq!(interim.0[1].status, StatusCode::EARLY_HINTS);
     assert_eq!(
-        interim.0[0].headers["link"],
+        interim.0[1].headers["link"],
         "</style.css>; rel=preload; as=style"
     );
     assert_eq!(

@@ -95,3 +95,106 @@ async fn drain_deadline_closes_what_is_left() {
     let err = resp.into_body().collect().await.unwrap_err();
     assert!(matches!(err, troupe::h3::BodyError::Aborted(_)), "{err:?}");
 }
+
+/// Requests still waiting in the client for a stream when GOAWAY arrives fail with
+/// `GoingAway` (not processed: retry elsewhere); the one in flight completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_fails_requests_still_waiting_for_a_stream() {
+    init_tracing();
+    let mut config = ServerConfig::default();
+    config.quic.initial_max_streams_bidi = 1;
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let server = std::sync::Arc::new(
+        troupe::h3::Server::bind(
+            loopback(),
+            config,
+            move |_req: http::Request<troupe::h3::RecvBody>| {
+                let gate = gate.clone();
+                async move {
+                    gate.notified().await;
+                    http::Response::new(troupe::h3::Body::from("done"))
+                }
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let (_ep, client) = connect(&server).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let client = client.clone();
+        let req = get(&server, "/held");
+        tasks.push(tokio::spawn(async move { client.send(req).await }));
+    }
+    // One on the wire, two waiting in the client for MAX_STREAMS.
+    eventually(
+        Duration::from_secs(5),
+        "one request at the server",
+        || async { routed_count(&server).await == 1 },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "two waiting", || async {
+        client.waiting_requests() == 2
+    })
+    .await;
+    let shutdown = tokio::spawn({
+        let server = server.clone();
+        async move { server.shutdown_gracefully(Duration::from_secs(10)).await }
+    });
+    eventually(Duration::from_secs(5), "GOAWAY received", || async {
+        client.goaway_received().is_some()
+    })
+    .await;
+    release.notify_one();
+    let mut done = 0;
+    let mut going_away = 0;
+    for t in tasks {
+        match tokio::time::timeout(Duration::from_secs(10), t)
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            Ok(r) => {
+                assert_eq!(r.into_body().collect().await.unwrap(), "done");
+                done += 1;
+            }
+            Err(RequestError::GoingAway) => going_away += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!((done, going_away), (1, 2));
+    assert!(shutdown.await.unwrap(), "drained before the deadline");
+}
+
+/// A connection still in its handshake when the graceful shutdown starts gets its GOAWAY once
+/// established, and closes at once (idle), long before the drain deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshaking_connection_is_drained_too() {
+    let mut config = ServerConfig::default();
+    config.quic.retry = false;
+    let server = builtin_server(config).await;
+    let mut c = common::raw::RawClient::start(server.local_addr()).await;
+    eventually(
+        Duration::from_secs(5),
+        "a connection in its handshake",
+        || async { server.endpoint().connection_count() == 1 },
+    )
+    .await;
+    let mut shutdown = Box::pin(server.shutdown_gracefully(Duration::from_secs(30)));
+    // The first poll stops accepting and broadcasts GOAWAY, then waits for the drain.
+    assert!(futures::poll!(&mut shutdown).is_pending());
+    c.complete_handshake().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let drained = loop {
+        c.exchange().await;
+        if let std::task::Poll::Ready(d) = futures::poll!(&mut shutdown) {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the handshaking connection was not drained"
+        );
+    };
+    assert!(drained, "closed by the drain, not by the deadline");
+}

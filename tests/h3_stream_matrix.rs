@@ -15,7 +15,10 @@ use common::raw::{RawClient, StreamOutcome};
 use common::*;
 use tokio::sync::{mpsc, Notify};
 use troupe::h3::codes::H3_REQUEST_CANCELLED;
-use troupe::h3::{Body, BodyError, RecvBody, Server, ServerConfig, StreamEnd, StreamStats};
+use troupe::h3::codes::{H3_INTERNAL_ERROR, H3_REQUEST_REJECTED};
+use troupe::h3::{
+    Body, BodyError, RecvBody, Server, ServerConfig, StreamControl, StreamEnd, StreamStats,
+};
 
 /// What the handlers report to the test.
 #[derive(Debug)]
@@ -103,6 +106,7 @@ async fn handle(
     let s = req.extensions().get::<StreamStats>().unwrap().clone();
     stats.lock().unwrap().insert(s.snapshot().stream_id, s);
     let path = req.uri().path().to_owned();
+    let control = req.extensions().get::<StreamControl>().unwrap().clone();
     let body = req.into_body();
     match path.as_str() {
         // Read the whole request body, then answer.
@@ -145,6 +149,19 @@ async fn handle(
             });
             http::Response::new(out)
         }
+        // A response that fits the client's window but takes several round trips to deliver:
+        // our FIN is written into quiche at once, long before the client has it.
+        "/600k" => {
+            drop(body);
+            http::Response::new(Body::from(vec![6u8; 600_000]))
+        }
+        // Stop receiving with our own code; answer.
+        "/shutdown-read" => {
+            let _keep = body;
+            control.shutdown_read(0x77);
+            http::Response::new(Body::from("answered"))
+        }
+        "/panic" => panic!("handler bug (expected by this test)"),
         // Drop the request body unread, wait for go, then answer.
         "/drop-body" => {
             drop(body);
@@ -211,21 +228,35 @@ async fn stop_sending_during_response() {
     assert!(a.bytes_sent >= 64 * 1024, "{a:?}");
 }
 
-/// STOP_SENDING after our FIN: nothing changes, our side ended with FIN.
+/// STOP_SENDING after our FIN: written into quiche, not yet received (the client loses the
+/// response's packets, so its receiving side is still open and it can send STOP_SENDING).
+/// Nothing changes for us: our side ended with FIN.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_sending_after_response() {
     let p = Probe::start().await;
     let mut c = RawClient::connect(p.server.local_addr()).await;
+    c.drop_incoming = true;
     let id = c.request(&req("/small"));
-    let mut o = StreamOutcome::default();
-    c.drive_until(id, &mut o, "response headers", |o| o.status.is_some())
-        .await;
-    // The stream may already be collected on our side if its FIN was read: then there is
-    // nothing to stop, which is the same outcome for the server.
-    let _ = c
-        .conn
-        .stream_shutdown(id, troupe::transport::quiche::Shutdown::Read, 0x42);
-    c.exchange().await;
+    c.flush().await;
+    // Our FIN is written: the stream actor ended, its route is gone. The client stays idle
+    // meanwhile (no timers run, so no retransmission backs off its sending).
+    let server = &p.server;
+    let stats = p.stats.clone();
+    eventually(Duration::from_secs(5), "the response written", || {
+        let stats = stats.clone();
+        async move {
+            let registered = stats.lock().unwrap().contains_key(&id);
+            registered && routed_count(server).await == 0
+        }
+    })
+    .await;
+    c.stop_sending(id, 0x42);
+    c.flush().await;
+    wait_for_server(&mut c, server, "the STOP_SENDING", |s| {
+        s.stopped_stream_count_remote == 1
+    })
+    .await;
+    c.drop_incoming = false;
     let (send, recv) = p.ended(id).await;
     assert_eq!(send, Some(StreamEnd::Fin));
     assert_eq!(recv, Some(StreamEnd::Fin));
@@ -301,9 +332,11 @@ async fn reset_after_request_body() {
         }
     }
     c.reset(id, 0x42);
-    for _ in 0..3 {
-        c.exchange().await;
-    }
+    // The RESET_STREAM reached the server before it answers.
+    wait_for_server(&mut c, &p.server, "the RESET_STREAM", |s| {
+        s.reset_stream_count_remote == 1
+    })
+    .await;
     p.go.notify_one();
     let o = c.outcome(id).await;
     assert_eq!(o.status.as_deref(), Some("200"));
@@ -347,5 +380,99 @@ impl Probe {
             );
             c.exchange().await;
         }
+    }
+}
+
+/// The application stops receiving with its own code: STOP_SENDING with exactly that code;
+/// the response still goes out whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_shuts_down_reading_only() {
+    let p = Probe::start().await;
+    let mut c = RawClient::connect(p.server.local_addr()).await;
+    let id = c.request_open(&req("/shutdown-read"));
+    c.send_body(id, &[1u8; 100], false);
+    assert_eq!(c.wait_stopped(id).await, 0x77);
+    let o = c.outcome(id).await;
+    assert!(o.finished && o.data == b"answered", "{o:?}");
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::Fin));
+    assert_eq!(recv, Some(StreamEnd::StopSendingSent(0x77)));
+}
+
+/// A handler panic resets its stream both ways with H3_INTERNAL_ERROR: RESET_STREAM on the
+/// response and STOP_SENDING on the request body; the audit records the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_panic_resets_both_directions() {
+    let p = Probe::start().await;
+    let mut c = RawClient::connect(p.server.local_addr()).await;
+    let id = c.request_open(&req("/panic"));
+    c.send_body(id, &[1u8; 100], false);
+    assert_eq!(c.wait_stopped(id).await, H3_INTERNAL_ERROR);
+    let o = c.outcome(id).await;
+    assert_eq!(o.reset, Some(H3_INTERNAL_ERROR));
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::ResetSent(H3_INTERNAL_ERROR)));
+    assert_eq!(recv, Some(StreamEnd::StopSendingSent(H3_INTERNAL_ERROR)));
+    assert!(p.stats(id).snapshot().failed);
+    // The connection carries on.
+    let id2 = c.request(&req("/small"));
+    let o = c.outcome(id2).await;
+    assert!(o.finished && o.data == b"small", "{o:?}");
+}
+
+/// A request on a stream at or above the GOAWAY's ID (sent by a client that had not yet read
+/// the GOAWAY) is refused with H3_REQUEST_REJECTED; the one in flight completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_after_goaway_is_rejected() {
+    init_tracing();
+    let mut config = ServerConfig::default();
+    // GOAWAY(4) is decided the moment the first request is accepted.
+    config.h3.max_requests_per_connection = Some(1);
+    let go = Arc::new(Notify::new());
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let g = go.clone();
+    let server = Server::bind(loopback(), config, move |_req: http::Request<RecvBody>| {
+        let (go, tx) = (g.clone(), tx.clone());
+        async move {
+            let _ = tx.send(());
+            go.notified().await;
+            http::Response::new(Body::from("first"))
+        }
+    })
+    .await
+    .unwrap();
+    let mut c = RawClient::connect(server.local_addr()).await;
+    let first = c.request(&req("/first"));
+    c.drive_while_waiting("the first handler to start", || started.try_recv().is_ok())
+        .await;
+    // The raw client has not polled HTTP/3, so it sends regardless of the GOAWAY.
+    let second = c.request(&req("/second"));
+    assert_eq!(second, 4);
+    let o = c.outcome(second).await;
+    assert_eq!(o.reset, Some(H3_REQUEST_REJECTED));
+    go.notify_one();
+    let o = c.outcome(first).await;
+    assert!(o.finished && o.data == b"first", "{o:?}");
+}
+
+/// Drives the raw client (its packets must flow) until the server's quiche counters satisfy
+/// `done`.
+async fn wait_for_server(
+    c: &mut RawClient,
+    server: &Server,
+    what: &str,
+    done: impl Fn(&troupe::transport::quiche::Stats) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        c.exchange().await;
+        let infos = server_connection_infos(server).await;
+        if infos.iter().any(|i| done(&i.stats)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never got {what}"
+        );
     }
 }

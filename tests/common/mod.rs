@@ -75,6 +75,23 @@ pub async fn routed_count(server: &Server) -> usize {
     server.routed_streams().await.iter().map(Vec::len).sum()
 }
 
+/// The server connections' figures, asked of each connection actor.
+pub async fn server_connection_infos(server: &Server) -> Vec<troupe::transport::ConnectionInfo> {
+    let mut out = Vec::new();
+    for conn in server.endpoint().connections() {
+        if let Ok(ractor::rpc::CallResult::Success(info)) = conn
+            .call(
+                troupe::transport::ConnMsg::Info,
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        {
+            out.push(info);
+        }
+    }
+    out
+}
+
 /// Polls `check` until it returns true or `deadline` passes; panics with `what` on timeout.
 pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
 where

@@ -13,6 +13,8 @@ pub struct RawClient {
     socket: tokio::net::UdpSocket,
     peer: SocketAddr,
     local: SocketAddr,
+    /// Lose every datagram that arrives (as if the path dropped them) while set.
+    pub drop_incoming: bool,
 }
 
 /// What happened on one stream, as seen by the raw client.
@@ -39,7 +41,48 @@ impl StreamOutcome {
 
 impl RawClient {
     pub async fn connect(peer: SocketAddr) -> RawClient {
+        Self::connect_with_windows(peer, 1 << 20, 10 << 20).await
+    }
+
+    /// With chosen per-stream and connection receive windows.
+    pub async fn connect_with_windows(peer: SocketAddr, stream: u64, conn: u64) -> RawClient {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
+        config.set_application_protos(&[b"h3"]).unwrap();
+        config.verify_peer(false);
+        config.set_max_idle_timeout(10_000);
+        config.set_initial_max_data(conn);
+        config.set_initial_max_stream_data_bidi_local(stream);
+        config.set_initial_max_stream_data_bidi_remote(stream);
+        config.set_initial_max_stream_data_uni(1 << 20);
+        config.set_initial_max_streams_bidi(100);
+        config.set_initial_max_streams_uni(100);
+        let scid = quiche::ConnectionId::from_vec(vec![9u8; 16]);
+        let conn = quiche::connect(Some("localhost"), &scid, local, peer, &mut config).unwrap();
+        let mut c = RawClient {
+            conn,
+            h3: None,
+            socket,
+            peer,
+            local,
+            drop_incoming: false,
+        };
+        c.complete_handshake().await;
+        c
+    }
+
+    /// Sends the first flight only: the server has a connection in its handshake.
+    pub async fn start(peer: SocketAddr) -> RawClient {
+        let mut c = Self::connect_unstarted(peer);
+        c.flush().await;
+        c
+    }
+
+    fn connect_unstarted(peer: SocketAddr) -> RawClient {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
         let local = socket.local_addr().unwrap();
         let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
         config.set_application_protos(&[b"h3"]).unwrap();
@@ -53,22 +96,27 @@ impl RawClient {
         config.set_initial_max_streams_uni(100);
         let scid = quiche::ConnectionId::from_vec(vec![9u8; 16]);
         let conn = quiche::connect(Some("localhost"), &scid, local, peer, &mut config).unwrap();
-        let mut c = RawClient {
+        RawClient {
             conn,
             h3: None,
             socket,
             peer,
             local,
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !c.conn.is_established() {
-            assert!(Instant::now() < deadline, "raw client handshake timed out");
-            c.exchange().await;
+            drop_incoming: false,
         }
-        let h3 = h3::Connection::with_transport(&mut c.conn, &h3::Config::new().unwrap()).unwrap();
-        c.h3 = Some(h3);
-        c.flush().await;
-        c
+    }
+
+    /// Drives the handshake to completion and opens HTTP/3.
+    pub async fn complete_handshake(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.conn.is_established() {
+            assert!(Instant::now() < deadline, "raw client handshake timed out");
+            self.exchange().await;
+        }
+        let h3 =
+            h3::Connection::with_transport(&mut self.conn, &h3::Config::new().unwrap()).unwrap();
+        self.h3 = Some(h3);
+        self.flush().await;
     }
 
     pub async fn flush(&mut self) {
@@ -88,6 +136,7 @@ impl RawClient {
             .min(Duration::from_millis(50));
         let mut buf = [0u8; 65535];
         match tokio::time::timeout(wait, self.socket.recv_from(&mut buf)).await {
+            Ok(Ok(_)) if self.drop_incoming => while self.socket.try_recv_from(&mut buf).is_ok() {},
             Ok(Ok((n, from))) => {
                 let info = quiche::RecvInfo {
                     from,
@@ -239,6 +288,20 @@ impl RawClient {
         o
     }
 
+    /// Reads whatever body bytes of `stream` have arrived, without touching the network.
+    pub fn read_available(&mut self, stream: u64) -> usize {
+        let mut buf = [0u8; 65535];
+        let mut n = 0;
+        let h3 = self.h3.as_mut().unwrap();
+        while let Ok(k) = h3.recv_body(&mut self.conn, stream, &mut buf) {
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    }
+
     /// Drives the connection until the peer has sent STOP_SENDING for `stream`; its code.
     pub async fn wait_stopped(&mut self, stream: u64) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -254,8 +317,21 @@ impl RawClient {
         }
     }
 
+    /// Drives the connection until `stream` has bytes to read (nothing is read: the stream
+    /// stays open on our side).
+    pub async fn wait_readable(&mut self, stream: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.conn.stream_readable(stream) {
+            assert!(
+                Instant::now() < deadline,
+                "nothing readable on {stream} within 5 s"
+            );
+            self.exchange().await;
+        }
+    }
+
     /// Drives the connection (flushing what we queued) until `check()` holds.
-    pub async fn drive_while_waiting(&mut self, what: &str, check: impl Fn() -> bool) {
+    pub async fn drive_while_waiting(&mut self, what: &str, mut check: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !check() {
             assert!(Instant::now() < deadline, "no {what} within 5 s");

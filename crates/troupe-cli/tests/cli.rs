@@ -213,9 +213,23 @@ fn bad_input_names_what_is_wrong() {
 /// SIGTERM while a download is in flight: it completes, then the server exits 0.
 #[test]
 fn sigterm_finishes_downloads_then_exits_zero() {
+    signal_finishes_downloads_then_exits_zero("-TERM");
+}
+
+/// The same for SIGINT (Ctrl-C).
+#[test]
+fn sigint_finishes_downloads_then_exits_zero() {
+    signal_finishes_downloads_then_exits_zero("-INT");
+}
+
+fn signal_finishes_downloads_then_exits_zero(signal: &str) {
     let (mut server, port, cert) = serve(&[]);
     let pid = server.0.id().to_string();
-    let dir = std::env::temp_dir().join(format!("troupe-cli-term-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "troupe-cli-{}-{}",
+        signal.trim_start_matches('-'),
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("big.bin");
     let n = 300 << 20;
@@ -235,10 +249,15 @@ fn sigterm_finishes_downloads_then_exits_zero() {
             std::time::Instant::now() < deadline,
             "download never started"
         );
-        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = Command::new("kill").args([signal, &pid]).status().unwrap();
     assert!(status.success());
+    let at_signal = std::fs::metadata(&out).unwrap().len();
+    assert!(
+        at_signal < n as u64,
+        "the download had already finished when the signal was sent"
+    );
     assert!(
         get.wait().unwrap().success(),
         "the download in flight must complete"

@@ -365,7 +365,9 @@ impl H3App {
         {
             // The last request this connection takes: GOAWAY now, drain, close.
             debug!(stream_id, "max requests per connection reached: GOAWAY");
-            self.goaway = Goaway::Pending(stream_id + 4);
+            // The highest accepted request may be above this one (streams can arrive out of
+            // order): refuse only what comes after all of them.
+            self.goaway = Goaway::Pending(self.max_request_id.map_or(0, |m| m + 4));
             self.try_send_goaway(cx);
         }
         let head = match headers::parse_request(&list) {
@@ -386,11 +388,8 @@ impl H3App {
         if let Some(p) = self.take_priority_update(stream_id) {
             signalled = Some(p);
         }
-        let effective = signalled.unwrap_or(Priority::RESPONSE_DEFAULT);
-        let _ = cx
-            .conn
-            .stream_priority(stream_id, effective.urgency, effective.incremental);
-        let prio = PriorityCell::new(signalled.unwrap_or(Priority::REQUEST_DEFAULT));
+        // Applied to quiche's scheduler when the response starts (see `write_streams`).
+        let prio = PriorityCell::new(signalled);
         let role = Role::Server {
             head,
             fin: !more_frames,
@@ -544,16 +543,36 @@ impl H3App {
                         trailer,
                         priority,
                     } => {
+                        // RFC 9218: the handler's priority if it chose one, else the client's
+                        // latest signal, else the response default (u=3, incremental). quiche
+                        // would otherwise reset the stream to u=3 non-incremental.
                         let r = match (route.headers_sent, priority) {
-                            (true, _) => h3.send_additional_headers(conn, id, list, *trailer, *fin),
-                            (false, Some(p)) => h3.send_response_with_priority(
+                            (true, None) => {
+                                h3.send_additional_headers(conn, id, list, *trailer, *fin)
+                            }
+                            // A final response after interim ones, with its own priority.
+                            (true, Some(p)) => h3.send_additional_headers_with_priority(
                                 conn,
                                 id,
                                 list,
-                                &h3::Priority::new(p.urgency, p.incremental),
+                                &quiche_priority(*p),
+                                *trailer,
                                 *fin,
                             ),
-                            (false, None) => h3.send_response(conn, id, list, *fin),
+                            (false, p) => {
+                                let p = p
+                                    .or_else(|| {
+                                        route.priority.as_ref().and_then(|c| c.client_signal())
+                                    })
+                                    .unwrap_or(Priority::RESPONSE_DEFAULT);
+                                h3.send_response_with_priority(
+                                    conn,
+                                    id,
+                                    list,
+                                    &quiche_priority(p),
+                                    *fin,
+                                )
+                            }
                         };
                         match r {
                             Ok(()) => {
@@ -773,6 +792,15 @@ impl H3App {
     }
 }
 
+/// quiche's HTTP/3 layer maps RFC 9218 urgency 0..=7 onto its stream urgencies 124..=131
+/// (below them: its own control and QPACK streams). A direct `stream_priority` call must add
+/// the same offset, or the stream would outrank every response.
+const QUICHE_URGENCY_OFFSET: u8 = 124;
+
+fn quiche_priority(p: Priority) -> h3::Priority {
+    h3::Priority::new(p.urgency, p.incremental)
+}
+
 fn internal(e: h3::Error) -> AppError {
     AppError {
         code: H3_INTERNAL_ERROR,
@@ -873,13 +901,19 @@ impl ConnectionApp for H3App {
                     if self.routes.contains_key(&stream_id) {
                         if let Some(p) = self.take_priority_update(stream_id) {
                             trace!(stream_id, ?p, "PRIORITY_UPDATE");
-                            let _ = cx.conn.stream_priority(stream_id, p.urgency, p.incremental);
-                            if let Some(tx) = self
+                            // Latest wins, even over the handler's own choice; before the
+                            // response starts it is applied then, from the cell.
+                            let _ = cx.conn.stream_priority(
+                                stream_id,
+                                p.urgency.min(crate::priority::URGENCY_MAX) + QUICHE_URGENCY_OFFSET,
+                                p.incremental,
+                            );
+                            if let Some(cell) = self
                                 .routes
                                 .get(&stream_id)
                                 .and_then(|r| r.priority.as_ref())
                             {
-                                tx.set(p);
+                                cell.set(p);
                             }
                         }
                     }

@@ -5,12 +5,13 @@
 //!
 //! A connection actor never waits for the application: waiting would stall every stream on
 //! the connection. Events therefore go out with a non-blocking send. A connection produces at
-//! most two events in its life (SETTINGS, then Closed), so what is queued is bounded by the
-//! number of connections: an [`EventSink::Actor`] mailbox cannot grow beyond that. An
-//! [`EventSink::Channel`] is a bounded `tokio::sync::mpsc` channel; when it is full, the event
-//! is dropped and counted in [`EventSink::dropped`] — size the channel for the connection
-//! churn you expect between reads. (Request events are different: see
-//! [`crate::Server::bind_actor`].)
+//! most two events in its life (SETTINGS, then Closed). Delivered to an actor
+//! ([`EventSink::actor`]), they queue in its (unbounded) mailbox: an actor that falls behind
+//! holds at most two events per connection opened meanwhile, so the backlog is bounded by
+//! connection churn, not by traffic. A channel sink ([`EventSink::channel`]) is a bounded
+//! `tokio::sync::mpsc` channel: when it is full the event is dropped and counted in
+//! [`EventSink::dropped`]; size it for the churn you expect between reads. (Request events are
+//! different: see [`crate::Server::bind_actor`].)
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

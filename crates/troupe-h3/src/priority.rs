@@ -88,6 +88,8 @@ impl Default for Priority {
 #[derive(Debug)]
 struct PriorityState {
     current: Priority,
+    /// The client signalled a priority (a `priority` field or a PRIORITY_UPDATE).
+    signalled: bool,
     /// Bumped by every update, so a watcher knows what it has seen.
     version: u64,
     /// The stream is gone: no update will come.
@@ -106,10 +108,13 @@ pub(crate) struct PriorityCell {
 }
 
 impl PriorityCell {
-    pub(crate) fn new(current: Priority) -> Arc<Self> {
+    /// The cell for a request whose client signalled `signalled` (`None`: nothing, and the
+    /// RFC 9218 defaults stand).
+    pub(crate) fn new(signalled: Option<Priority>) -> Arc<Self> {
         Arc::new(PriorityCell {
             state: Mutex::new(PriorityState {
-                current,
+                current: signalled.unwrap_or(Priority::REQUEST_DEFAULT),
+                signalled: signalled.is_some(),
                 version: 0,
                 closed: false,
                 watched: false,
@@ -127,12 +132,19 @@ impl PriorityCell {
         let watched = {
             let mut s = self.lock();
             s.current = p;
+            s.signalled = true;
             s.version += 1;
             s.watched
         };
         if watched {
             self.notify.notify_waiters();
         }
+    }
+
+    /// The client's latest explicit signal, if it sent one.
+    pub(crate) fn client_signal(&self) -> Option<Priority> {
+        let s = self.lock();
+        s.signalled.then_some(s.current)
     }
 
     /// The stream is gone.

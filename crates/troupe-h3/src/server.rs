@@ -186,6 +186,20 @@ impl Responder {
         self.stream_id
     }
 
+    /// Whether the stream is already gone (the client reset it, or the connection closed):
+    /// answering is pointless. Dropping the responder then frees its place in the budget of
+    /// unanswered requests.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Waits until the stream is gone without an answer (see [`Responder::is_closed`]).
+    ///
+    /// Cancel safety: cancel-safe.
+    pub async fn closed(&mut self) {
+        self.tx.closed().await
+    }
+
     /// Sends the response (its body streams from `resp`'s body). Gives the response back if
     /// the stream is already gone (the client reset it, or the connection closed).
     pub fn respond(self, resp: Response<Body>) -> Result<(), Box<Response<Body>>> {
@@ -199,6 +213,8 @@ type Deliver = Arc<dyn Fn(IncomingRequest) -> bool + Send + Sync>;
 /// to the application's actor and waits for its answer.
 struct ActorHandler {
     deliver: Deliver,
+    /// The application's actor, to tell whether it still takes messages.
+    target: ractor::ActorCell,
     /// Requests delivered and not yet answered, at most `max_unanswered_requests`.
     budget: Arc<Semaphore>,
 }
@@ -207,6 +223,7 @@ impl Handler for ActorHandler {
     fn call(&self, req: Request<RecvBody>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
         let deliver = self.deliver.clone();
         let budget = self.budget.clone();
+        let target = self.target.clone();
         Box::pin(async move {
             let control = req.extensions().get::<StreamControl>().cloned();
             let stream_id = control.as_ref().map_or(0, |c| c.stream_id());
@@ -215,6 +232,15 @@ impl Handler for ActorHandler {
             let Ok(permit) = budget.acquire_owned().await else {
                 return std::future::pending().await;
             };
+            if !ractor::ACTIVE_STATES.contains(&target.get_status()) {
+                // The application actor is gone: not processed. Both directions get the same
+                // code, decided before the request (and its body) is dropped.
+                if let Some(c) = &control {
+                    c.shutdown(Some(H3_REQUEST_REJECTED), Some(H3_REQUEST_REJECTED));
+                }
+                drop(req);
+                return std::future::pending().await;
+            }
             let (tx, rx) = oneshot::channel();
             let incoming = IncomingRequest {
                 request: req,
@@ -231,7 +257,7 @@ impl Handler for ActorHandler {
                     Err(_) => H3_REQUEST_CANCELLED,
                 }
             } else {
-                // The application actor is gone: the request was not processed.
+                // The actor stopped between the check and the delivery: not processed.
                 H3_REQUEST_REJECTED
             };
             if let Some(c) = control {
@@ -262,8 +288,9 @@ impl Server {
     where
         M: Message + From<IncomingRequest>,
     {
+        let target = actor.get_cell();
         let deliver: Deliver = Arc::new(move |req| actor.cast(M::from(req)).is_ok());
-        Self::bind_deliver(addr, config, deliver).await
+        Self::bind_deliver(addr, config, deliver, target).await
     }
 
     /// [`Server::bind_actor`] for a derived actor reference (`actor.get_derived()`).
@@ -272,17 +299,28 @@ impl Server {
         config: ServerConfig,
         actor: DerivedActorRef<IncomingRequest>,
     ) -> Result<Server, EndpointError> {
+        let target = actor.get_cell();
         let deliver: Deliver = Arc::new(move |req| actor.send_message(req).is_ok());
-        Self::bind_deliver(addr, config, deliver).await
+        Self::bind_deliver(addr, config, deliver, target).await
     }
 
     async fn bind_deliver(
         addr: SocketAddr,
         config: ServerConfig,
         deliver: Deliver,
+        target: ractor::ActorCell,
     ) -> Result<Server, EndpointError> {
         config.h3.validate()?;
         let budget = Arc::new(Semaphore::new(config.h3.max_unanswered_requests));
-        Self::bind(addr, config, ActorHandler { deliver, budget }).await
+        Self::bind(
+            addr,
+            config,
+            ActorHandler {
+                deliver,
+                target,
+                budget,
+            },
+        )
+        .await
     }
 }

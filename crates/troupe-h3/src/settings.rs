@@ -11,7 +11,9 @@ pub struct H3Settings {
     /// Per-stream send window: at most this many body bytes are handed to the connection actor
     /// and not yet written into quiche. Default 256 KiB.
     pub send_window: usize,
-    /// SETTINGS_MAX_FIELD_SECTION_SIZE we advertise; `None` = unlimited (quiche's default).
+    /// SETTINGS_MAX_FIELD_SECTION_SIZE we advertise: the largest header section a peer may
+    /// send us (a larger one is refused with H3_EXCESSIVE_LOAD). `None` = quiche's default,
+    /// 32 KiB today: roomy for browsers' cookies, small enough to bound a decoder's work.
     pub max_field_section_size: Option<u64>,
     /// SETTINGS_QPACK_MAX_TABLE_CAPACITY. Must be 0 (the default): quiche's QPACK decoder has
     /// no dynamic table, so a non-zero capacity would invite peers to send header blocks that

@@ -29,6 +29,10 @@ const MAX_GSO_SEGMENTS: usize = 64;
 /// Most bytes in one GSO send: under the 65,507-byte UDP payload limit of IPv4 with room to spare.
 const MAX_GSO_BYTES: usize = 65_000;
 
+/// Application messages kept for a connection still in its handshake; more are dropped (and
+/// logged). 64: only control messages (shutdown, close) reach a connection that early.
+const EARLY_APP_MESSAGES: usize = 64;
+
 /// How long a closing connection waits for its child actors to stop before it exits anyway.
 /// 2 s: children only flush state on stop, so anything slower is stuck.
 const CHILD_STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -321,6 +325,9 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     timer: watch::Sender<Option<Instant>>,
     armed: Option<Instant>,
     flush_scheduled: bool,
+    /// Application messages that arrived during the handshake (a graceful shutdown's GOAWAY,
+    /// say), handed over once established. Bounded by `EARLY_APP_MESSAGES`.
+    early: Vec<A::Msg>,
     trace_id: String,
     span: tracing::Span,
 }
@@ -458,6 +465,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             timer: spawn_timer(myself),
             armed: None,
             flush_scheduled: false,
+            early: Vec::new(),
             trace_id,
             span,
         })
@@ -614,6 +622,12 @@ impl<A: ConnectionApp> ConnState<A> {
                 if self.is_established() {
                     let mut cx = cx!(self, myself);
                     app_result = self.app.on_message(&mut cx, m).await;
+                } else if matches!(self.stage, Stage::Handshake { .. })
+                    && self.early.len() < EARLY_APP_MESSAGES
+                {
+                    self.early.push(m);
+                } else {
+                    debug!("application message dropped: connection not established");
                 }
                 // Coalesce: flush once after the messages already queued are handled.
                 if !self.flush_scheduled {
@@ -674,7 +688,15 @@ impl<A: ConnectionApp> ConnState<A> {
         );
         self.issue_scids();
         let mut cx = cx!(self, myself);
-        let r = self.app.on_established(&mut cx).await;
+        let mut r = self.app.on_established(&mut cx).await;
+        // Messages that came during the handshake, in order.
+        for m in std::mem::take(&mut self.early) {
+            if r.is_err() {
+                break;
+            }
+            let mut cx = cx!(self, myself);
+            r = self.app.on_message(&mut cx, m).await;
+        }
         if let Err(e) = r {
             self.app_error(e);
         } else if let Some(tx) = self.established.take() {

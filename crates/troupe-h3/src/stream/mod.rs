@@ -179,7 +179,7 @@ pub(crate) struct StreamState {
     reply: Option<ReplyTx>,
     waker: Arc<ActorWaker>,
     span: tracing::Span,
-    stopping: bool,
+    stop_latch: state::StopLatch,
     is_server: bool,
     /// Server: interim responses the handler sent, not yet handed over.
     interim: Option<Arc<InterimQueue>>,
@@ -298,7 +298,7 @@ impl Actor for StreamActor {
                 scheduled: AtomicBool::new(false),
             }),
             span,
-            stopping: false,
+            stop_latch: state::StopLatch::default(),
             is_server,
             interim: None,
             interim_received: Vec::new(),
@@ -751,8 +751,7 @@ impl StreamState {
             });
         }
 
-        if self.send.is_terminal() && self.recv.is_terminal() && !self.stopping {
-            self.stopping = true;
+        if self.stop_latch.check(self.send, self.recv) {
             trace!("stream done");
             myself.stop(None);
         }

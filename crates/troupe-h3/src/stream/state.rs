@@ -84,7 +84,10 @@ impl SendState {
                 };
                 Ok(())
             }
-            SendState::FinQueued { inflight } if bytes <= inflight => {
+            // The FIN is written only with the last byte: everything handed is then written.
+            SendState::FinQueued { inflight }
+                if bytes == inflight || (!fin && bytes < inflight) =>
+            {
                 *self = if fin {
                     SendState::FinSent
                 } else {
@@ -184,6 +187,25 @@ impl RecvState {
     }
 }
 
+/// Decides when the stream actor stops: exactly once, the first time both directions are
+/// terminal (the actor asks ractor to stop then; later turns must not ask again).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StopLatch {
+    fired: bool,
+}
+
+impl StopLatch {
+    /// Whether the actor must stop now.
+    pub fn check(&mut self, send: SendState, recv: RecvState) -> bool {
+        if !self.fired && send.is_terminal() && recv.is_terminal() {
+            self.fired = true;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +264,59 @@ mod tests {
                 if let Some(t) = terminal_at { prop_assert_eq!(s, t); }
                 if s.is_terminal() && terminal_at.is_none() { terminal_at = Some(s); }
                 prop_assert!(fins_queued <= 1);
+            }
+        }
+
+        /// Both directions together, with the actor's stop decision after every event: it stops
+        /// at most once, and exactly once if both directions end.
+        #[test]
+        fn the_actor_stops_exactly_once(
+            evs in proptest::collection::vec((any::<bool>(), send_ev(), 0u8..5), 0..60),
+        ) {
+            let mut s = SendState::Idle;
+            let mut r = RecvState::Open;
+            let mut latch = StopLatch::default();
+            let mut stops = 0;
+            for (to_send, sev, rev) in evs {
+                if to_send {
+                    let _ = match sev {
+                        SendEv::Hand(n, f) => s.on_handed(n, f),
+                        SendEv::Written(n, f) => s.on_written(n, f),
+                        SendEv::Reset(c) => s.on_reset(c),
+                        SendEv::Stop(c) => s.on_stop_sending(c),
+                    };
+                } else {
+                    let _ = match rev {
+                        0 => r.on_headers(false),
+                        1 => r.on_data(),
+                        2 => r.on_fin(),
+                        3 => r.on_reset(7),
+                        _ => r.on_stop_sending(0x10c),
+                    };
+                }
+                if latch.check(s, r) { stops += 1; }
+                prop_assert!(stops <= 1);
+            }
+            prop_assert_eq!(stops, usize::from(s.is_terminal() && r.is_terminal()));
+        }
+
+        /// A FIN is written only with every handed byte: never while bytes are outstanding.
+        #[test]
+        fn fin_is_written_last(evs in proptest::collection::vec(send_ev(), 0..40)) {
+            let mut s = SendState::Idle;
+            for ev in evs {
+                let before = s;
+                let r = match ev {
+                    SendEv::Hand(n, f) => s.on_handed(n, f),
+                    SendEv::Written(n, f) => s.on_written(n, f),
+                    SendEv::Reset(c) => s.on_reset(c),
+                    SendEv::Stop(c) => s.on_stop_sending(c),
+                };
+                if r.is_ok() && s == SendState::FinSent && before != SendState::FinSent {
+                    if let SendEv::Written(n, _) = ev {
+                        prop_assert_eq!(before, SendState::FinQueued { inflight: n });
+                    }
+                }
             }
         }
 

@@ -257,6 +257,8 @@ async fn stop_sending_after_response() {
     })
     .await;
     c.drop_incoming = false;
+    // The per-connection figures saw what the path did: the packets our client lost.
+    wait_for_server(&mut c, server, "loss detected", |s| s.lost > 0).await;
     let (send, recv) = p.ended(id).await;
     assert_eq!(send, Some(StreamEnd::Fin));
     assert_eq!(recv, Some(StreamEnd::Fin));

@@ -49,9 +49,49 @@ pub enum EndpointMsg {
     ConnectionCount(RpcReplyPort<usize>),
 }
 
+/// The live connection actors, for `Endpoint::wait_idle`. A connection counts from the moment
+/// its spawner (the receive loop, or `connect`) has it, not from when the endpoint actor gets
+/// around to its `ActorStarted` event: otherwise a graceful shutdown racing a fresh
+/// connection could see "no connection" and stop the endpoint under it.
+pub(crate) struct LiveSet {
+    /// Live IDs, and IDs whose stop was seen before their spawner recorded them.
+    ids: std::sync::Mutex<(
+        std::collections::HashSet<ractor::ActorId>,
+        std::collections::HashSet<ractor::ActorId>,
+    )>,
+    count: watch::Sender<usize>,
+}
+
+impl LiveSet {
+    fn new() -> Arc<Self> {
+        Arc::new(LiveSet {
+            ids: Default::default(),
+            count: watch::channel(0).0,
+        })
+    }
+
+    /// The spawner has a new connection actor.
+    fn started(&self, id: ractor::ActorId) {
+        let mut g = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.1.remove(&id) {
+            g.0.insert(id);
+        }
+        self.count.send_replace(g.0.len());
+    }
+
+    /// A connection actor stopped or failed.
+    fn stopped(&self, id: ractor::ActorId) {
+        let mut g = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.0.remove(&id) {
+            g.1.insert(id);
+        }
+        self.count.send_replace(g.0.len());
+    }
+}
+
 struct EndpointArgs<A: ConnectionApp> {
     accepting: Arc<AtomicBool>,
-    live: watch::Sender<usize>,
+    live: Arc<LiveSet>,
     socket: Arc<Socket>,
     routes: Routes,
     server: Option<ServerSide<A>>,
@@ -67,9 +107,8 @@ struct ServerSide<A: ConnectionApp> {
 struct EndpointState {
     recv_loop: Option<JoinHandle<()>>,
     routes: Routes,
-    /// Live connection actors (started, not yet stopped), published for `Endpoint::wait_idle`.
-    live_ids: std::collections::HashSet<ractor::ActorId>,
-    live: watch::Sender<usize>,
+    /// Live connection actors, published for `Endpoint::wait_idle`.
+    live: Arc<LiveSet>,
 }
 
 /// The endpoint actor: supervisor of every connection actor on one socket.
@@ -94,11 +133,11 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
             server: args.server,
             settings: args.settings,
             endpoint: cell,
+            live: args.live.clone(),
         };
         Ok(EndpointState {
             recv_loop: Some(tokio::spawn(recv.run())),
             routes,
-            live_ids: Default::default(),
             live: args.live,
         })
     }
@@ -143,16 +182,10 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
     ) -> Result<(), ActorProcessingErr> {
         // A connection ending never stops the endpoint.
         match &evt {
-            SupervisionEvent::ActorStarted(cell) => {
-                st.live_ids.insert(cell.get_id());
-            }
             SupervisionEvent::ActorTerminated(cell, _, _)
-            | SupervisionEvent::ActorFailed(cell, _) => {
-                st.live_ids.remove(&cell.get_id());
-            }
+            | SupervisionEvent::ActorFailed(cell, _) => st.live.stopped(cell.get_id()),
             _ => {}
         }
-        st.live.send_replace(st.live_ids.len());
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 bump(&st.routes.stats.connections_closed);
@@ -174,7 +207,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
 pub struct Endpoint<A: ConnectionApp> {
     actor: ActorRef<EndpointMsg>,
     accepting: Arc<AtomicBool>,
-    live: watch::Receiver<usize>,
+    live: Arc<LiveSet>,
     socket: Arc<Socket>,
     local_addr: SocketAddr,
     routes: Routes,
@@ -236,10 +269,10 @@ impl<A: ConnectionApp> Endpoint<A> {
         let stats = Arc::new(EndpointStats::with_metrics(settings.metrics.clone()));
         let routes = Routes::new(stats.clone());
         let accepting = Arc::new(AtomicBool::new(true));
-        let (live_tx, live) = watch::channel(0);
+        let live = LiveSet::new();
         let args = EndpointArgs {
             accepting: accepting.clone(),
-            live: live_tx,
+            live: live.clone(),
             socket: socket.clone(),
             routes: routes.clone(),
             server,
@@ -310,7 +343,7 @@ impl<A: ConnectionApp> Endpoint<A> {
 
     /// Waits until every connection actor that started has stopped.
     pub async fn wait_idle(&self) {
-        let mut rx = self.live.clone();
+        let mut rx = self.live.count.subscribe();
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
@@ -381,6 +414,7 @@ impl<A: ConnectionApp> Endpoint<A> {
                 return Err(ConnectError::Endpoint(e.to_string()));
             }
         };
+        self.live.started(actor.get_id());
         let handle = Connection::new(actor, closed_rx, peer);
         match est_rx.await {
             Ok(Ok(())) => Ok(handle),
@@ -431,6 +465,7 @@ struct RecvLoop<A: ConnectionApp> {
     server: Option<ServerSide<A>>,
     settings: QuicSettings,
     endpoint: ActorCell,
+    live: Arc<LiveSet>,
 }
 
 impl<A: ConnectionApp> RecvLoop<A> {
@@ -589,7 +624,8 @@ impl<A: ConnectionApp> RecvLoop<A> {
         )
         .await
         {
-            Ok(_) => {
+            Ok((actor, _)) => {
+                self.live.started(actor.get_id());
                 bump(&self.routes.stats.connections_accepted);
                 self.routes.stats.metrics.connection_accepted();
             }

@@ -499,9 +499,11 @@ async fn handshake_failures_are_counted() {
     .await;
 }
 
-/// RFC 9218 on the wire: with two responses ready at once, the more urgent one is sent first,
-/// even on the later stream. Stream 0 asks for urgency 7; stream 4 signals nothing and gets the
-/// response default (urgency 3): when stream 4 has arrived whole, stream 0 has barely started.
+/// RFC 9218 on the wire: once two responses both have bytes to send, the more urgent one goes
+/// first, even on the later stream. Stream 0 asks for urgency 7 and its body is handed over just
+/// after stream 4's response started; stream 4 signals nothing and gets the response default
+/// (urgency 3): when stream 4 has arrived whole, stream 0 has barely started (without the
+/// priorities, stream order would send stream 0 first, all of it).
 /// (A raw client, which records arrival without any reader pacing it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urgent_responses_are_sent_first() {
@@ -529,14 +531,19 @@ enum Lazy {
 async fn urgent_first(how: Lazy) {
     init_tracing();
     const SIZE: usize = 32 << 20;
-    let both = Arc::new(tokio::sync::Barrier::new(2));
-    let b = both.clone();
+    // The default response's figures, once it started.
+    let default_stats: Arc<Mutex<Option<StreamStats>>> = Arc::default();
+    let slot = default_stats.clone();
     let server = Server::bind(
         loopback(),
         ServerConfig::default(),
         move |req: http::Request<RecvBody>| {
-            let both = b.clone();
+            let slot = slot.clone();
             async move {
+                if req.uri().path() == "/default" {
+                    *slot.lock().unwrap() = req.extensions().get::<StreamStats>().cloned();
+                    return http::Response::new(Body::from(vec![1u8; SIZE]));
+                }
                 let chooses = req.uri().path() == "/lazy-interim";
                 if chooses {
                     let interim = req.extensions().get::<Interim>().unwrap();
@@ -544,8 +551,21 @@ async fn urgent_first(how: Lazy) {
                         .send(http::StatusCode::EARLY_HINTS, http::HeaderMap::new())
                         .unwrap();
                 }
-                // Both responses become ready together.
-                both.wait().await;
+                // The lazy body is handed over only once the default response has started:
+                // from then on both streams have bytes to send, and only priority decides.
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    let started = slot
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .is_some_and(|s| s.snapshot().time_to_first_byte.is_some());
+                    if started {
+                        break;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "no default response");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
                 let mut resp = http::Response::new(Body::from(vec![1u8; SIZE]));
                 if chooses {
                     resp.extensions_mut().insert(Priority::new(7, false));

@@ -228,10 +228,12 @@ async fn header_wait_under_flow_control_is_measured() {
         .unwrap();
     let client = ep.connect(server.local_addr(), "localhost").await.unwrap();
     let big = client.send(get(&server, "/big")).await.unwrap();
-    // The unread response holds the whole connection window.
+    // The unread response holds the whole connection window. The small one asks for the lowest
+    // urgency, so the big one is always first in line for any room that opens.
     let small = tokio::spawn({
         let client = client.clone();
-        let req = get(&server, "/small");
+        let mut req = get(&server, "/small");
+        req.extensions_mut().insert(Priority::new(7, false));
         async move { client.send(req).await.unwrap() }
     });
     let answered_at = tokio::time::timeout(Duration::from_secs(5), answered.recv())

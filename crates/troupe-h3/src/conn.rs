@@ -148,6 +148,9 @@ struct Route {
     stats: StreamStats,
     /// Server: the client's priority signal, watched by the handler.
     priority: Option<Arc<PriorityCell>>,
+    /// The response's effective priority (RFC 9218): the handler's if it chose one, else the
+    /// client's latest signal, else the response default. Decides the write order.
+    prio: Priority,
 }
 
 impl Route {
@@ -221,6 +224,8 @@ pub struct H3App {
     routes: HashMap<u64, Route>,
     by_actor: HashMap<ActorId, u64>,
     write_queue: Vec<u64>,
+    /// Counts `write_streams` calls, to rotate incremental streams of equal urgency.
+    write_turn: usize,
     /// Scratch buffer for reads from quiche; chunks are copied out exactly sized.
     read_buf: Vec<u8>,
     /// Server: the highest request stream ID accepted so far.
@@ -268,6 +273,7 @@ impl H3App {
             routes: HashMap::new(),
             by_actor: HashMap::new(),
             write_queue: Vec::new(),
+            write_turn: 0,
             read_buf: vec![0; MAX_READ],
             max_request_id: None,
             requests_accepted: 0,
@@ -297,6 +303,7 @@ impl H3App {
         role: Role,
         stats: StreamStats,
         priority: Option<Arc<PriorityCell>>,
+        prio: Priority,
     ) -> Result<(), ()> {
         // A client request whose headers carried FIN has nothing more to send.
         let send_done = matches!(role, Role::Client { fin_sent: true, .. });
@@ -327,6 +334,7 @@ impl H3App {
                         headers_queued: None,
                         stats,
                         priority,
+                        prio,
                     },
                 );
                 cx.metrics.stream_opened();
@@ -398,7 +406,14 @@ impl H3App {
         };
         let stats = StreamStats::new(stream_id, Instant::now());
         if self
-            .spawn_stream(cx, stream_id, role, stats, Some(prio))
+            .spawn_stream(
+                cx,
+                stream_id,
+                role,
+                stats,
+                Some(prio),
+                signalled.unwrap_or(Priority::RESPONSE_DEFAULT),
+            )
             .await
             .is_err()
         {
@@ -525,6 +540,31 @@ impl H3App {
     /// Writes queued frames into quiche as far as stream capacity allows.
     fn write_streams(&mut self, conn: &mut quiche::Connection) {
         let Some(h3) = self.h3.as_mut() else { return };
+        // quiche schedules by priority only among the bytes in its buffers, and what it accepts
+        // is bounded by the congestion window: streams get that room most urgent first (RFC
+        // 9218), equal urgencies in stream order, incremental ones taking turns at the front.
+        if self.write_queue.len() > 1 {
+            let routes = &self.routes;
+            let key = |id: &u64| {
+                routes
+                    .get(id)
+                    .map_or((u8::MAX, false), |r| (r.prio.urgency, r.prio.incremental))
+            };
+            self.write_queue.sort_unstable_by_key(|id| (key(id), *id));
+            self.write_turn = self.write_turn.wrapping_add(1);
+            let mut start = 0;
+            while start < self.write_queue.len() {
+                let k = key(&self.write_queue[start]);
+                let run = self.write_queue[start..]
+                    .iter()
+                    .take_while(|id| key(id) == k)
+                    .count();
+                if k.1 && run > 1 {
+                    self.write_queue[start..start + run].rotate_left(self.write_turn % run);
+                }
+                start += run;
+            }
+        }
         let mut i = 0;
         while i < self.write_queue.len() {
             let id = self.write_queue[i];
@@ -551,28 +591,21 @@ impl H3App {
                                 h3.send_additional_headers(conn, id, list, *trailer, *fin)
                             }
                             // A final response after interim ones, with its own priority.
-                            (true, Some(p)) => h3.send_additional_headers_with_priority(
+                            (true, Some(_)) => h3.send_additional_headers_with_priority(
                                 conn,
                                 id,
                                 list,
-                                &quiche_priority(*p),
+                                &quiche_priority(route.prio),
                                 *trailer,
                                 *fin,
                             ),
-                            (false, p) => {
-                                let p = p
-                                    .or_else(|| {
-                                        route.priority.as_ref().and_then(|c| c.client_signal())
-                                    })
-                                    .unwrap_or(Priority::RESPONSE_DEFAULT);
-                                h3.send_response_with_priority(
-                                    conn,
-                                    id,
-                                    list,
-                                    &quiche_priority(p),
-                                    *fin,
-                                )
-                            }
+                            (false, _) => h3.send_response_with_priority(
+                                conn,
+                                id,
+                                list,
+                                &quiche_priority(route.prio),
+                                *fin,
+                            ),
                         };
                         match r {
                             Ok(()) => {
@@ -766,7 +799,7 @@ impl H3App {
                     reply: req.reply,
                 };
                 if self
-                    .spawn_stream(cx, stream_id, role, stats, None)
+                    .spawn_stream(cx, stream_id, role, stats, None, Priority::RESPONSE_DEFAULT)
                     .await
                     .is_err()
                 {
@@ -902,18 +935,17 @@ impl ConnectionApp for H3App {
                         if let Some(p) = self.take_priority_update(stream_id) {
                             trace!(stream_id, ?p, "PRIORITY_UPDATE");
                             // Latest wins, even over the handler's own choice; before the
-                            // response starts it is applied then, from the cell.
+                            // response starts it is applied then (`Route::prio`).
                             let _ = cx.conn.stream_priority(
                                 stream_id,
                                 p.urgency.min(crate::priority::URGENCY_MAX) + QUICHE_URGENCY_OFFSET,
                                 p.incremental,
                             );
-                            if let Some(cell) = self
-                                .routes
-                                .get(&stream_id)
-                                .and_then(|r| r.priority.as_ref())
-                            {
-                                cell.set(p);
+                            if let Some(route) = self.routes.get_mut(&stream_id) {
+                                route.prio = p;
+                                if let Some(cell) = &route.priority {
+                                    cell.set(p);
+                                }
                             }
                         }
                     }
@@ -951,6 +983,13 @@ impl ConnectionApp for H3App {
                 if let Some(route) = self.routes.get_mut(&stream_id) {
                     if !route.headers_sent && route.headers_queued.is_none() {
                         route.headers_queued = Some(Instant::now());
+                    }
+                    // A priority the handler chose (latest wins against the client's).
+                    if let Some(p) = frames.iter().find_map(|f| match f {
+                        OutFrame::Headers { priority, .. } => *priority,
+                        _ => None,
+                    }) {
+                        route.prio = p;
                     }
                     route.out.extend(frames);
                     self.queue_write(stream_id);

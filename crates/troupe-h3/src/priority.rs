@@ -141,12 +141,6 @@ impl PriorityCell {
         }
     }
 
-    /// The client's latest explicit signal, if it sent one.
-    pub(crate) fn client_signal(&self) -> Option<Priority> {
-        let s = self.lock();
-        s.signalled.then_some(s.current)
-    }
-
     /// The stream is gone.
     pub(crate) fn close(&self) {
         let watched = {

@@ -54,12 +54,24 @@ pub enum EndpointMsg {
 /// around to its `ActorStarted` event: otherwise a graceful shutdown racing a fresh
 /// connection could see "no connection" and stop the endpoint under it.
 pub(crate) struct LiveSet {
-    /// Live IDs, and IDs whose stop was seen before their spawner recorded them.
-    ids: std::sync::Mutex<(
-        std::collections::HashSet<ractor::ActorId>,
-        std::collections::HashSet<ractor::ActorId>,
-    )>,
+    ids: std::sync::Mutex<LiveIds>,
     count: watch::Sender<usize>,
+}
+
+#[derive(Default)]
+struct LiveIds {
+    /// Spawned and not stopped.
+    live: std::collections::HashSet<ractor::ActorId>,
+    /// Stopped before their spawner recorded them.
+    tombstones: std::collections::HashSet<ractor::ActorId>,
+    /// Spawns under way (counted before the actor exists, so it is never invisible).
+    spawning: usize,
+}
+
+impl LiveIds {
+    fn count(&self) -> usize {
+        self.live.len() + self.spawning
+    }
 }
 
 impl LiveSet {
@@ -70,22 +82,57 @@ impl LiveSet {
         })
     }
 
-    /// The spawner has a new connection actor.
-    fn started(&self, id: ractor::ActorId) {
+    fn update(&self, f: impl FnOnce(&mut LiveIds)) {
         let mut g = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        if !g.1.remove(&id) {
-            g.0.insert(id);
-        }
-        self.count.send_replace(g.0.len());
+        f(&mut g);
+        self.count.send_replace(g.count());
+    }
+
+    /// A spawn is about to start; it counts until the guard reports how it ended (or is
+    /// dropped, as when the spawning future is cancelled).
+    fn spawning(self: &Arc<Self>) -> SpawnGuard {
+        self.update(|g| g.spawning += 1);
+        SpawnGuard(Some(self.clone()))
+    }
+
+    /// The spawn ended: with a new connection actor, or without (`None`).
+    fn spawned(&self, id: Option<ractor::ActorId>) {
+        self.update(|g| {
+            g.spawning -= 1;
+            if let Some(id) = id {
+                if !g.tombstones.remove(&id) {
+                    g.live.insert(id);
+                }
+            }
+        });
     }
 
     /// A connection actor stopped or failed.
     fn stopped(&self, id: ractor::ActorId) {
-        let mut g = self.ids.lock().unwrap_or_else(|e| e.into_inner());
-        if !g.0.remove(&id) {
-            g.1.insert(id);
+        self.update(|g| {
+            if !g.live.remove(&id) {
+                g.tombstones.insert(id);
+            }
+        });
+    }
+}
+
+/// A spawn under way, counted in its [`LiveSet`].
+struct SpawnGuard(Option<Arc<LiveSet>>);
+
+impl SpawnGuard {
+    fn done(mut self, id: Option<ractor::ActorId>) {
+        if let Some(live) = self.0.take() {
+            live.spawned(id);
         }
-        self.count.send_replace(g.0.len());
+    }
+}
+
+impl Drop for SpawnGuard {
+    fn drop(&mut self) {
+        if let Some(live) = self.0.take() {
+            live.spawned(None);
+        }
     }
 }
 
@@ -400,6 +447,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             keylog: self.settings.keylog_file.clone(),
             qlog_dir: self.settings.qlog_dir.clone(),
         };
+        let guard = self.live.spawning();
         let spawned = Actor::spawn_linked(
             None,
             ConnectionActor::<A>::default(),
@@ -407,6 +455,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             self.actor.get_cell(),
         )
         .await;
+        guard.done(spawned.as_ref().ok().map(|(a, _)| a.get_id()));
         let (actor, _) = match spawned {
             Ok(a) => a,
             Err(e) => {
@@ -414,7 +463,6 @@ impl<A: ConnectionApp> Endpoint<A> {
                 return Err(ConnectError::Endpoint(e.to_string()));
             }
         };
-        self.live.started(actor.get_id());
         let handle = Connection::new(actor, closed_rx, peer);
         match est_rx.await {
             Ok(Ok(())) => Ok(handle),
@@ -616,16 +664,17 @@ impl<A: ConnectionApp> RecvLoop<A> {
             keylog: self.settings.keylog_file.clone(),
             qlog_dir: self.settings.qlog_dir.clone(),
         };
-        match Actor::spawn_linked(
+        let guard = self.live.spawning();
+        let spawned = Actor::spawn_linked(
             None,
             ConnectionActor::<A>::default(),
             args,
             self.endpoint.clone(),
         )
-        .await
-        {
-            Ok((actor, _)) => {
-                self.live.started(actor.get_id());
+        .await;
+        guard.done(spawned.as_ref().ok().map(|(a, _)| a.get_id()));
+        match spawned {
+            Ok(_) => {
                 bump(&self.routes.stats.connections_accepted);
                 self.routes.stats.metrics.connection_accepted();
             }

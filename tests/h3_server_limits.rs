@@ -5,9 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use std::sync::Arc;
-
-use troupe::h3::{Body, ClientEndpoint, H3Settings, RecvBody, RequestError, Server, ServerConfig};
+use troupe::h3::{ClientEndpoint, H3Settings, RequestError, ServerConfig};
 use troupe::transport::CloseReason;
 use troupe::transport::QuicSettings;
 
@@ -141,43 +139,15 @@ async fn third_request_waits_for_stream_credit() {
 /// complete once streams free up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_client_requests_are_bounded() {
-    init_tracing();
-    let mut config = ServerConfig::default();
-    config.quic.initial_max_streams_bidi = 1;
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let gate = release.clone();
-    let server = Server::bind(loopback(), config, move |_req: http::Request<RecvBody>| {
-        let gate = gate.clone();
-        async move {
-            gate.acquire().await.unwrap().forget();
-            http::Response::new(Body::from("done"))
-        }
-    })
-    .await
-    .unwrap();
+    let (server, release) = one_stream_gated_server().await;
     let mut h3 = H3Settings::default();
     h3.max_pending_requests = 2;
     let ep = ClientEndpoint::bind(loopback(), QuicSettings::default(), trusting(&server), h3)
         .await
         .unwrap();
     let client = ep.connect(server.local_addr(), "localhost").await.unwrap();
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let client = client.clone();
-        let req = get(&server, "/held");
-        tasks.push(tokio::spawn(async move { client.send(req).await }));
-    }
     // One request on the wire, two waiting in the connection actor; the fourth waits in send.
-    eventually(
-        Duration::from_secs(5),
-        "one request at the server",
-        || async { routed_count(&server).await == 1 },
-    )
-    .await;
-    eventually(Duration::from_secs(5), "two requests waiting", || async {
-        client.waiting_requests() == 2
-    })
-    .await;
+    let tasks = send_until_waiting(&server, &client, 4, 2).await;
     release.add_permits(4);
     for t in tasks {
         let r = tokio::time::timeout(Duration::from_secs(10), t)

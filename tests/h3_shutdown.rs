@@ -100,44 +100,11 @@ async fn drain_deadline_closes_what_is_left() {
 /// `GoingAway` (not processed: retry elsewhere); the one in flight completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goaway_fails_requests_still_waiting_for_a_stream() {
-    init_tracing();
-    let mut config = ServerConfig::default();
-    config.quic.initial_max_streams_bidi = 1;
-    let release = std::sync::Arc::new(tokio::sync::Notify::new());
-    let gate = release.clone();
-    let server = std::sync::Arc::new(
-        troupe::h3::Server::bind(
-            loopback(),
-            config,
-            move |_req: http::Request<troupe::h3::RecvBody>| {
-                let gate = gate.clone();
-                async move {
-                    gate.notified().await;
-                    http::Response::new(troupe::h3::Body::from("done"))
-                }
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let (server, release) = one_stream_gated_server().await;
+    let server = std::sync::Arc::new(server);
     let (_ep, client) = connect(&server).await;
-    let mut tasks = Vec::new();
-    for _ in 0..3 {
-        let client = client.clone();
-        let req = get(&server, "/held");
-        tasks.push(tokio::spawn(async move { client.send(req).await }));
-    }
     // One on the wire, two waiting in the client for MAX_STREAMS.
-    eventually(
-        Duration::from_secs(5),
-        "one request at the server",
-        || async { routed_count(&server).await == 1 },
-    )
-    .await;
-    eventually(Duration::from_secs(5), "two waiting", || async {
-        client.waiting_requests() == 2
-    })
-    .await;
+    let tasks = send_until_waiting(&server, &client, 3, 2).await;
     let shutdown = tokio::spawn({
         let server = server.clone();
         async move { server.shutdown_gracefully(Duration::from_secs(10)).await }
@@ -146,7 +113,7 @@ async fn goaway_fails_requests_still_waiting_for_a_stream() {
         client.goaway_received().is_some()
     })
     .await;
-    release.notify_one();
+    release.add_permits(1);
     let mut done = 0;
     let mut going_away = 0;
     for t in tasks {

@@ -70,6 +70,61 @@ pub fn get(server: &Server, path: &str) -> http::Request<troupe::h3::Body> {
         .unwrap()
 }
 
+/// A server that allows one request stream per connection and answers each request "done"
+/// once it takes a permit from the returned gate.
+pub async fn one_stream_gated_server() -> (Server, std::sync::Arc<tokio::sync::Semaphore>) {
+    init_tracing();
+    let mut config = ServerConfig::default();
+    config.quic.initial_max_streams_bidi = 1;
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let server = Server::bind(
+        loopback(),
+        config,
+        move |_req: http::Request<troupe::h3::RecvBody>| {
+            let gate = gate.clone();
+            async move {
+                gate.acquire().await.unwrap().forget();
+                http::Response::new(troupe::h3::Body::from("done"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    (server, release)
+}
+
+/// Sends `n` requests concurrently; then waits until one is at the server and `waiting` wait
+/// in the client for a stream.
+pub async fn send_until_waiting(
+    server: &Server,
+    client: &Client,
+    n: usize,
+    waiting: usize,
+) -> Vec<
+    tokio::task::JoinHandle<Result<http::Response<troupe::h3::RecvBody>, troupe::h3::RequestError>>,
+> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let client = client.clone();
+        let req = get(server, "/held");
+        tasks.push(tokio::spawn(async move { client.send(req).await }));
+    }
+    eventually(
+        Duration::from_secs(5),
+        "one request at the server",
+        || async { routed_count(server).await == 1 },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "requests waiting in the client",
+        || async { client.waiting_requests() == waiting },
+    )
+    .await;
+    tasks
+}
+
 /// How many request streams the server's connections route to stream actors right now.
 pub async fn routed_count(server: &Server) -> usize {
     server.routed_streams().await.iter().map(Vec::len).sum()

@@ -46,40 +46,19 @@ impl RawClient {
 
     /// With chosen per-stream and connection receive windows.
     pub async fn connect_with_windows(peer: SocketAddr, stream: u64, conn: u64) -> RawClient {
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let local = socket.local_addr().unwrap();
-        let mut config = quiche::Config::new(quiche::PROTOCOL_VERSION).unwrap();
-        config.set_application_protos(&[b"h3"]).unwrap();
-        config.verify_peer(false);
-        config.set_max_idle_timeout(10_000);
-        config.set_initial_max_data(conn);
-        config.set_initial_max_stream_data_bidi_local(stream);
-        config.set_initial_max_stream_data_bidi_remote(stream);
-        config.set_initial_max_stream_data_uni(1 << 20);
-        config.set_initial_max_streams_bidi(100);
-        config.set_initial_max_streams_uni(100);
-        let scid = quiche::ConnectionId::from_vec(vec![9u8; 16]);
-        let conn = quiche::connect(Some("localhost"), &scid, local, peer, &mut config).unwrap();
-        let mut c = RawClient {
-            conn,
-            h3: None,
-            socket,
-            peer,
-            local,
-            drop_incoming: false,
-        };
+        let mut c = Self::unstarted(peer, stream, conn);
         c.complete_handshake().await;
         c
     }
 
     /// Sends the first flight only: the server has a connection in its handshake.
     pub async fn start(peer: SocketAddr) -> RawClient {
-        let mut c = Self::connect_unstarted(peer);
+        let mut c = Self::unstarted(peer, 1 << 20, 10 << 20);
         c.flush().await;
         c
     }
 
-    fn connect_unstarted(peer: SocketAddr) -> RawClient {
+    fn unstarted(peer: SocketAddr, stream: u64, conn: u64) -> RawClient {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
         let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
@@ -88,9 +67,9 @@ impl RawClient {
         config.set_application_protos(&[b"h3"]).unwrap();
         config.verify_peer(false);
         config.set_max_idle_timeout(10_000);
-        config.set_initial_max_data(10 << 20);
-        config.set_initial_max_stream_data_bidi_local(1 << 20);
-        config.set_initial_max_stream_data_bidi_remote(1 << 20);
+        config.set_initial_max_data(conn);
+        config.set_initial_max_stream_data_bidi_local(stream);
+        config.set_initial_max_stream_data_bidi_remote(stream);
         config.set_initial_max_stream_data_uni(1 << 20);
         config.set_initial_max_streams_bidi(100);
         config.set_initial_max_streams_uni(100);

@@ -88,8 +88,6 @@ impl Default for Priority {
 #[derive(Debug)]
 struct PriorityState {
     current: Priority,
-    /// The client signalled a priority (a `priority` field or a PRIORITY_UPDATE).
-    signalled: bool,
     /// Bumped by every update, so a watcher knows what it has seen.
     version: u64,
     /// The stream is gone: no update will come.
@@ -114,7 +112,6 @@ impl PriorityCell {
         Arc::new(PriorityCell {
             state: Mutex::new(PriorityState {
                 current: signalled.unwrap_or(Priority::REQUEST_DEFAULT),
-                signalled: signalled.is_some(),
                 version: 0,
                 closed: false,
                 watched: false,
@@ -132,7 +129,6 @@ impl PriorityCell {
         let watched = {
             let mut s = self.lock();
             s.current = p;
-            s.signalled = true;
             s.version += 1;
             s.watched
         };

@@ -488,15 +488,18 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Reached on every orderly stop (closed connection or endpoint shutdown).
-        if st.close_reason.is_none() {
+        let info = if st.close_reason.is_none() {
             st.close_reason = Some(CloseReason::Aborted);
             let info = st.info();
             let myself = &_myself;
             let mut cx = cx!(st, myself);
             st.app.on_closed(&mut cx, &info);
-        }
+            Some(info)
+        } else {
+            None
+        };
         st.remove_routes();
-        st.report_closed();
+        st.report_closed(info);
         if let Some(tx) = st.established.take() {
             let _ = tx.send(Err(st.close_reason.clone().unwrap_or(CloseReason::Aborted)));
         }
@@ -842,12 +845,13 @@ impl<A: ConnectionApp> ConnState<A> {
         }
     }
 
-    /// Publishes the final figures to handles and the metrics sink, once.
-    fn report_closed(&mut self) {
+    /// Publishes the final figures (the ones the application was given, if any) to handles and
+    /// the metrics sink, once.
+    fn report_closed(&mut self, info: Option<ConnectionInfo>) {
         if self.closed_tx.borrow().is_some() {
             return;
         }
-        let info = self.info();
+        let info = info.unwrap_or_else(|| self.info());
         let metrics = &self.routes.stats.metrics;
         if info.handshake_time.is_none() {
             metrics.handshake_failed(info.close.as_ref().unwrap_or(&CloseReason::Aborted));
@@ -868,7 +872,7 @@ impl<A: ConnectionApp> ConnState<A> {
             bump(&self.routes.stats.handshake_timeouts);
         }
         self.remove_routes();
-        self.report_closed();
+        self.report_closed(Some(info));
         if let Some(tx) = self.established.take() {
             let _ = tx.send(Err(reason));
         }

@@ -91,19 +91,33 @@ impl Builtin {
         })
     }
 
-    /// Answers one request.
+    /// Answers one request. HEAD gets exactly GET's status and headers (content-length
+    /// included) and no body, on every route (RFC 9110 §9.3.2).
     pub async fn handle(&self, req: Request<RecvBody>) -> Response<Body> {
+        let head = req.method() == Method::HEAD;
+        let mut resp = self.route(req).await;
+        if head {
+            // The body (a lazy stream for /bytes/N and files) is dropped unpolled.
+            *resp.body_mut() = Body::empty();
+        }
+        resp
+    }
+
+    async fn route(&self, req: Request<RecvBody>) -> Response<Body> {
         let path = req.uri().path().to_string();
-        let method = req.method().clone();
+        let method = match req.method() {
+            &Method::HEAD => Method::GET,
+            m => m.clone(),
+        };
         if path == "/" {
             return match method {
-                Method::GET | Method::HEAD => text(StatusCode::OK, GREETING),
-                _ => not_allowed("GET"),
+                Method::GET => text(StatusCode::OK, GREETING),
+                _ => not_allowed("GET, HEAD"),
             };
         }
         if let Some(n) = path.strip_prefix("/bytes/") {
             if method != Method::GET {
-                return not_allowed("GET");
+                return not_allowed("GET, HEAD");
             }
             return match n.parse::<u64>() {
                 Ok(n) if n <= MAX_BYTES => Response::builder()
@@ -227,7 +241,10 @@ fn content_type(path: &Path) -> &'static str {
 }
 
 async fn serve_file(root: &Path, request_path: &str) -> Response<Body> {
-    let Some(path) = resolve_below(root, request_path) else {
+    // Path resolution touches the file system (canonicalize, is_dir): off the async threads.
+    let (root, request_path) = (root.to_path_buf(), request_path.to_string());
+    let resolved = tokio::task::spawn_blocking(move || resolve_below(&root, &request_path)).await;
+    let Ok(Some(path)) = resolved else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
     let file = match tokio::fs::File::open(&path).await {

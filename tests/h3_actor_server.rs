@@ -153,10 +153,11 @@ async fn a_dropped_responder_cancels_the_request() {
 }
 
 /// With the budget of unanswered requests spent, further requests wait in their stream
-/// actors (not in the application's mailbox) until one is answered.
+/// actors (not in the application's mailbox) until one is answered. (A connection alone holds
+/// at most half the budget: the rest is kept for other connections.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_requests_are_bounded() {
-    let (server, actor, delivered) = start(2).await;
+    let (server, actor, delivered) = start(4).await;
     let (_ep, client) = connect(&server).await;
     let mut pending = Vec::new();
     for _ in 0..4 {
@@ -169,7 +170,7 @@ async fn unanswered_requests_are_bounded() {
         routed_count(&server).await == 4
     })
     .await;
-    // ...and two were delivered: the budget.
+    // ...and two were delivered: this connection's share of the budget.
     eventually(Duration::from_secs(5), "two delivered", || async {
         delivered.load(Ordering::SeqCst) == 2
     })
@@ -280,5 +281,43 @@ async fn a_responder_learns_its_stream_is_gone() {
         );
         raw.exchange().await;
     }
+    actor.stop(None);
+}
+
+/// The budget of unanswered requests is shared fairly: a client that holds its requests open
+/// (its application never answers) cannot starve another connection, which is served at once.
+/// With one budget for the whole server, the first client took every place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_starve_another() {
+    let (server, actor, delivered) = start(4).await;
+    let (_ep_a, greedy) = connect(&server).await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let c = greedy.clone();
+        let req = get(&server, "/hold");
+        held.push(tokio::spawn(async move { c.send(req).await }));
+    }
+    eventually(Duration::from_secs(5), "eight request streams", || async {
+        routed_count(&server).await == 8
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the greedy share delivered",
+        || async { delivered.load(Ordering::SeqCst) == 2 },
+    )
+    .await;
+    // Another client, on its own connection, is answered while the greedy one holds on.
+    let (_ep_b, other) = connect(&server).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), other.send(get(&server, "/hello")))
+        .await
+        .expect("the second client was starved")
+        .unwrap();
+    assert_eq!(
+        r.into_body().collect().await.unwrap(),
+        "actor saw /hello on stream 0"
+    );
+    actor.cast(AppMsg::ReleaseHeld).unwrap();
+    drop(held);
     actor.stop(None);
 }

@@ -143,3 +143,90 @@ async fn one_requests_error_is_its_own() {
     assert_eq!(r.into_body().collect().await.unwrap(), "fine");
     assert!(client.connection().close_reason().is_none());
 }
+
+/// HEAD gets GET's status and headers (content-length included) and no body, on every
+/// built-in route and on files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_get_without_a_body() {
+    use futures::StreamExt;
+    let dir = std::env::temp_dir().join(format!("troupe-head-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("f.txt"), b"twelve bytes").unwrap();
+    let svc = troupe::service::Builtin::with_root(&dir).unwrap();
+    init_tracing();
+    let server = Server::bind(loopback(), ServerConfig::default(), move |req| {
+        let svc = svc.clone();
+        async move { svc.handle(req).await }
+    })
+    .await
+    .unwrap();
+    let (_ep, client) = connect(&server).await;
+    for (path, len) in [
+        ("/", troupe::service::GREETING.len()),
+        ("/bytes/100000", 100_000),
+        ("/f.txt", 12),
+    ] {
+        let full = client.send(get(&server, path)).await.unwrap();
+        let mut head_req = get(&server, path);
+        *head_req.method_mut() = http::Method::HEAD;
+        let head = client.send(head_req).await.unwrap();
+        assert_eq!(head.status(), full.status(), "{path}");
+        assert_eq!(head.status(), StatusCode::OK, "{path}");
+        for name in [http::header::CONTENT_LENGTH, http::header::CONTENT_TYPE] {
+            assert_eq!(
+                head.headers().get(&name),
+                full.headers().get(&name),
+                "{path} {name}"
+            );
+        }
+        assert_eq!(
+            head.headers()[http::header::CONTENT_LENGTH],
+            len.to_string().as_str()
+        );
+        let mut body = head.into_body();
+        assert!(body.next().await.is_none(), "HEAD {path} had a body");
+        let mut got = 0;
+        let mut body = full.into_body();
+        while let Some(c) = body.next().await {
+            got += c.unwrap().len();
+        }
+        assert_eq!(got, len, "GET {path}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server that sends interim responses without end cannot grow the client's memory: past
+/// 16 the client resets the stream with H3_EXCESSIVE_LOAD and the request fails; 16 are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_interim_responses_are_cut_off() {
+    let server = server(|req| {
+        let interim = req.extensions().get::<Interim>().unwrap().clone();
+        let n: usize = req.uri().path().trim_start_matches('/').parse().unwrap();
+        for _ in 0..n {
+            interim
+                .send(StatusCode::EARLY_HINTS, HeaderMap::new())
+                .unwrap();
+        }
+        http::Response::new(Body::from("final"))
+    })
+    .await;
+    let (_ep, client) = connect(&server).await;
+    let ok = client.send(get(&server, "/16")).await.unwrap();
+    assert_eq!(
+        ok.extensions().get::<InterimResponses>().unwrap().0.len(),
+        16
+    );
+    assert_eq!(ok.into_body().collect().await.unwrap(), "final");
+    match client.send(get(&server, "/17")).await {
+        Err(troupe::h3::RequestError::MalformedResponse(why)) => {
+            assert!(why.contains("interim"), "{why}")
+        }
+        other => panic!(
+            "expected the 17th interim to be refused, got {:?}",
+            other.map(|r| r.status())
+        ),
+    }
+    // The server saw the stream reset with H3_EXCESSIVE_LOAD; the connection carries on.
+    let again = client.send(get(&server, "/1")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}

@@ -159,3 +159,136 @@ async fn waiting_client_requests_are_bounded() {
     }
     assert_eq!(client.waiting_requests(), 0);
 }
+
+/// Past `max_connections`, a new client is refused with CONNECTION_REFUSED (it learns it at
+/// once, not at its handshake timeout), and no connection state is created for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_refused() {
+    let mut config = ServerConfig::default();
+    config.quic.max_connections = 1;
+    let server = builtin_server(config).await;
+    let (_ep1, first) = connect(&server).await;
+    let ep2 = client_endpoint(&server, QuicSettings::default()).await;
+    let started = std::time::Instant::now();
+    let Err(err) = ep2.connect(server.local_addr(), "localhost").await else {
+        panic!("a second connection must be refused");
+    };
+    assert!(
+        err.to_string().contains("transport error 0x2"),
+        "expected CONNECTION_REFUSED, got: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused only at the timeout: {:?}",
+        started.elapsed()
+    );
+    // Each Initial datagram the client sends before it sees the refusal is refused.
+    assert!(server.stats().connections_refused >= 1);
+    assert_eq!(server.endpoint().connection_count(), 1);
+    // The first connection carries on; once it is gone, a new client is accepted.
+    let r = first.send(get(&server, "/")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    first.close();
+    eventually(Duration::from_secs(5), "first connection gone", || async {
+        server.endpoint().connection_count() == 0
+    })
+    .await;
+    let (_ep3, third) = connect(&server).await;
+    assert_eq!(third.send(get(&server, "/")).await.unwrap().status(), 200);
+}
+
+/// Handshakes in flight are bounded: past half of `max_handshakes` a client must prove its
+/// address with a Retry even with Retry off; past the bound it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_under_load_demand_retry_then_are_refused() {
+    let mut config = ServerConfig::default();
+    config.quic.retry = false;
+    config.quic.max_handshakes = 2;
+    let server = builtin_server(config).await;
+    // One client that never finishes its handshake.
+    let _stuck = common::raw::RawClient::start(server.local_addr()).await;
+    eventually(
+        Duration::from_secs(5),
+        "one handshake in flight",
+        || async { server.stats().handshaking == 1 },
+    )
+    .await;
+    assert_eq!(server.stats().retries_sent, 0);
+    // Half the bound reached: the next client gets a Retry first, then connects.
+    let (_ep, c) = connect(&server).await;
+    assert!(server.stats().retries_sent >= 1);
+    assert_eq!(c.send(get(&server, "/")).await.unwrap().status(), 200);
+    assert_eq!(
+        server.stats().handshaking,
+        1,
+        "established connections do not count"
+    );
+    // A second stuck handshake reaches the bound: it answers the Retry it gets (so its address
+    // is validated and a connection is made) and then goes quiet. The next client is refused.
+    let mut stuck2 = common::raw::RawClient::start(server.local_addr()).await;
+    let retries = server.stats().retries_sent;
+    eventually(
+        Duration::from_secs(5),
+        "the Retry for the second",
+        || async { server.stats().retries_sent > retries },
+    )
+    .await;
+    stuck2.exchange().await;
+    stuck2.flush().await;
+    eventually(
+        Duration::from_secs(5),
+        "two handshakes in flight",
+        || async { server.stats().handshaking == 2 },
+    )
+    .await;
+    let ep = client_endpoint(&server, QuicSettings::default()).await;
+    let Err(err) = ep.connect(server.local_addr(), "localhost").await else {
+        panic!("past max_handshakes a client must be refused");
+    };
+    assert!(err.to_string().contains("transport error 0x2"), "{err}");
+}
+
+/// The receive loop is supervised: a panic in it is reported to the endpoint actor, which
+/// restarts it (traffic carries on); past the restart budget the endpoint fails visibly
+/// instead of running deaf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_receive_loop_is_restarted_then_escalated() {
+    use troupe::transport::RECV_LOOP_MAX_RESTARTS;
+    let server = builtin_server(ServerConfig::default()).await;
+    let (_ep, client) = connect(&server).await;
+    for i in 0..RECV_LOOP_MAX_RESTARTS {
+        server.endpoint().inject_receive_loop_panic();
+        // The next datagram makes the loop panic; QUIC retransmits what was lost with it.
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.send(get(&server, "/bytes/5000")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("request {i} after a restart timed out"))
+        .unwrap();
+        assert_eq!(r.into_body().collect().await.unwrap().len(), 5000);
+        assert_eq!(server.stats().receive_loop_restarts, i as u64 + 1);
+    }
+    // One more within the window: the endpoint actor fails.
+    server.endpoint().inject_receive_loop_panic();
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.send(get(&server, "/"))).await;
+    eventually(
+        Duration::from_secs(5),
+        "the endpoint actor failed",
+        || async { server.endpoint().actor().get_status() == ractor::ActorStatus::Stopped },
+    )
+    .await;
+    assert_eq!(
+        server.stats().receive_loop_restarts,
+        RECV_LOOP_MAX_RESTARTS as u64
+    );
+}
+
+/// QUIC DATAGRAM is off until something reads datagrams (a peer could otherwise park about
+/// 1.3 MiB per connection in quiche's queue): the server does not advertise it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_datagrams_are_off_by_default() {
+    let server = builtin_server(ServerConfig::default()).await;
+    let c = common::raw::RawClient::connect(server.local_addr()).await;
+    assert_eq!(c.conn.dgram_max_writable_len(), None);
+}

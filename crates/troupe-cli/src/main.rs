@@ -54,6 +54,10 @@ struct ServeArgs {
     /// Turn off stateless Retry address validation.
     #[arg(long)]
     no_retry: bool,
+    /// Send every packet on its own instead of batching runs into GSO (UDP_SEGMENT) sends:
+    /// for paths where segmentation offload misbehaves.
+    #[arg(long)]
+    no_gso: bool,
     /// Idle timeout in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     idle_timeout: u64,
@@ -155,6 +159,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     };
     let mut config = ServerConfig::default();
     config.quic.retry = !a.no_retry;
+    config.quic.gso = !a.no_gso;
     config.quic.idle_timeout = Duration::from_secs(a.idle_timeout);
     let generated = a.cert.is_none();
     config.tls = TlsConfig {

@@ -100,6 +100,51 @@ fn serve_then_get_with_the_printed_certificate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--no-gso`: every packet its own send. A flush of many packets with one segment per send
+/// used to slice past the batch buffer and panic the connection actor; a multi-megabyte
+/// download both ways must now complete byte for byte.
+#[test]
+fn serve_without_gso_carries_real_traffic() {
+    let (_server, port, cert) = serve(&["--no-gso"]);
+    let dir = std::env::temp_dir().join(format!("troupe-cli-nogso-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = 8 << 20;
+    let out = troupe()
+        .args([
+            "get",
+            &format!("https://127.0.0.1:{port}/bytes/{n}"),
+            "-k",
+            "-o",
+        ])
+        .arg(dir.join("down.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::metadata(dir.join("down.bin")).unwrap().len(), n);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("in.bin"), &data).unwrap();
+    let out = troupe()
+        .args(["get", &format!("https://localhost:{port}/echo"), "--data"])
+        .arg(dir.join("in.bin"))
+        .arg("-o")
+        .arg(dir.join("echo.bin"))
+        .arg("--ca")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(dir.join("echo.bin")).unwrap() == data);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn root_serves_files_and_nothing_outside() {
     let base = std::env::temp_dir().join(format!("troupe-cli-root-{}", std::process::id()));

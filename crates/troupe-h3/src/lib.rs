@@ -12,6 +12,7 @@
 
 mod audit;
 mod body;
+mod budget;
 mod client;
 pub mod codes;
 mod conn;
@@ -29,7 +30,7 @@ pub use body::{
     Body, BodyCancelled, BodyError, BodySender, BoxError, Frame, RecvBody, RecvBodyStats,
 };
 pub use client::{Client, ClientEndpoint};
-pub use conn::{H3App, H3Msg, OutFrame, PendingRequest};
+pub use conn::{H3App, H3Msg, OutFrame, PendingRequest, Section};
 pub use error::RequestError;
 pub use events::{ConnectionEvent, EventSink};
 pub use peer_settings::*;

@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use http::{Request, Response};
 use ractor::{ActorRef, DerivedActorRef, Message};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 use troupe_transport::{
     Endpoint, EndpointError, EndpointStatsSnapshot, Identity, QuicSettings, TlsConfig,
 };
 
 use crate::body::{Body, RecvBody};
+use crate::budget::{FairBudget, FairPermit};
 use crate::codes::{H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED};
 use crate::conn::{H3App, H3Msg};
 use crate::events::EventSink;
@@ -169,7 +170,7 @@ pub struct Responder {
     tx: oneshot::Sender<Response<Body>>,
     stream_id: u64,
     /// Returned to the server's budget of unanswered requests when this is used or dropped.
-    _permit: OwnedSemaphorePermit,
+    _permit: FairPermit<ractor::ActorId>,
 }
 
 impl std::fmt::Debug for Responder {
@@ -215,8 +216,9 @@ struct ActorHandler {
     deliver: Deliver,
     /// The application's actor, to tell whether it still takes messages.
     target: ractor::ActorCell,
-    /// Requests delivered and not yet answered, at most `max_unanswered_requests`.
-    budget: Arc<Semaphore>,
+    /// Requests delivered and not yet answered, at most `max_unanswered_requests`, shared
+    /// fairly among connections.
+    budget: Arc<FairBudget<ractor::ActorId>>,
 }
 
 impl Handler for ActorHandler {
@@ -229,9 +231,15 @@ impl Handler for ActorHandler {
             let stream_id = control.as_ref().map_or(0, |c| c.stream_id());
             // Backpressure: with the budget spent, this request waits here, in its own stream
             // actor, without reading its body (so QUIC flow control holds the client).
-            let Ok(permit) = budget.acquire_owned().await else {
+            // Each connection gets its fair share, so one client cannot starve the others.
+            let Some(conn) = req
+                .extensions()
+                .get::<crate::stream::ConnTag>()
+                .map(|t| t.0)
+            else {
                 return std::future::pending().await;
             };
+            let permit = budget.acquire(conn).await;
             if !ractor::ACTIVE_STATES.contains(&target.get_status()) {
                 // The application actor is gone: not processed. Both directions get the same
                 // code, decided before the request (and its body) is dropped.
@@ -311,7 +319,7 @@ impl Server {
         target: ractor::ActorCell,
     ) -> Result<Server, EndpointError> {
         config.h3.validate()?;
-        let budget = Arc::new(Semaphore::new(config.h3.max_unanswered_requests));
+        let budget = FairBudget::new(config.h3.max_unanswered_requests);
         Self::bind(
             addr,
             config,

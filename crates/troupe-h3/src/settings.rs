@@ -36,7 +36,9 @@ pub struct H3Settings {
     pub max_pending_requests: usize,
     /// Server with an application actor ([`crate::Server::bind_actor`]): requests delivered
     /// to the actor and not yet answered. Further requests wait in their own stream actors,
-    /// unread. Default 1024: ten connections' worth of the default stream limit.
+    /// unread. Shared fairly among connections: each may hold `ceil(total / (active + 1))`,
+    /// so one client cannot starve the others. Default 1024: ten connections' worth of the
+    /// default stream limit.
     pub max_unanswered_requests: usize,
 }
 

@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, trace, warn, Instrument};
 
 use crate::app::{AppError, ConnCx, ConnectionApp};
+use crate::gso::{GsoBatcher, Ready};
 use crate::route::{Inbox, Packet, Routes};
 use crate::stats::bump;
 use crate::udp::Socket;
@@ -21,13 +22,6 @@ use crate::udp::Socket;
 /// Length of the connection IDs this endpoint issues. 16 bytes: unguessable, and well under the
 /// 20-byte maximum so routing keys stay small.
 pub const LOCAL_CID_LEN: usize = 16;
-
-/// Most packets in one GSO send. 64: the kernel's UDP_MAX_SEGMENTS; also bounds the batch
-/// buffer to 64 x max_udp_payload (~86 KB).
-const MAX_GSO_SEGMENTS: usize = 64;
-
-/// Most bytes in one GSO send: under the 65,507-byte UDP payload limit of IPv4 with room to spare.
-const MAX_GSO_BYTES: usize = 65_000;
 
 /// Application messages kept for a connection still in its handshake; more are dropped (and
 /// logged). 64: only control messages (shutdown, close) reach a connection that early.
@@ -301,6 +295,8 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
     pub(crate) established: Option<EstablishedTx>,
     pub(crate) closed_tx: watch::Sender<Closed>,
     pub(crate) max_udp_payload: usize,
+    /// Whether runs of packets go out as GSO sends (when the kernel supports it).
+    pub(crate) gso: bool,
     pub(crate) keylog: Option<std::path::PathBuf>,
     pub(crate) qlog_dir: Option<std::path::PathBuf>,
 }
@@ -319,9 +315,11 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     closed_tx: watch::Sender<Closed>,
     close_reason: Option<CloseReason>,
     packets: VecDeque<Packet>,
-    /// Room for one GSO batch of packets.
-    out: Vec<u8>,
-    max_udp_payload: usize,
+    /// Outgoing packets, grouped into GSO sends.
+    batcher: GsoBatcher,
+    /// Key-log file and qlog directory, opened in `post_start` (off the receive loop, which
+    /// awaits `pre_start`), before the first packet is processed.
+    log_files: Option<(Option<std::path::PathBuf>, Option<std::path::PathBuf>)>,
     timer: watch::Sender<Option<Instant>>,
     armed: Option<Instant>,
     flush_scheduled: bool,
@@ -401,7 +399,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        mut args: ConnArgs<A>,
+        args: ConnArgs<A>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let me = myself.clone();
         args.inbox.bind(
@@ -410,40 +408,12 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         );
         let trace_id = args.conn.trace_id().to_string();
         let span = info_span!("conn", conn_id = %trace_id, peer = %args.conn.path_stats().next().map(|p| p.peer_addr.to_string()).unwrap_or_default());
-        if let Some(path) = &args.keylog {
-            match std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-            {
-                Ok(f) => args.conn.set_keylog(Box::new(f)),
-                Err(e) => warn!(path = %path.display(), "cannot open keylog file: {e}"),
-            }
-        }
-        if let Some(dir) = &args.qlog_dir {
-            let role = if args.conn.is_server() {
-                "server"
-            } else {
-                "client"
-            };
-            let path = dir.join(format!("{role}-{trace_id}.sqlog"));
-            match std::fs::File::create(&path) {
-                Ok(f) => args.conn.set_qlog(
-                    Box::new(std::io::BufWriter::new(f)),
-                    "troupe".into(),
-                    format!("troupe {role} {trace_id}"),
-                ),
-                Err(e) => warn!(path = %path.display(), "cannot create qlog file: {e}"),
-            }
-        }
         let now = Instant::now();
-        // Linux refuses a UDP send over 64 KiB, GSO or not: bound the batch by bytes too.
-        let gso = args
-            .socket
-            .max_gso_segments()
-            .clamp(1, MAX_GSO_SEGMENTS)
-            .min(MAX_GSO_BYTES / args.max_udp_payload)
-            .max(1);
+        let batcher = GsoBatcher::new(
+            args.max_udp_payload,
+            args.socket.max_gso_segments(),
+            args.gso,
+        );
         Ok(ConnState {
             conn: args.conn,
             app: args.app,
@@ -460,8 +430,9 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             closed_tx: args.closed_tx,
             close_reason: None,
             packets: VecDeque::new(),
-            out: vec![0; args.max_udp_payload * gso],
-            max_udp_payload: args.max_udp_payload,
+            batcher,
+            log_files: (args.keylog.is_some() || args.qlog_dir.is_some())
+                .then(|| (args.keylog.clone(), args.qlog_dir.clone())),
             timer: spawn_timer(myself),
             armed: None,
             flush_scheduled: false,
@@ -476,6 +447,9 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         myself: ActorRef<Self::Msg>,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some((keylog, qlog_dir)) = st.log_files.take() {
+            st.open_log_files(keylog, qlog_dir).await;
+        }
         // Packets that arrived before the actor existed (a server's first Initial).
         let span = st.span.clone();
         st.turn(&myself, Event::Packets).instrument(span).await;
@@ -488,6 +462,10 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Reached on every orderly stop (closed connection or endpoint shutdown).
+        st.leave_handshake();
+        if matches!(st.stage, Stage::Handshake { .. }) {
+            st.stage = Stage::Closed;
+        }
         let info = if st.close_reason.is_none() {
             st.close_reason = Some(CloseReason::Aborted);
             let info = st.info();
@@ -561,6 +539,50 @@ enum Event<M> {
 }
 
 impl<A: ConnectionApp> ConnState<A> {
+    /// Opens the key-log file and the qlog file on a blocking thread and hands them to quiche.
+    async fn open_log_files(
+        &mut self,
+        keylog: Option<std::path::PathBuf>,
+        qlog_dir: Option<std::path::PathBuf>,
+    ) {
+        let role = if self.conn.is_server() {
+            "server"
+        } else {
+            "client"
+        };
+        let qlog_path = qlog_dir.map(|d| d.join(format!("{role}-{}.sqlog", self.trace_id)));
+        let opened = tokio::task::spawn_blocking(move || {
+            let keylog = keylog.map(|path| {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path);
+                (path, f)
+            });
+            let qlog = qlog_path.map(|path| {
+                let f = std::fs::File::create(&path);
+                (path, f)
+            });
+            (keylog, qlog)
+        })
+        .await;
+        let Ok((keylog, qlog)) = opened else { return };
+        match keylog {
+            Some((_, Ok(f))) => self.conn.set_keylog(Box::new(f)),
+            Some((path, Err(e))) => warn!(path = %path.display(), "cannot open keylog file: {e}"),
+            None => {}
+        }
+        match qlog {
+            Some((_, Ok(f))) => self.conn.set_qlog(
+                Box::new(std::io::BufWriter::new(f)),
+                "troupe".into(),
+                format!("troupe {role} {}", self.trace_id),
+            ),
+            Some((path, Err(e))) => warn!(path = %path.display(), "cannot create qlog file: {e}"),
+            None => {}
+        }
+    }
+
     fn info(&self) -> ConnectionInfo {
         let path = self.conn.path_stats().next();
         ConnectionInfo {
@@ -670,6 +692,15 @@ impl<A: ConnectionApp> ConnState<A> {
         let _ = self.conn.close(true, e.code, e.reason.as_bytes());
     }
 
+    /// A server connection leaving its handshake (established, or closed before) no longer
+    /// counts against `QuicSettings::max_handshakes`. Called before every stage change away
+    /// from `Handshake`, so the gauge drops exactly once.
+    fn leave_handshake(&mut self) {
+        if matches!(self.stage, Stage::Handshake { .. }) && self.conn.is_server() {
+            self.routes.stats.handshake_over();
+        }
+    }
+
     fn is_established(&self) -> bool {
         matches!(self.stage, Stage::Established { .. })
     }
@@ -679,6 +710,7 @@ impl<A: ConnectionApp> ConnState<A> {
             return;
         }
         let now = Instant::now();
+        self.leave_handshake();
         self.stage = Stage::Established { since: now };
         self.handshake_time = Some(now - self.started);
         self.routes
@@ -757,72 +789,44 @@ impl<A: ConnectionApp> ConnState<A> {
         }
         if self.conn.is_draining() && self.stage != Stage::Draining {
             debug!("draining");
+            self.leave_handshake();
             self.stage = Stage::Draining;
+            // A client waiting for its handshake learns of a close now, not after the draining
+            // period (three PTOs: seconds, when the server refused it at once).
+            if let Some(tx) = self.established.take() {
+                let _ = tx.send(Err(close_reason(&self.conn)));
+            }
         }
         self.rearm(force_rearm);
     }
 
-    /// Sends everything quiche has, batching runs of equal-size packets to one destination into
-    /// GSO sends (one syscall for up to `MAX_GSO_SEGMENTS` packets).
+    /// Sends everything quiche has, runs of equal-size packets to one destination as GSO
+    /// sends (one syscall for up to `max_segments` packets; see [`GsoBatcher`]).
     async fn flush_packets(&mut self) {
-        let payload = self.max_udp_payload;
-        // The buffer holds exactly the most segments one send may carry.
-        let max_segments = self.out.len() / payload;
-        // The batch being built: destination, segment size, segments so far; bytes used.
-        let mut batch: Option<(SocketAddr, usize, usize)> = None;
-        let mut used = 0usize;
         loop {
-            match self.conn.send(&mut self.out[used..used + payload]) {
-                Ok((n, info)) => {
-                    let full = match &mut batch {
-                        None => {
-                            batch = Some((info.to, n, 1));
-                            used = n;
-                            false
-                        }
-                        Some((to, seg, count)) if *to == info.to && n <= *seg => {
-                            used += n;
-                            *count += 1;
-                            // A short packet must be the last segment of a GSO batch.
-                            n < *seg || *count == max_segments
-                        }
-                        Some((to, seg, _)) => {
-                            // Different destination or a larger packet: send the batch
-                            // without it, then start a new batch with it.
-                            let (to, seg, start) = (*to, *seg, used);
-                            self.send_batch(to, start, seg).await;
-                            self.out.copy_within(start..start + n, 0);
-                            batch = Some((info.to, n, 1));
-                            used = n;
-                            max_segments == 1
-                        }
-                    };
-                    if full {
-                        if let Some((to, seg, _)) = batch.take() {
-                            self.send_batch(to, used, seg).await;
-                        }
-                        used = 0;
-                    }
-                }
+            let ready = match self.conn.send(self.batcher.slot()) {
+                Ok((n, info)) => self.batcher.commit(n, info.to),
                 Err(quiche::Error::Done) => break,
                 Err(e) => {
                     warn!("quiche send failed: {e}");
                     let _ = self.conn.close(false, 0x1, b"internal error");
                     break;
                 }
-            }
+            };
+            self.send_ready(ready).await;
         }
-        if let Some((to, seg, _)) = batch {
-            self.send_batch(to, used, seg).await;
-        }
+        let last = self.batcher.finish();
+        self.send_ready(last).await;
     }
 
-    async fn send_batch(&mut self, to: SocketAddr, len: usize, seg: usize) {
-        if len == 0 {
-            return;
-        }
-        if let Err(e) = self.socket.send(to, &self.out[..len], Some(seg)).await {
-            debug!("send failed: {e}");
+    /// Sends the batch the batcher completed, and any that completes right after it.
+    async fn send_ready(&mut self, mut ready: Option<Ready>) {
+        while let Some(r) = ready {
+            let contents = &self.batcher.buffer()[..r.len];
+            if let Err(e) = self.socket.send(r.to, contents, Some(r.segment)).await {
+                debug!("send failed: {e}");
+            }
+            ready = self.batcher.sent();
         }
     }
 
@@ -863,6 +867,7 @@ impl<A: ConnectionApp> ConnState<A> {
     /// The connection is over: tell the application, stop the children in order, stop.
     async fn finish(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, reason: CloseReason) {
         debug!(%reason, "connection closed");
+        self.leave_handshake();
         self.stage = Stage::Closed;
         self.close_reason = Some(reason.clone());
         let info = self.info();

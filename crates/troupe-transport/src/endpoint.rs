@@ -43,10 +43,28 @@ const RECV_SLOT: usize = 65_536;
 /// Builds the application instance for each connection a server accepts.
 pub type AppFactory<A> = Arc<dyn Fn() -> A + Send + Sync>;
 
+/// Restarts of the receive loop the endpoint allows within [`RECV_LOOP_RESTART_WINDOW`];
+/// one more and the endpoint fails to its own supervisor. 3 in 5 s: a loop that panics on
+/// every batch is a bug to surface, not to hide, while a rare panic (one bad packet hitting a
+/// bug) should not take a server down.
+pub const RECV_LOOP_MAX_RESTARTS: usize = 3;
+
+/// The window [`RECV_LOOP_MAX_RESTARTS`] counts restarts in.
+pub const RECV_LOOP_RESTART_WINDOW: Duration = Duration::from_secs(5);
+
 /// Messages to the endpoint actor.
+#[non_exhaustive]
 pub enum EndpointMsg {
     /// How many connection actors are alive.
     ConnectionCount(RpcReplyPort<usize>),
+    /// The receive loop panicked (with this message). The reply says whether it may restart;
+    /// past the restart budget the endpoint fails instead, to its own supervisor.
+    ReceiveLoopFailed {
+        /// The panic's message.
+        reason: String,
+        /// `true`: restart.
+        verdict: RpcReplyPort<bool>,
+    },
 }
 
 /// The live connection actors, for `Endpoint::wait_idle`. A connection counts from the moment
@@ -137,6 +155,7 @@ impl Drop for SpawnGuard {
 }
 
 struct EndpointArgs<A: ConnectionApp> {
+    inject_panic: Arc<AtomicBool>,
     accepting: Arc<AtomicBool>,
     live: Arc<LiveSet>,
     socket: Arc<Socket>,
@@ -148,11 +167,15 @@ struct EndpointArgs<A: ConnectionApp> {
 struct ServerSide<A: ConnectionApp> {
     config: quiche::Config,
     factory: AppFactory<A>,
-    retry: Option<RetryTokens>,
+    /// Mints and checks Retry tokens: always at hand, since Retry is demanded under load
+    /// even when `QuicSettings::retry` is off.
+    tokens: RetryTokens,
 }
 
 struct EndpointState {
     recv_loop: Option<JoinHandle<()>>,
+    /// When the receive loop was restarted, within the restart window.
+    restarts: std::collections::VecDeque<std::time::Instant>,
     routes: Routes,
     /// Live connection actors, published for `Endpoint::wait_idle`.
     live: Arc<LiveSet>,
@@ -181,9 +204,11 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
             settings: args.settings,
             endpoint: cell,
             live: args.live.clone(),
+            inject_panic: args.inject_panic,
         };
         Ok(EndpointState {
-            recv_loop: Some(tokio::spawn(recv.run())),
+            recv_loop: Some(tokio::spawn(recv.supervised(myself.clone()))),
+            restarts: Default::default(),
             routes,
             live: args.live,
         })
@@ -211,11 +236,40 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         &self,
         myself: ActorRef<EndpointMsg>,
         msg: EndpointMsg,
-        _st: &mut EndpointState,
+        st: &mut EndpointState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             EndpointMsg::ConnectionCount(reply) => {
                 let _ = reply.send(myself.get_children().len());
+            }
+            EndpointMsg::ReceiveLoopFailed { reason, verdict } => {
+                let now = std::time::Instant::now();
+                st.restarts
+                    .retain(|t| now.duration_since(*t) < RECV_LOOP_RESTART_WINDOW);
+                if st.restarts.len() >= RECV_LOOP_MAX_RESTARTS {
+                    tracing::error!(
+                        "receive loop failed {} times within {:?}, last: {reason}; the endpoint fails",
+                        st.restarts.len() + 1,
+                        RECV_LOOP_RESTART_WINDOW
+                    );
+                    let _ = verdict.send(false);
+                    // Failing skips post_stop: stop the connections in order first.
+                    myself
+                        .stop_children_and_wait(
+                            Some("receive loop failed".into()),
+                            Some(Duration::from_secs(5)),
+                        )
+                        .await;
+                    return Err(format!(
+                        "receive loop failed more than {RECV_LOOP_MAX_RESTARTS} times within \
+                         {RECV_LOOP_RESTART_WINDOW:?}; last: {reason}"
+                    )
+                    .into());
+                }
+                st.restarts.push_back(now);
+                bump(&st.routes.stats.receive_loop_restarts);
+                warn!("receive loop panicked, restarting it: {reason}");
+                let _ = verdict.send(true);
             }
         }
         Ok(())
@@ -253,6 +307,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
 /// A UDP endpoint running connection actors of application type `A`.
 pub struct Endpoint<A: ConnectionApp> {
     actor: ActorRef<EndpointMsg>,
+    inject_panic: Arc<AtomicBool>,
     accepting: Arc<AtomicBool>,
     live: Arc<LiveSet>,
     socket: Arc<Socket>,
@@ -283,11 +338,10 @@ impl<A: ConnectionApp> Endpoint<A> {
             }
         };
         let config = settings.to_quiche(&tls, true)?;
-        let retry = settings.retry.then(RetryTokens::new);
         let server = ServerSide {
             config,
             factory,
-            retry,
+            tokens: RetryTokens::new(),
         };
         let ep = Self::start(addr, settings, tls, Some(server)).await?;
         info!(addr = %ep.local_addr, "QUIC server listening");
@@ -295,12 +349,35 @@ impl<A: ConnectionApp> Endpoint<A> {
     }
 
     /// Binds a client endpoint (use port 0 for any). Any number of connections may share it.
+    /// A CA file in `tls` is read once, here (not on every connect), and checked.
     pub async fn client(
         addr: SocketAddr,
         settings: QuicSettings,
-        tls: TlsConfig,
+        mut tls: TlsConfig,
     ) -> Result<Self, EndpointError> {
         settings.validate()?;
+        if let crate::tls::Verify::CaFile(path) = &tls.verify {
+            let pem =
+                tokio::fs::read(path)
+                    .await
+                    .map_err(|source| crate::error::ConfigError::File {
+                        what: "CA certificate",
+                        path: path.clone(),
+                        source,
+                    })?;
+            // Parsed now, so a bad file is reported at bind, naming it.
+            let parsed = TlsConfig {
+                identity: None,
+                verify: crate::tls::Verify::CaPem(pem.clone()),
+            };
+            parsed.context_builder(false).map_err(|e| match e {
+                crate::error::ConfigError::Tls(why) => {
+                    crate::error::ConfigError::Tls(format!("{why} (CA file {})", path.display()))
+                }
+                other => other,
+            })?;
+            tls.verify = parsed.verify;
+        }
         Self::start(addr, settings, tls, None).await
     }
 
@@ -317,7 +394,9 @@ impl<A: ConnectionApp> Endpoint<A> {
         let routes = Routes::new(stats.clone());
         let accepting = Arc::new(AtomicBool::new(true));
         let live = LiveSet::new();
+        let inject_panic = Arc::new(AtomicBool::new(false));
         let args = EndpointArgs {
+            inject_panic: inject_panic.clone(),
             accepting: accepting.clone(),
             live: live.clone(),
             socket: socket.clone(),
@@ -330,6 +409,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             .map_err(|e| EndpointError::Spawn(e.to_string()))?;
         Ok(Endpoint {
             actor,
+            inject_panic,
             accepting,
             live,
             socket,
@@ -360,6 +440,12 @@ impl<A: ConnectionApp> Endpoint<A> {
     /// Number of live connection actors.
     pub fn connection_count(&self) -> usize {
         self.actor.get_children().len()
+    }
+
+    /// Fault injection for tests: the receive loop panics when it next reads a batch.
+    #[doc(hidden)]
+    pub fn inject_receive_loop_panic(&self) {
+        self.inject_panic.store(true, Ordering::Release);
     }
 
     /// Stops creating connections for new clients; existing connections carry on. New
@@ -444,6 +530,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             established: Some(est_tx),
             closed_tx,
             max_udp_payload: self.settings.max_udp_payload,
+            gso: self.settings.gso,
             keylog: self.settings.keylog_file.clone(),
             qlog_dir: self.settings.qlog_dir.clone(),
         };
@@ -514,10 +601,41 @@ struct RecvLoop<A: ConnectionApp> {
     settings: QuicSettings,
     endpoint: ActorCell,
     live: Arc<LiveSet>,
+    inject_panic: Arc<AtomicBool>,
 }
 
 impl<A: ConnectionApp> RecvLoop<A> {
-    async fn run(mut self) {
+    /// Runs the loop under the endpoint actor's supervision: a panic is caught and reported,
+    /// and the loop restarts (with its state: socket, routes, server configuration) only if
+    /// the endpoint allows it.
+    async fn supervised(mut self, endpoint: ActorRef<EndpointMsg>) {
+        use futures::FutureExt;
+        loop {
+            let panic = match std::panic::AssertUnwindSafe(self.run())
+                .catch_unwind()
+                .await
+            {
+                Ok(()) => return,
+                Err(p) => p,
+            };
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let restart = endpoint
+                .call(
+                    |verdict| EndpointMsg::ReceiveLoopFailed { reason, verdict },
+                    None,
+                )
+                .await;
+            if !matches!(restart, Ok(ractor::rpc::CallResult::Success(true))) {
+                return;
+            }
+        }
+    }
+
+    async fn run(&mut self) {
         let local = self.socket.local_addr();
         debug!(
             gso = self.socket.max_gso_segments(),
@@ -532,6 +650,9 @@ impl<A: ConnectionApp> RecvLoop<A> {
                     storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
                 self.socket.recv(&mut bufs, &mut meta).await
             };
+            if self.inject_panic.swap(false, Ordering::AcqRel) {
+                panic!("injected receive loop panic");
+            }
             let filled = match filled {
                 Ok(n) => n,
                 Err(e) => {
@@ -574,10 +695,10 @@ impl<A: ConnectionApp> RecvLoop<A> {
             }
             return;
         }
-        let Some(server) = self.server.as_mut() else {
+        if self.server.is_none() {
             self.routes.stats.dropped(DropReason::UnknownConnection);
             return;
-        };
+        }
         if hdr.ty != quiche::Type::Initial || !self.accepting.load(Ordering::Acquire) {
             self.routes.stats.dropped(DropReason::UnknownConnection);
             return;
@@ -595,39 +716,50 @@ impl<A: ConnectionApp> RecvLoop<A> {
             }
             return;
         }
+        // Load: refuse past the limits; demand address validation (Retry) under load.
+        let stats = &self.routes.stats;
+        let handshaking = stats.handshaking.load(Ordering::Acquire) as usize;
+        let live = *self.live.count.borrow();
+        if live >= self.settings.max_connections || handshaking >= self.settings.max_handshakes {
+            debug!(
+                live,
+                handshaking, "refusing a new connection: CONNECTION_REFUSED"
+            );
+            return self.refuse(packet).await;
+        }
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let retry = self.settings.retry || handshaking >= self.settings.max_handshakes / 2;
+        let token = hdr.token.as_deref().unwrap_or_default();
         let mut extra_routes = Vec::new();
-        let (scid, odcid) = match &server.retry {
-            Some(tokens) => {
-                let token = hdr.token.as_deref().unwrap_or_default();
-                if token.is_empty() {
-                    let new_scid = random_cid();
-                    let token = tokens.mint(&packet.from, &hdr.dcid, &new_scid);
-                    if let Ok(n) = quiche::retry(
-                        &hdr.scid,
-                        &hdr.dcid,
-                        &new_scid,
-                        &token,
-                        hdr.version,
-                        &mut out,
-                    ) {
-                        bump(&self.routes.stats.retries_sent);
-                        let _ = self.socket.send(packet.from, &out[..n], None).await;
-                    }
+        let (scid, odcid) = if !token.is_empty() {
+            match server.tokens.validate(&packet.from, &hdr.dcid, token) {
+                Some(odcid) => (hdr.dcid.clone().into_owned(), Some(odcid)),
+                None => {
+                    self.routes.stats.dropped(DropReason::InvalidToken);
                     return;
                 }
-                match tokens.validate(&packet.from, &hdr.dcid, token) {
-                    Some(odcid) => (hdr.dcid.clone().into_owned(), Some(odcid)),
-                    None => {
-                        self.routes.stats.dropped(DropReason::InvalidToken);
-                        return;
-                    }
-                }
             }
-            None => {
-                // The client keeps using its chosen DCID until our first packet reaches it.
-                extra_routes.push(hdr.dcid.clone().into_owned());
-                (random_cid(), None)
+        } else if retry {
+            let new_scid = random_cid();
+            let token = server.tokens.mint(&packet.from, &hdr.dcid, &new_scid);
+            if let Ok(n) = quiche::retry(
+                &hdr.scid,
+                &hdr.dcid,
+                &new_scid,
+                &token,
+                hdr.version,
+                &mut out,
+            ) {
+                bump(&self.routes.stats.retries_sent);
+                let _ = self.socket.send(packet.from, &out[..n], None).await;
             }
+            return;
+        } else {
+            // The client keeps using its chosen DCID until our first packet reaches it.
+            extra_routes.push(hdr.dcid.clone().into_owned());
+            (random_cid(), None)
         };
         let conn = match quiche::accept(
             &scid,
@@ -661,10 +793,13 @@ impl<A: ConnectionApp> RecvLoop<A> {
             established: None,
             closed_tx,
             max_udp_payload: self.settings.max_udp_payload,
+            gso: self.settings.gso,
             keylog: self.settings.keylog_file.clone(),
             qlog_dir: self.settings.qlog_dir.clone(),
         };
         let guard = self.live.spawning();
+        // Counted until the connection leaves its handshake (the actor says when).
+        bump(&self.routes.stats.handshaking);
         let spawned = Actor::spawn_linked(
             None,
             ConnectionActor::<A>::default(),
@@ -679,6 +814,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
                 self.routes.stats.metrics.connection_accepted();
             }
             Err(e) => {
+                self.routes.stats.handshake_over();
                 warn!("cannot spawn connection actor: {e}");
                 self.routes.remove(&scid);
                 for r in &extra_routes {
@@ -688,6 +824,37 @@ impl<A: ConnectionApp> RecvLoop<A> {
         }
     }
 }
+
+impl<A: ConnectionApp> RecvLoop<A> {
+    /// Refuses a new client: CONNECTION_REFUSED in an Initial, from a throw-away quiche
+    /// connection (quiche needs the client's Initial to address and protect the reply). No
+    /// connection actor or route is created.
+    async fn refuse(&mut self, mut packet: Packet) {
+        bump(&self.routes.stats.connections_refused);
+        let Some(server) = self.server.as_mut() else {
+            return;
+        };
+        let scid = random_cid();
+        let Ok(mut conn) = quiche::accept(&scid, None, packet.to, packet.from, &mut server.config)
+        else {
+            return;
+        };
+        let info = quiche::RecvInfo {
+            from: packet.from,
+            to: packet.to,
+        };
+        let _ = conn.recv(&mut packet.data, info);
+        // RFC 9000 §20.1: CONNECTION_REFUSED, the server refuses to accept a new connection.
+        let _ = conn.close(false, CONNECTION_REFUSED, b"server busy");
+        let mut out = [0u8; 1500];
+        while let Ok((n, to)) = conn.send(&mut out).map(|(n, i)| (n, i.to)) {
+            let _ = self.socket.send(to, &out[..n], None).await;
+        }
+    }
+}
+
+/// RFC 9000 §20.1 transport error code.
+const CONNECTION_REFUSED: u64 = 0x2;
 
 fn random_cid() -> quiche::ConnectionId<'static> {
     quiche::ConnectionId::from_vec(rand::random::<[u8; LOCAL_CID_LEN]>().to_vec())

@@ -11,6 +11,7 @@ mod app;
 mod connection;
 mod endpoint;
 mod error;
+mod gso;
 pub mod metrics;
 mod retry;
 mod route;
@@ -21,7 +22,9 @@ mod udp;
 
 pub use app::{AppError, ConnCx, ConnectionApp};
 pub use connection::{CloseReason, ConnMsg, Connection, ConnectionInfo, Stage, LOCAL_CID_LEN};
-pub use endpoint::{AppFactory, Endpoint, EndpointMsg};
+pub use endpoint::{
+    AppFactory, Endpoint, EndpointMsg, RECV_LOOP_MAX_RESTARTS, RECV_LOOP_RESTART_WINDOW,
+};
 pub use error::{ConfigError, ConnectError, EndpointError};
 pub use metrics::{
     DropReason, Metrics, NoMetrics, PrometheusMetrics, SharedMetrics, StreamEnd, StreamSummary,

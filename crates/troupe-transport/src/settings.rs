@@ -63,15 +63,30 @@ pub struct QuicSettings {
     /// Largest UDP payload we send and advertise for receiving. Default 1350: fits typical
     /// tunnelled paths (PPPoE, VPN) without relying on PMTU discovery.
     pub max_udp_payload: usize,
-    /// Whether QUIC DATAGRAM frames (RFC 9221) are enabled. Default on: HTTP Datagrams and
-    /// MASQUE need them; the cost when unused is one transport parameter.
+    /// Whether QUIC DATAGRAM frames (RFC 9221) are enabled. Default off: nothing in troupe reads
+    /// datagrams yet, and with them on any peer could park up to the receive queue's worth
+    /// (about 1.3 MiB) of unread datagrams in quiche per connection.
     pub datagrams: bool,
+    /// Whether runs of equal-size packets go out as one GSO send (`UDP_SEGMENT`) when the
+    /// kernel supports it. Default on: about three times the packets per second on Linux.
+    /// Turn it off for paths where segmentation offload misbehaves (some virtual NICs and
+    /// tunnels); every packet is then its own send.
+    pub gso: bool,
     /// Congestion control algorithm. Default CUBIC.
     pub congestion_control: CongestionControl,
     /// Server: validate client addresses with a stateless Retry before creating any connection
     /// state. Default on: it stops spoofed-source floods from allocating connection actors, at
     /// the cost of one round trip on the first connection.
     pub retry: bool,
+    /// Server: connections at most (handshaking or established). A new client beyond it is
+    /// refused with CONNECTION_REFUSED. Default 10,000: an idle connection with its actor costs
+    /// tens of KB, so this bounds a server's connection state to well under a GB.
+    pub max_connections: usize,
+    /// Server: connections at most in their handshake at once. Each costs a key exchange and
+    /// its TLS state before the client proved anything; past half of this, clients without a
+    /// Retry token are asked for one (address validation, even with `retry` off), and past
+    /// it new clients are refused with CONNECTION_REFUSED. Default 1,024.
+    pub max_handshakes: usize,
     /// Where to append TLS secrets in NSS key-log format (for Wireshark). Default none.
     pub keylog_file: Option<PathBuf>,
     /// Directory for one qlog file per connection. Default none.
@@ -97,9 +112,12 @@ impl Default for QuicSettings {
             initial_max_streams_bidi: 100,
             initial_max_streams_uni: 16,
             max_udp_payload: 1350,
-            datagrams: true,
+            datagrams: false,
+            gso: true,
             congestion_control: CongestionControl::Cubic,
             retry: true,
+            max_connections: 10_000,
+            max_handshakes: 1024,
             keylog_file: None,
             qlog_dir: None,
             connection_queue: 1024,
@@ -135,6 +153,17 @@ impl QuicSettings {
                 field: "handshake_timeout",
                 why: "must be greater than zero".into(),
             });
+        }
+        for (field, v) in [
+            ("max_connections", self.max_connections),
+            ("max_handshakes", self.max_handshakes),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    why: "must be at least 1".into(),
+                });
+            }
         }
         if self.connection_queue == 0 {
             return Err(ConfigError::Invalid {

@@ -16,6 +16,10 @@ pub struct EndpointStats {
     pub(crate) connections_closed: AtomicU64,
     pub(crate) connections_failed: AtomicU64,
     pub(crate) handshake_timeouts: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) receive_loop_restarts: AtomicU64,
+    /// Gauge: server connections still in their handshake.
+    pub(crate) handshaking: AtomicU64,
     /// The sink every event is also reported to.
     pub(crate) metrics: crate::metrics::SharedMetrics,
 }
@@ -46,6 +50,13 @@ pub struct EndpointStatsSnapshot {
     pub connections_failed: u64,
     /// Connections abandoned because the handshake did not finish in time.
     pub handshake_timeouts: u64,
+    /// New clients refused with CONNECTION_REFUSED (`max_connections` or `max_handshakes`
+    /// reached).
+    pub connections_refused: u64,
+    /// Times the receive loop panicked and was restarted by the endpoint actor.
+    pub receive_loop_restarts: u64,
+    /// Server connections in their handshake right now.
+    pub handshaking: u64,
 }
 
 impl EndpointStatsSnapshot {
@@ -82,6 +93,13 @@ impl EndpointStats {
         self.metrics.datagram_dropped(reason);
     }
 
+    /// A server connection left its handshake (established, or closed before that).
+    pub(crate) fn handshake_over(&self) {
+        let _ = self
+            .handshaking
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
     /// Copies the counters.
     pub fn snapshot(&self) -> EndpointStatsSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -97,6 +115,9 @@ impl EndpointStats {
             connections_closed: r(&self.connections_closed),
             connections_failed: r(&self.connections_failed),
             handshake_timeouts: r(&self.handshake_timeouts),
+            connections_refused: r(&self.connections_refused),
+            receive_loop_restarts: r(&self.receive_loop_restarts),
+            handshaking: r(&self.handshaking),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -24,8 +25,10 @@ use troupe_transport::ConnMsg;
 
 use crate::audit::{StreamEnd, StreamStats};
 use crate::body::{Body, BodyCancelled, BodyWriter, End, Frame, RecvBody};
-use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED};
-use crate::conn::{H3Msg, OutFrame};
+use crate::codes::{
+    H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED,
+};
+use crate::conn::{H3Msg, OutFrame, Section};
 use crate::error::RequestError;
 use crate::headers;
 use crate::priority::{Priority, PrioritySignal};
@@ -37,6 +40,12 @@ pub use state::{RecvState, SendState};
 /// many chunks are batched into one message to the connection. 64: one message per ~1 MB of
 /// 16 KB chunks, keeping per-message latency low.
 const MAX_CHUNKS_PER_MESSAGE: usize = 64;
+
+/// Interim (1xx) responses a client accepts before the final one; past it the stream is reset
+/// with H3_EXCESSIVE_LOAD. HTTP sets no limit, and header sections bypass body credit; real
+/// servers send one or two (100 Continue, 103 Early Hints). 16 sections, each at most the
+/// advertised field-section size, bound what a server can make one stream hold.
+pub(crate) const MAX_INTERIM_RESPONSES: usize = 16;
 
 /// Client: the interim (1xx) responses that preceded a final response, in order; in the final
 /// response's extensions when there were any.
@@ -71,12 +80,15 @@ pub enum StreamMsg {
     PeerReset(u64),
     /// The peer asked us to stop sending (STOP_SENDING).
     PeerStopSending(u64),
-    /// The connection wrote `bytes` of our body into quiche, and our FIN if `fin`.
+    /// The connection wrote `bytes` of our body into quiche (and our FIN if `fin`), and grants
+    /// `credit` more body bytes to hand over.
     Written {
         /// Body bytes written.
         bytes: usize,
         /// FIN written.
         fin: bool,
+        /// New write credit.
+        credit: usize,
     },
     /// A future or body stream this actor polls is ready to make progress.
     Poll,
@@ -142,6 +154,8 @@ pub(crate) struct StreamArgs {
     pub(crate) trace_id: String,
     pub(crate) role: Role,
     pub(crate) stats: StreamStats,
+    /// The first write credit: body bytes it may hand over before asking.
+    pub(crate) credit: usize,
 }
 
 pub(crate) enum Role {
@@ -163,28 +177,82 @@ pub(crate) enum Role {
     },
 }
 
+/// In a server request's extensions: which connection it came on (the actor server's budget
+/// is shared fairly by connection).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnTag(pub(crate) ractor::ActorId);
+
+/// Which end of the request this actor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Server,
+    Client,
+}
+
+/// What produces the bytes of our sending direction.
+enum Producer {
+    /// Server, until `post_start`: the handler and its request, called in the actor's own task
+    /// (a handler may do work before its first await; never inside the connection's turn).
+    Call {
+        handler: Arc<dyn Handler>,
+        request: Box<Request<RecvBody>>,
+        /// The request headers carried FIN.
+        fin: bool,
+    },
+    /// Server: the handler runs; the interim responses it queues go out before the final one.
+    Handler {
+        future: HandlerFuture,
+        interim: Arc<InterimQueue>,
+    },
+    /// The outgoing body (a server's response body, a client's request body).
+    Body(Body),
+    /// Nothing (more) to produce.
+    Done,
+}
+
+/// Where the bytes of our receiving direction go.
+enum Consumer {
+    /// Client: the final response head is awaited; the interim ones so far.
+    AwaitingResponse {
+        reply: ReplyTx,
+        interim: Vec<http::response::Parts>,
+    },
+    /// The received body's writer (the application holds the `RecvBody`).
+    Body(BodyWriter),
+    /// Nothing takes received bytes (a response refused before its body existed).
+    Nobody,
+}
+
+/// Body bytes the connection lets us hand over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteCredit {
+    /// This many more.
+    Has(usize),
+    /// Spent, and more was asked for with the last hand-over.
+    Asked,
+    /// This many, granted in answer to asking and not yet answered: the connection holds less
+    /// urgent streams back until our bytes (or word that there are none yet) arrive.
+    Fresh(usize),
+}
+
 pub(crate) struct StreamActor;
 
 pub(crate) struct StreamState {
     id: u64,
+    kind: Kind,
     conn: ActorRef<ConnMsg<H3Msg>>,
     settings: Arc<H3Settings>,
     send: SendState,
     recv: RecvState,
-    /// Writer end of the received-body buffer; `None` before a client's response headers.
-    writer: Option<BodyWriter>,
-    pending_role: Option<Role>,
-    handler: Option<HandlerFuture>,
-    body: Option<Body>,
-    reply: Option<ReplyTx>,
+    producer: Producer,
+    consumer: Consumer,
+    credit: WriteCredit,
+    /// The rest of a body chunk cut at the credit boundary: handed over first when credit
+    /// returns (at most one chunk is held here).
+    carry: Option<Bytes>,
     waker: Arc<ActorWaker>,
     span: tracing::Span,
     stop_latch: state::StopLatch,
-    is_server: bool,
-    /// Server: interim responses the handler sent, not yet handed over.
-    interim: Option<Arc<InterimQueue>>,
-    /// Client: interim responses received before the final one.
-    interim_received: Vec<http::response::Parts>,
     /// The received message's content-length, if it declared one.
     content_length: Option<u64>,
     /// Body bytes received so far.
@@ -279,35 +347,77 @@ impl Actor for StreamActor {
         myself: ActorRef<StreamMsg>,
         args: StreamArgs,
     ) -> Result<StreamState, ActorProcessingErr> {
-        // Runs inside the connection actor's handler (spawn_linked): keep it trivial.
+        // Runs inside the connection actor's handler (spawn_linked): keep it trivial (no user
+        // code, no I/O; a few allocations).
         let span = info_span!(parent: None, "stream", conn_id = %args.trace_id, stream_id = args.stream_id);
-        let is_server = matches!(args.role, Role::Server { .. });
-        Ok(StreamState {
+        let waker = Arc::new(ActorWaker {
+            actor: myself.clone(),
+            scheduled: AtomicBool::new(false),
+        });
+        let mut st = StreamState {
             id: args.stream_id,
+            kind: Kind::Client,
             conn: args.conn,
             settings: args.settings,
             send: SendState::Idle,
             recv: RecvState::AwaitingHeaders,
-            writer: None,
-            pending_role: Some(args.role),
-            handler: None,
-            body: None,
-            reply: None,
-            waker: Arc::new(ActorWaker {
-                actor: myself,
-                scheduled: AtomicBool::new(false),
-            }),
+            producer: Producer::Done,
+            consumer: Consumer::Nobody,
+            credit: WriteCredit::Has(args.credit),
+            carry: None,
+            waker,
             span,
             stop_latch: state::StopLatch::default(),
-            is_server,
-            interim: None,
-            interim_received: Vec::new(),
             content_length: None,
             body_received: 0,
             body_sent: 0,
             stats: args.stats,
             synced: (0, 0, SendState::Idle, RecvState::AwaitingHeaders),
-        })
+        };
+        match args.role {
+            Role::Server {
+                head,
+                fin,
+                handler,
+                priority,
+            } => {
+                st.kind = Kind::Server;
+                st.content_length = content_length(&head.headers);
+                let body = st.open_recv(&myself);
+                let mut request = Request::from_parts(head, body);
+                request.extensions_mut().insert(StreamControl {
+                    actor: myself.clone(),
+                    stream_id: st.id,
+                });
+                request
+                    .extensions_mut()
+                    .insert(PrioritySignal::new(priority));
+                request.extensions_mut().insert(st.stats.clone());
+                request.extensions_mut().insert(ConnTag(st.conn.get_id()));
+                st.producer = Producer::Call {
+                    handler,
+                    request: Box::new(request),
+                    fin,
+                };
+            }
+            Role::Client {
+                body,
+                fin_sent,
+                reply,
+            } => {
+                st.consumer = Consumer::AwaitingResponse {
+                    reply,
+                    interim: Vec::new(),
+                };
+                if fin_sent {
+                    st.send = SendState::FinSent;
+                } else {
+                    let _ = st.send.on_handed(0, false);
+                    st.producer = Producer::Body(body);
+                }
+            }
+        }
+        Ok(st)
     }
 
     async fn post_start(
@@ -317,54 +427,34 @@ impl Actor for StreamActor {
     ) -> Result<(), ActorProcessingErr> {
         let span = st.span.clone();
         let _g = span.enter();
-        match st.pending_role.take() {
-            Some(Role::Server {
-                head,
-                fin,
+        if let Producer::Call { .. } = st.producer {
+            let Producer::Call {
                 handler,
-                priority,
-            }) => {
-                st.content_length = content_length(&head.headers);
-                let body = st.open_recv(&myself);
-                if fin && st.content_length.is_some_and(|n| n != 0) {
-                    // A declared body that never came: malformed (RFC 9114 §4.1.2).
-                    debug!("content-length without a body: H3_MESSAGE_ERROR");
-                    st.abort_both(H3_MESSAGE_ERROR);
-                    st.drive(&myself);
-                    return Ok(());
-                }
-                if fin {
-                    st.recv_fin();
-                }
-                let mut req = Request::from_parts(head, body);
-                let queue = Arc::new(InterimQueue::default());
-                st.interim = Some(queue.clone());
-                req.extensions_mut().insert(Interim {
-                    queue,
-                    waker: st.waker.clone(),
-                });
-                req.extensions_mut().insert(StreamControl {
-                    actor: myself.clone(),
-                    stream_id: st.id,
-                });
-                req.extensions_mut().insert(PrioritySignal::new(priority));
-                req.extensions_mut().insert(st.stats.clone());
-                st.handler = Some(Box::pin(handler.call(req)));
+                mut request,
+                fin,
+            } = std::mem::replace(&mut st.producer, Producer::Done)
+            else {
+                unreachable!("matched above");
+            };
+            if fin && st.content_length.is_some_and(|n| n != 0) {
+                // A declared body that never came: malformed (RFC 9114 §4.1.2).
+                debug!("content-length without a body: H3_MESSAGE_ERROR");
+                st.abort_both(H3_MESSAGE_ERROR);
+                st.drive(&myself);
+                return Ok(());
             }
-            Some(Role::Client {
-                body,
-                fin_sent,
-                reply,
-            }) => {
-                st.reply = Some(reply);
-                if fin_sent {
-                    st.send = SendState::FinSent;
-                } else {
-                    let _ = st.send.on_handed(0, false);
-                    st.body = Some(body);
-                }
+            if fin {
+                st.recv_fin();
             }
-            None => {}
+            let interim = Arc::new(InterimQueue::default());
+            request.extensions_mut().insert(Interim {
+                queue: interim.clone(),
+                waker: st.waker.clone(),
+            });
+            st.producer = Producer::Handler {
+                future: Box::pin(handler.call(*request)),
+                interim,
+            };
         }
         st.drive(&myself);
         st.sync_audit();
@@ -392,7 +482,7 @@ impl Actor for StreamActor {
 impl StreamState {
     fn open_recv(&mut self, myself: &ActorRef<StreamMsg>) -> RecvBody {
         let (writer, shared) = BodyWriter::new();
-        self.writer = Some(writer);
+        self.consumer = Consumer::Body(writer);
         self.recv = RecvState::Open;
         RecvBody::new(
             shared,
@@ -401,6 +491,25 @@ impl StreamState {
             myself.clone(),
             self.settings.recv_window,
         )
+    }
+
+    /// The received body's writer, once there is one.
+    fn writer(&self) -> Option<&BodyWriter> {
+        match &self.consumer {
+            Consumer::Body(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    /// Client: fails the request still waiting for its response head, if any.
+    fn fail_reply(&mut self, err: RequestError) {
+        if let Consumer::AwaitingResponse { .. } = self.consumer {
+            if let Consumer::AwaitingResponse { reply, .. } =
+                std::mem::replace(&mut self.consumer, Consumer::Nobody)
+            {
+                let _ = reply.send(Err(err));
+            }
+        }
     }
 
     /// Copies the byte counts and how each direction ended into the shared audit figures.
@@ -436,7 +545,7 @@ impl StreamState {
     fn recv_fin(&mut self) {
         if self.recv.on_fin().is_ok() {
             self.sync_audit();
-            if let Some(w) = &self.writer {
+            if let Some(w) = self.writer() {
                 w.end(End::Fin);
             }
         }
@@ -458,7 +567,7 @@ impl StreamState {
                     }
                     // Figures first: a reader woken by the push may read them at once.
                     self.sync_audit();
-                    if let Some(w) = &self.writer {
+                    if let Some(w) = self.writer() {
                         w.push(chunks);
                     }
                 }
@@ -478,40 +587,45 @@ impl StreamState {
                 if self.recv.on_reset(code).is_ok() {
                     debug!(code, "peer reset the stream");
                     self.sync_audit();
-                    if let Some(w) = &self.writer {
+                    if let Some(w) = self.writer() {
                         w.end(End::Reset(code));
                     }
-                    if let Some(reply) = self.reply.take() {
-                        let err = if code == crate::codes::H3_REQUEST_REJECTED {
-                            RequestError::Rejected
-                        } else {
-                            RequestError::StreamReset(code)
-                        };
-                        let _ = reply.send(Err(err));
-                    }
+                    self.fail_reply(if code == crate::codes::H3_REQUEST_REJECTED {
+                        RequestError::Rejected
+                    } else {
+                        RequestError::StreamReset(code)
+                    });
                 }
             }
             StreamMsg::PeerStopSending(code) => {
                 if self.send.on_stop_sending(code).is_ok() {
                     debug!(code, "peer sent STOP_SENDING");
-                    self.body = None;
+                    // The handler may still read the request; only the body goes.
+                    self.drop_body();
                 }
             }
-            StreamMsg::Written { bytes, fin } => {
+            StreamMsg::Written { bytes, fin, credit } => {
                 self.body_sent += bytes as u64;
                 if self.send.on_written(bytes, fin).is_err() {
                     trace!(bytes, fin, state = ?self.send, "late write report ignored");
+                }
+                if credit > 0 {
+                    self.credit = match self.credit {
+                        WriteCredit::Has(n) => WriteCredit::Has(n.saturating_add(credit)),
+                        WriteCredit::Asked => WriteCredit::Fresh(credit),
+                        WriteCredit::Fresh(n) => WriteCredit::Fresh(n.saturating_add(credit)),
+                    };
                 }
             }
             StreamMsg::Poll => self.waker.scheduled.store(false, Ordering::Release),
             StreamMsg::Shutdown { read, write } => {
                 if let Some(code) = write {
-                    self.body = None;
+                    self.drop_body();
                     self.abort_send(code);
                 }
                 if let Some(code) = read {
                     if self.recv.on_stop_sending(code).is_ok() {
-                        if let Some(w) = &self.writer {
+                        if let Some(w) = self.writer() {
                             w.end(End::Aborted(format!(
                                 "receiving shut down by the application (0x{code:x})"
                             )));
@@ -527,10 +641,11 @@ impl StreamState {
                 // RFC 9114 §4.1.2: once a server's response is under way, the rest of the
                 // request is simply not needed (H3_NO_ERROR); otherwise (a server that has not
                 // answered, a client dropping a response) it is cancelled.
-                let code = if !self.is_server || self.send == SendState::Idle {
-                    H3_REQUEST_CANCELLED
-                } else {
+                let started = !matches!(self.send, SendState::Idle | SendState::Informational);
+                let code = if self.kind == Kind::Server && started {
                     H3_NO_ERROR
+                } else {
+                    H3_REQUEST_CANCELLED
                 };
                 if self.recv.on_stop_sending(code).is_ok() {
                     self.to_conn(H3Msg::StopSending {
@@ -542,28 +657,62 @@ impl StreamState {
         }
     }
 
+    /// Nothing more will be sent and nothing more read: drop the handler (a server that has not
+    /// answered) or the outgoing body.
+    fn stop_producing(&mut self) {
+        self.producer = Producer::Done;
+        self.carry = None;
+    }
+
+    /// Nothing more will be sent: drop the outgoing body. A handler still running keeps going
+    /// (it may still read the request); its response will not be sent.
+    fn drop_body(&mut self) {
+        if let Producer::Body(_) = self.producer {
+            self.producer = Producer::Done;
+        }
+        self.carry = None;
+    }
+
     fn on_headers(&mut self, myself: &ActorRef<StreamMsg>, list: Vec<Header>, fin: bool) {
         if self.recv == RecvState::AwaitingHeaders {
             // The first response byte: an interim or the final response.
-            self.stats.first_headers(std::time::Instant::now(), None);
+            self.stats.first_headers(Instant::now(), None);
             let parts = match headers::parse_response(&list) {
                 Ok(p) => p,
                 Err(e) => {
                     debug!("malformed response: {e}");
                     self.abort_both(H3_MESSAGE_ERROR);
-                    if let Some(reply) = self.reply.take() {
-                        let _ = reply.send(Err(RequestError::MalformedResponse(e.0)));
-                    }
+                    self.fail_reply(RequestError::MalformedResponse(e.0));
                     return;
                 }
             };
             if parts.status.is_informational() {
                 // Interim responses (1xx) precede the final one; it is still awaited. They are
-                // handed to the caller with the final response.
+                // handed to the caller with the final response, up to a bound.
                 trace!(status = %parts.status, "interim response");
-                self.interim_received.push(parts);
+                let over = match &mut self.consumer {
+                    Consumer::AwaitingResponse { interim, .. } => {
+                        interim.push(parts);
+                        interim.len() > MAX_INTERIM_RESPONSES
+                    }
+                    _ => false,
+                };
+                if over {
+                    debug!(
+                        "more than {MAX_INTERIM_RESPONSES} interim responses: H3_EXCESSIVE_LOAD"
+                    );
+                    self.abort_both(H3_EXCESSIVE_LOAD);
+                    self.fail_reply(RequestError::MalformedResponse(format!(
+                        "more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"
+                    )));
+                }
                 return;
             }
+            let Consumer::AwaitingResponse { reply, interim } =
+                std::mem::replace(&mut self.consumer, Consumer::Nobody)
+            else {
+                return;
+            };
             let body = self.open_recv(myself);
             if fin {
                 self.recv_fin();
@@ -574,17 +723,14 @@ impl StreamState {
                 stream_id: self.id,
             });
             resp.extensions_mut().insert(self.stats.clone());
-            if !self.interim_received.is_empty() {
-                resp.extensions_mut()
-                    .insert(InterimResponses(std::mem::take(&mut self.interim_received)));
+            if !interim.is_empty() {
+                resp.extensions_mut().insert(InterimResponses(interim));
             }
-            if let Some(reply) = self.reply.take() {
-                let _ = reply.send(Ok(resp));
-            }
+            let _ = reply.send(Ok(resp));
         } else if self.recv == RecvState::Open {
             match headers::parse_trailers(&list) {
                 Ok(t) => {
-                    if let Some(w) = &self.writer {
+                    if let Some(w) = self.writer() {
                         w.set_trailers(t);
                     }
                     if fin {
@@ -602,15 +748,14 @@ impl StreamState {
     /// Resets our sending direction and stops the peer's, with one code.
     fn abort_both(&mut self, code: u64) {
         if self.send.on_reset(code).is_ok() {
-            self.body = None;
-            self.handler = None;
+            self.stop_producing();
             self.to_conn(H3Msg::Reset {
                 stream_id: self.id,
                 code,
             });
         }
         if self.recv.on_stop_sending(code).is_ok() {
-            if let Some(w) = &self.writer {
+            if let Some(w) = self.writer() {
                 w.end(End::Aborted(format!("stream aborted with code 0x{code:x}")));
             }
             self.to_conn(H3Msg::StopSending {
@@ -620,31 +765,30 @@ impl StreamState {
         }
     }
 
-    /// Polls what this actor drives (the handler, then the outgoing body) and hands whatever
-    /// is ready to the connection in one message; stops the actor once both directions end.
+    /// Polls what this actor drives (the handler, then the outgoing body, within the write
+    /// credit) and hands whatever is ready to the connection in one message; stops the actor
+    /// once both directions end.
     fn drive(&mut self, myself: &ActorRef<StreamMsg>) {
         let waker = Waker::from(self.waker.clone());
         let mut cx = Context::from_waker(&waker);
         let mut frames: Vec<OutFrame> = Vec::new();
+        let mut more = false;
 
-        if let Some(fut) = self.handler.as_mut() {
-            let ready = fut.as_mut().poll(&mut cx);
+        if let Producer::Handler { future, interim } = &mut self.producer {
+            let ready = future.as_mut().poll(&mut cx);
             // Interim responses the handler sent go out before anything else.
-            if let Some(q) = &self.interim {
-                for parts in q.take() {
-                    if self.send == SendState::Idle {
-                        frames.push(OutFrame::Headers {
-                            list: headers::response_headers(&parts),
-                            fin: false,
-                            trailer: false,
-                            priority: None,
-                        });
-                    }
+            for parts in interim.take() {
+                let opening = (self.send == SendState::Idle).then(Instant::now);
+                if self.send.on_interim().is_ok() {
+                    frames.push(OutFrame::Headers {
+                        list: headers::response_headers(&parts),
+                        section: Section::Interim,
+                        opening,
+                    });
                 }
             }
             if let Poll::Ready(resp) = ready {
-                self.handler = None;
-                self.interim = None;
+                self.producer = Producer::Done;
                 if self.send.can_send() {
                     let (mut parts, body) = resp.into_parts();
                     let fin = body.is_end_stream();
@@ -658,31 +802,55 @@ impl StreamState {
                             }
                         }
                     }
+                    let opening = (self.send == SendState::Idle).then(Instant::now);
                     frames.push(OutFrame::Headers {
                         list: headers::response_headers(&parts),
-                        fin,
-                        trailer: false,
-                        priority,
+                        section: Section::Final { priority, fin },
+                        opening,
                     });
                     let _ = self.send.on_handed(0, fin);
                     if !fin {
-                        self.body = Some(body);
+                        self.producer = Producer::Body(body);
                     }
                 }
             }
         }
 
-        if let Some(body) = self.body.as_mut() {
-            let window = self.settings.send_window;
+        if let Producer::Body(body) = &mut self.producer {
+            let mut budget = match self.credit {
+                WriteCredit::Has(n) | WriteCredit::Fresh(n) => n,
+                WriteCredit::Asked => 0,
+            };
+            let answer_due = matches!(self.credit, WriteCredit::Fresh(_));
             let mut handed = 0usize;
             let mut fin = false;
             let mut failed = None;
-            while self.send.inflight() + handed < window && frames.len() < MAX_CHUNKS_PER_MESSAGE {
+            // The rest of a chunk cut at the last credit boundary goes first.
+            if let Some(mut rest) = self.carry.take() {
+                let n = rest.len().min(budget);
+                if n < rest.len() {
+                    self.carry = Some(rest.split_off(n));
+                }
+                if n > 0 {
+                    budget -= n;
+                    handed += n;
+                    frames.push(OutFrame::Data {
+                        bytes: rest,
+                        fin: false,
+                    });
+                }
+            }
+            while self.carry.is_none() && budget > 0 && frames.len() < MAX_CHUNKS_PER_MESSAGE {
                 match body.poll_frame(&mut cx) {
-                    Poll::Ready(Some(Ok(Frame::Data(chunk)))) => {
+                    Poll::Ready(Some(Ok(Frame::Data(mut chunk)))) => {
                         if chunk.is_empty() {
                             continue;
                         }
+                        if chunk.len() > budget {
+                            // Within credit: the rest waits here for the next grant.
+                            self.carry = Some(chunk.split_off(budget));
+                        }
+                        budget -= chunk.len();
                         handed += chunk.len();
                         frames.push(OutFrame::Data {
                             bytes: chunk,
@@ -693,9 +861,8 @@ impl StreamState {
                         // Trailers end the body: the section carries FIN.
                         frames.push(OutFrame::Headers {
                             list: headers::trailer_headers(&t),
-                            fin: true,
-                            trailer: true,
-                            priority: None,
+                            section: Section::Trailers,
+                            opening: None,
                         });
                         fin = true;
                         break;
@@ -717,21 +884,25 @@ impl StreamState {
                 }
             }
             if let Some(code) = failed {
-                self.body = None;
+                self.drop_body();
                 // What was produced before the failure goes first, then the reset.
                 if !frames.is_empty() {
                     self.to_conn(H3Msg::Send {
                         stream_id: self.id,
                         frames: std::mem::take(&mut frames),
+                        more: false,
                     });
                 }
                 self.abort_send(code);
             } else {
                 if fin {
-                    self.body = None;
+                    self.producer = Producer::Done;
                     match frames.last_mut() {
                         Some(OutFrame::Data { fin: f, .. }) => *f = true,
-                        Some(OutFrame::Headers { fin: true, .. }) => {}
+                        Some(OutFrame::Headers {
+                            section: Section::Trailers,
+                            ..
+                        }) => {}
                         _ => frames.push(OutFrame::Data {
                             bytes: Bytes::new(),
                             fin: true,
@@ -741,13 +912,30 @@ impl StreamState {
                 if handed > 0 || fin {
                     let _ = self.send.on_handed(handed, fin);
                 }
+                self.credit = if budget > 0 || fin {
+                    WriteCredit::Has(budget)
+                } else {
+                    // Spent, with more to come: ask once, with this hand-over.
+                    more = self.credit != WriteCredit::Asked;
+                    WriteCredit::Asked
+                };
+                if answer_due && frames.is_empty() && !more {
+                    // A grant we cannot use yet (the body is pending): say so, so the
+                    // connection stops holding room for us.
+                    self.to_conn(H3Msg::Send {
+                        stream_id: self.id,
+                        frames: Vec::new(),
+                        more: false,
+                    });
+                }
             }
         }
 
-        if !frames.is_empty() {
+        if !frames.is_empty() || more {
             self.to_conn(H3Msg::Send {
                 stream_id: self.id,
                 frames,
+                more,
             });
         }
 

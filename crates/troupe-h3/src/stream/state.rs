@@ -7,6 +7,8 @@
 pub enum SendState {
     /// Nothing handed to the connection yet (a server's handler is still running).
     Idle,
+    /// Server: interim (1xx) responses handed over; the final response is still to come.
+    Informational,
     /// Headers handed over; body bytes flow. `inflight` = bytes handed to the connection and
     /// not yet written into quiche.
     Open {
@@ -57,13 +59,27 @@ impl SendState {
 
     /// Whether body bytes may still be handed to the connection.
     pub fn can_send(self) -> bool {
-        matches!(self, SendState::Idle | SendState::Open { .. })
+        matches!(
+            self,
+            SendState::Idle | SendState::Informational | SendState::Open { .. }
+        )
+    }
+
+    /// An interim (1xx) response was handed over; allowed only before the final response.
+    pub fn on_interim(&mut self) -> Result<(), Refused> {
+        match *self {
+            SendState::Idle | SendState::Informational => {
+                *self = SendState::Informational;
+                Ok(())
+            }
+            _ => Err(Refused),
+        }
     }
 
     /// Headers (and perhaps body bytes) were handed over; with `fin` the direction ends there.
     pub fn on_handed(&mut self, bytes: usize, fin: bool) -> Result<(), Refused> {
         let inflight = match *self {
-            SendState::Idle => 0,
+            SendState::Idle | SendState::Informational => 0,
             SendState::Open { inflight } => inflight,
             _ => return Err(Refused),
         } + bytes;
@@ -213,6 +229,7 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum SendEv {
+        Interim,
         Hand(usize, bool),
         Written(usize, bool),
         Reset(u64),
@@ -221,6 +238,7 @@ mod tests {
 
     fn send_ev() -> impl Strategy<Value = SendEv> {
         prop_oneof![
+            Just(SendEv::Interim),
             (0usize..5000, any::<bool>()).prop_map(|(n, f)| SendEv::Hand(n, f)),
             (0usize..5000, any::<bool>()).prop_map(|(n, f)| SendEv::Written(n, f)),
             (0u64..0x200).prop_map(SendEv::Reset),
@@ -240,6 +258,18 @@ mod tests {
         assert_eq!(s.on_handed(1, false), Err(Refused));
     }
 
+    #[test]
+    fn interim_responses_only_before_the_final_one() {
+        let mut s = SendState::Idle;
+        s.on_interim().unwrap();
+        s.on_interim().unwrap();
+        assert_eq!(s, SendState::Informational);
+        assert!(s.can_send());
+        s.on_handed(0, false).unwrap();
+        assert_eq!(s.on_interim(), Err(Refused));
+        assert_eq!(s, SendState::Open { inflight: 0 });
+    }
+
     proptest! {
         /// Whatever the order of events: no second FIN, nothing handed after FIN or RESET,
         /// and once terminal the state never changes again (so the actor stops exactly once).
@@ -251,6 +281,7 @@ mod tests {
             for ev in evs {
                 let before = s;
                 let r = match ev {
+                    SendEv::Interim => s.on_interim(),
                     SendEv::Hand(n, f) => {
                         let r = s.on_handed(n, f);
                         if r.is_ok() && f { fins_queued += 1; }
@@ -280,6 +311,7 @@ mod tests {
             for (to_send, sev, rev) in evs {
                 if to_send {
                     let _ = match sev {
+                        SendEv::Interim => s.on_interim(),
                         SendEv::Hand(n, f) => s.on_handed(n, f),
                         SendEv::Written(n, f) => s.on_written(n, f),
                         SendEv::Reset(c) => s.on_reset(c),
@@ -307,6 +339,7 @@ mod tests {
             for ev in evs {
                 let before = s;
                 let r = match ev {
+                    SendEv::Interim => s.on_interim(),
                     SendEv::Hand(n, f) => s.on_handed(n, f),
                     SendEv::Written(n, f) => s.on_written(n, f),
                     SendEv::Reset(c) => s.on_reset(c),

@@ -1,0 +1,142 @@
+//! The client side of a connection: requests waiting for a stream (the server's MAX_STREAMS),
+//! bounded by `H3Settings::max_pending_requests`, and putting them on the wire.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use quiche::h3;
+use tracing::trace;
+use troupe_transport::ConnCx;
+
+use super::{shutdown_both, H3App, H3Msg, PendingRequest, Side};
+use crate::audit::StreamStats;
+use crate::codes::H3_INTERNAL_ERROR;
+use crate::error::RequestError;
+use crate::headers;
+use crate::peer_settings::PeerSettings;
+use crate::priority::Priority;
+use crate::stream::Role;
+
+/// State a client connection shares with its [`crate::Client`] handles.
+#[derive(Debug)]
+pub(crate) struct ClientShared {
+    /// The ID in the server's latest GOAWAY, or `u64::MAX` before any.
+    pub(crate) goaway: std::sync::atomic::AtomicU64,
+    /// The server's SETTINGS, once they arrived.
+    pub(crate) peer_settings: tokio::sync::watch::Sender<Option<PeerSettings>>,
+    /// Bounds requests handed to the connection and not yet on the wire.
+    pub(crate) pending: Arc<tokio::sync::Semaphore>,
+}
+
+impl ClientShared {
+    pub(crate) fn new(max_pending: usize) -> Self {
+        ClientShared {
+            goaway: std::sync::atomic::AtomicU64::new(u64::MAX),
+            peer_settings: tokio::sync::watch::channel(None).0,
+            pending: Arc::new(tokio::sync::Semaphore::new(max_pending)),
+        }
+    }
+}
+
+/// The client's side of [`H3App`].
+pub(super) struct ClientSide {
+    /// Requests waiting for the server to allow another stream, in order.
+    pub(super) waiting: VecDeque<PendingRequest>,
+    pub(super) shared: Arc<ClientShared>,
+}
+
+impl ClientSide {
+    /// The server sent GOAWAY with `id`: requests not yet on the wire fail, to be retried on
+    /// another connection.
+    pub(super) fn on_goaway(&mut self, id: u64) {
+        self.shared
+            .goaway
+            .store(id, std::sync::atomic::Ordering::Release);
+        for req in self.waiting.drain(..) {
+            let _ = req.reply.send(Err(RequestError::GoingAway));
+        }
+    }
+}
+
+impl H3App {
+    /// Client: a new request; it waits behind earlier ones, or for a stream.
+    pub(super) async fn on_request(&mut self, cx: &mut ConnCx<'_, H3Msg>, req: PendingRequest) {
+        let Side::Client(c) = &mut self.side else {
+            return;
+        };
+        if !c.waiting.is_empty() || cx.conn.peer_streams_left_bidi() == 0 {
+            c.waiting.push_back(req);
+        } else {
+            self.start_request(cx, req).await;
+        }
+    }
+
+    /// Client: put waiting requests on the wire while the peer allows new streams.
+    pub(super) async fn start_waiting_requests(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
+        loop {
+            let Side::Client(c) = &mut self.side else {
+                return;
+            };
+            if cx.conn.peer_streams_left_bidi() == 0 {
+                return;
+            }
+            let Some(req) = c.waiting.pop_front() else {
+                return;
+            };
+            self.start_request(cx, req).await;
+        }
+    }
+
+    async fn start_request(&mut self, cx: &mut ConnCx<'_, H3Msg>, req: PendingRequest) {
+        let Some(h3) = self.h3.as_mut() else {
+            let _ = req.reply.send(Err(RequestError::ConnectionClosed(
+                "no HTTP/3 connection".into(),
+            )));
+            return;
+        };
+        let list = match headers::request_headers(&req.head) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = req.reply.send(Err(RequestError::InvalidRequest(e)));
+                return;
+            }
+        };
+        let fin = req.body.is_end_stream();
+        match h3.send_request(cx.conn, &list, fin) {
+            Ok(stream_id) => {
+                trace!(stream_id, "request sent");
+                // The audit clock starts at the caller's request: the wait for a stream slot
+                // is the client's header wait.
+                let stats = StreamStats::new(stream_id, req.created);
+                stats.update(|a| a.headers_wait = Some(req.created.elapsed()));
+                let role = Role::Client {
+                    body: req.body,
+                    fin_sent: fin,
+                    reply: req.reply,
+                };
+                if self
+                    .spawn_stream(cx, stream_id, role, stats, None, Priority::RESPONSE_DEFAULT)
+                    .await
+                    .is_err()
+                {
+                    shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
+                }
+            }
+            Err(h3::Error::StreamBlocked)
+            | Err(h3::Error::TransportError(quiche::Error::StreamLimit)) => {
+                // Wait for MAX_STREAMS: retried when packets arrive, no timer.
+                if let Side::Client(c) = &mut self.side {
+                    c.waiting.push_front(req);
+                }
+            }
+            Err(h3::Error::FrameUnexpected) => {
+                let _ = req.reply.send(Err(RequestError::GoingAway));
+            }
+            Err(e) => {
+                let _ = req
+                    .reply
+                    .send(Err(RequestError::ConnectionClosed(e.to_string())));
+            }
+        }
+    }
+}

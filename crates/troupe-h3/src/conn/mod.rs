@@ -1,0 +1,506 @@
+//! The HTTP/3 application inside a connection actor.
+//!
+//! It owns the `quiche::h3::Connection`, turns `h3::Event`s into stream-actor messages, spawns a
+//! linked stream actor per request stream, and moves body bytes between quiche and the stream
+//! actors under credit. Per stream it keeps only the route ([`route`]): the actor, the read
+//! credit, the unwritten rest of one hand-over, and the scheduling key.
+//!
+//! One concept per module:
+//! - [`msg`]: the messages it takes;
+//! - [`route`]: what it keeps per stream;
+//! - [`read`]: body bytes from quiche to stream actors, and quiche's read-side subtleties;
+//! - [`write`]: body bytes from stream actors into quiche, pulled by credit, and STOP_SENDING;
+//! - [`scheduler`]: the RFC 9218 order in which streams are served (a pure type);
+//! - [`accept`]: the server side (accepting requests, limits);
+//! - [`goaway`]: graceful shutdown of a server connection;
+//! - [`client`]: the client side (requests waiting for a stream).
+
+mod accept;
+mod client;
+mod goaway;
+mod msg;
+mod read;
+mod route;
+mod scheduler;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use quiche::h3::{self, Header};
+use ractor::{Actor, ActorId, SupervisionEvent};
+use tracing::{debug, trace, warn};
+use troupe_transport::{AppError, CloseReason, ConnCx, ConnectionApp, ConnectionInfo};
+
+pub(crate) use client::ClientShared;
+pub use msg::{H3Msg, OutFrame, PendingRequest, Section};
+
+use crate::audit::{StreamEnd, StreamStats};
+use crate::codes::H3_INTERNAL_ERROR;
+use crate::error::RequestError;
+use crate::events::{ConnectionEvent, EventSink};
+use crate::peer_settings::PeerSettings;
+use crate::priority::{Priority, PriorityCell};
+use crate::server::Handler;
+use crate::settings::H3Settings;
+use crate::stream::{Role, StreamActor, StreamArgs, StreamMsg};
+use accept::ServerSide;
+use client::ClientSide;
+use route::{Outbound, ReadCredit, Route};
+use scheduler::WriteScheduler;
+use write::{INITIAL_CREDIT, QUICHE_URGENCY_OFFSET};
+
+/// Which side of the connection we are, with what only that side keeps.
+enum Side {
+    Server(ServerSide),
+    Client(ClientSide),
+}
+
+/// The HTTP/3 application of one connection (see the module docs).
+pub struct H3App {
+    side: Side,
+    settings: Arc<H3Settings>,
+    h3: Option<h3::Connection>,
+    routes: HashMap<u64, Route>,
+    by_actor: HashMap<ActorId, u64>,
+    /// Streams with something to write, in RFC 9218 order.
+    scheduler: WriteScheduler,
+    /// Scratch for the scheduler's order (kept so a flush allocates nothing).
+    order: Vec<u64>,
+    /// Scratch buffer for reads from quiche; chunks are copied out exactly sized.
+    read_buf: Vec<u8>,
+    /// Streams to read again after the next `h3::poll` (see `read_stream`).
+    rescan: Vec<u64>,
+    trace_id: String,
+}
+
+fn internal(e: h3::Error) -> AppError {
+    AppError {
+        code: H3_INTERNAL_ERROR,
+        reason: e.to_string(),
+    }
+}
+
+fn shutdown_both(conn: &mut quiche::Connection, stream_id: u64, code: u64) {
+    let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
+    let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+}
+
+impl H3App {
+    pub(crate) fn server(
+        handler: Arc<dyn Handler>,
+        settings: Arc<H3Settings>,
+        events: Option<EventSink>,
+    ) -> Self {
+        Self::new(Side::Server(ServerSide::new(handler, events)), settings)
+    }
+
+    pub(crate) fn client(settings: Arc<H3Settings>, shared: Arc<ClientShared>) -> Self {
+        Self::new(
+            Side::Client(ClientSide {
+                waiting: Default::default(),
+                shared,
+            }),
+            settings,
+        )
+    }
+
+    fn new(side: Side, settings: Arc<H3Settings>) -> Self {
+        H3App {
+            side,
+            settings,
+            h3: None,
+            routes: HashMap::new(),
+            by_actor: HashMap::new(),
+            scheduler: WriteScheduler::default(),
+            order: Vec::new(),
+            read_buf: vec![0; read::MAX_READ],
+            rescan: Vec::new(),
+            trace_id: String::new(),
+        }
+    }
+
+    fn h3_config(&self) -> Result<h3::Config, AppError> {
+        let mut c = h3::Config::new().map_err(internal)?;
+        if let Some(n) = self.settings.max_field_section_size {
+            c.set_max_field_section_size(n);
+        }
+        c.set_qpack_max_table_capacity(self.settings.qpack_max_table_capacity);
+        c.set_qpack_blocked_streams(self.settings.qpack_blocked_streams);
+        Ok(c)
+    }
+
+    async fn spawn_stream(
+        &mut self,
+        cx: &mut ConnCx<'_, H3Msg>,
+        stream_id: u64,
+        role: Role,
+        stats: StreamStats,
+        signal: Option<Arc<PriorityCell>>,
+        key: Priority,
+    ) -> Result<(), ()> {
+        // A request whose headers carried FIN has no body to read (server), or nothing more to
+        // send (client).
+        let read = match role {
+            Role::Server { fin: true, .. } => ReadCredit::Closed,
+            _ => ReadCredit::Open(self.settings.recv_window),
+        };
+        let write = match role {
+            Role::Client { fin_sent: true, .. } => Outbound::Closed,
+            _ => Outbound::Idle,
+        };
+        // The first credit: what quiche can take now, but at least enough for a small response
+        // in one hand-over.
+        let room = cx.conn.stream_capacity(stream_id).unwrap_or(0);
+        let credit = room.max(INITIAL_CREDIT).min(self.settings.send_window);
+        let args = StreamArgs {
+            stream_id,
+            conn: cx.myself.clone(),
+            settings: self.settings.clone(),
+            trace_id: cx.trace_id.to_string(),
+            role,
+            stats: stats.clone(),
+            credit,
+        };
+        match Actor::spawn_linked(None, StreamActor, args, cx.myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), stream_id);
+                self.routes.insert(
+                    stream_id,
+                    Route {
+                        actor,
+                        read,
+                        write,
+                        key,
+                        stats,
+                        signal,
+                    },
+                );
+                cx.metrics.stream_opened();
+                Ok(())
+            }
+            Err(e) => {
+                warn!(stream_id, "cannot spawn stream actor: {e}");
+                Err(())
+            }
+        }
+    }
+
+    /// The latest PRIORITY_UPDATE for a request stream, if one is waiting and valid.
+    fn take_priority_update(&mut self, stream_id: u64) -> Option<Priority> {
+        let h3 = self.h3.as_mut()?;
+        let raw = h3.take_last_priority_update(stream_id).ok()?;
+        Priority::parse(&raw)
+    }
+
+    /// A PRIORITY_UPDATE for a routed stream: latest wins, even over the handler's own choice.
+    fn on_priority_update(&mut self, conn: &mut quiche::Connection, stream_id: u64) {
+        // For a stream not open yet, quiche keeps the update until its request arrives (taken
+        // in on_request_headers).
+        if !self.routes.contains_key(&stream_id) {
+            return;
+        }
+        let Some(p) = self.take_priority_update(stream_id) else {
+            return;
+        };
+        trace!(stream_id, ?p, "PRIORITY_UPDATE");
+        let _ = conn.stream_priority(
+            stream_id,
+            p.urgency.min(crate::priority::URGENCY_MAX) + QUICHE_URGENCY_OFFSET,
+            p.incremental,
+        );
+        if let Some(route) = self.routes.get_mut(&stream_id) {
+            route.key = p;
+            if let Some(cell) = &route.signal {
+                cell.set(p);
+            }
+        }
+        self.scheduler.reprioritise(stream_id, p);
+    }
+
+    /// Surfaces the peer's SETTINGS once, when quiche has them.
+    fn check_peer_settings(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
+        let seen = match &self.side {
+            Side::Server(s) => s.settings_seen,
+            Side::Client(c) => c.shared.peer_settings.borrow().is_some(),
+        };
+        if seen {
+            return;
+        }
+        let Some(raw) = self.h3.as_ref().and_then(|h3| h3.peer_settings_raw()) else {
+            return;
+        };
+        let settings = PeerSettings { raw: raw.to_vec() };
+        debug!(?settings, "peer SETTINGS");
+        match &mut self.side {
+            Side::Server(s) => {
+                s.settings_seen = true;
+                if let Some(sink) = &s.events {
+                    sink.emit(ConnectionEvent::PeerSettings {
+                        conn_id: cx.trace_id.to_string(),
+                        peer: cx.conn.path_stats().next().map(|p| p.peer_addr),
+                        settings,
+                    });
+                }
+            }
+            Side::Client(c) => {
+                c.shared.peer_settings.send_replace(Some(settings));
+            }
+        }
+    }
+
+    /// The stream's end as quiche reports it (FIN, or a reset that looks like one).
+    fn on_finished(&mut self, conn: &mut quiche::Connection, stream_id: u64) {
+        if let Some(route) = self.routes.get_mut(&stream_id) {
+            if route.read != ReadCredit::Closed {
+                route.read = ReadCredit::Closed;
+                let msg = match read::end_of_stream(conn, stream_id) {
+                    Ok(()) => StreamMsg::Body {
+                        chunks: Vec::new(),
+                        fin: true,
+                    },
+                    Err(code) => StreamMsg::PeerReset(code),
+                };
+                let _ = route.actor.cast(msg);
+            }
+        }
+        // A peer that ended its side may have stopped ours too, and quiche may have collected
+        // the stream already: learn it now, not never.
+        self.probe_stopped(conn, stream_id);
+    }
+
+    fn on_peer_reset(&mut self, conn: &mut quiche::Connection, stream_id: u64, code: u64) {
+        if let Some(route) = self.routes.get_mut(&stream_id) {
+            if route.read != ReadCredit::Closed {
+                route.read = ReadCredit::Closed;
+                let _ = route.actor.cast(StreamMsg::PeerReset(code));
+            }
+        }
+        self.probe_stopped(conn, stream_id);
+    }
+
+    /// A stream actor is gone: drop its route (the one place routes are removed while the
+    /// connection runs). Returns the route if it was still there.
+    fn unroute(&mut self, actor: ActorId) -> Option<(u64, Route)> {
+        let id = self.by_actor.remove(&actor)?;
+        self.scheduler.remove(id);
+        self.rescan.retain(|s| *s != id);
+        self.routes.remove(&id).map(|r| (id, r))
+    }
+}
+
+impl ConnectionApp for H3App {
+    type Msg = H3Msg;
+
+    async fn on_established(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        self.trace_id = cx.trace_id.to_string();
+        let config = self.h3_config()?;
+        let h3 = h3::Connection::with_transport(cx.conn, &config).map_err(internal)?;
+        self.h3 = Some(h3);
+        if let (true, Some(t)) = (cx.conn.is_server(), self.settings.post_accept_timeout) {
+            // One one-shot timer task per connection; a cast to a stopped actor is a no-op.
+            let me = cx.myself.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(t).await;
+                let _ = me.cast(troupe_transport::ConnMsg::App(H3Msg::PostAcceptTimeout));
+            });
+        }
+        Ok(())
+    }
+
+    async fn on_readable(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        loop {
+            let Some(h3) = self.h3.as_mut() else {
+                return Ok(());
+            };
+            let (stream_id, event) = match h3.poll(cx.conn) {
+                Ok(ev) => ev,
+                Err(h3::Error::Done) => break,
+                Err(e) => {
+                    // quiche has already closed the connection with the right code.
+                    debug!("h3 poll: {e}");
+                    break;
+                }
+            };
+            match event {
+                h3::Event::Headers { list, more_frames } => {
+                    self.on_headers(cx, stream_id, list, more_frames).await
+                }
+                h3::Event::Data => self.read_stream(cx.conn, stream_id),
+                h3::Event::Finished => self.on_finished(cx.conn, stream_id),
+                h3::Event::Reset(code) => self.on_peer_reset(cx.conn, stream_id, code),
+                h3::Event::PriorityUpdate => self.on_priority_update(cx.conn, stream_id),
+                h3::Event::GoAway => {
+                    debug!(id = stream_id, "GOAWAY received");
+                    if let Side::Client(c) = &mut self.side {
+                        c.on_goaway(stream_id);
+                    }
+                }
+            }
+        }
+        for id in std::mem::take(&mut self.rescan) {
+            self.read_stream(cx.conn, id);
+        }
+        self.check_peer_settings(cx);
+        self.notice_stopped_streams(cx.conn);
+        self.start_waiting_requests(cx).await;
+        // While draining, ACKs may have completed the last streams.
+        self.check_drained();
+        Ok(())
+    }
+
+    async fn on_message(&mut self, cx: &mut ConnCx<'_, H3Msg>, msg: H3Msg) -> Result<(), AppError> {
+        match msg {
+            H3Msg::Send {
+                stream_id,
+                frames,
+                more,
+            } => self.on_send(stream_id, frames, more),
+            H3Msg::Credit { stream_id, bytes } => {
+                if self.add_read_credit(stream_id, bytes) {
+                    self.read_stream(cx.conn, stream_id);
+                    // Reading may have reached a trailer section or the FIN, which only
+                    // h3::poll reports; no packet may come to trigger it, so poll now.
+                    return self.on_readable(cx).await;
+                }
+            }
+            H3Msg::StopSending { stream_id, code } => {
+                let _ = cx
+                    .conn
+                    .stream_shutdown(stream_id, quiche::Shutdown::Read, code);
+                if let Some(route) = self.routes.get_mut(&stream_id) {
+                    route.read = ReadCredit::Closed;
+                }
+            }
+            H3Msg::Reset { stream_id, code } => {
+                let _ = cx
+                    .conn
+                    .stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+                self.close_write(stream_id);
+            }
+            H3Msg::GoAway => self.start_goaway(cx),
+            H3Msg::PostAcceptTimeout => self.on_post_accept_timeout(cx),
+            H3Msg::DrainCheck => self.drain_check(cx),
+            H3Msg::RoutedStreams(reply) => {
+                let mut ids: Vec<u64> = self.routes.keys().copied().collect();
+                ids.sort_unstable();
+                let _ = reply.send(ids);
+            }
+            H3Msg::Request(req) => self.on_request(cx, *req).await,
+        }
+        Ok(())
+    }
+
+    async fn on_child_event(
+        &mut self,
+        cx: &mut ConnCx<'_, H3Msg>,
+        event: SupervisionEvent,
+    ) -> Result<(), AppError> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if let Some((id, route)) = self.unroute(cell.get_id()) {
+                    // Both directions were terminal; any STOP_SENDING or RESET it asked for
+                    // arrives as a message of its own (supervision events overtake messages).
+                    route.retire(cx.metrics);
+                    self.note_ended(cx.conn, id);
+                    trace!(stream_id = id, "stream actor stopped");
+                }
+                self.check_drained();
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some((id, route)) = self.unroute(cell.get_id()) {
+                    route.stats.update(|a| {
+                        a.failed = true;
+                        a.send_end
+                            .get_or_insert(StreamEnd::ResetSent(H3_INTERNAL_ERROR));
+                        a.recv_end
+                            .get_or_insert(StreamEnd::StopSendingSent(H3_INTERNAL_ERROR));
+                    });
+                    route.retire(cx.metrics);
+                    warn!(conn_id = %self.trace_id, stream_id = id, "stream actor failed, resetting the stream: {err}");
+                    shutdown_both(cx.conn, id, H3_INTERNAL_ERROR);
+                }
+                self.check_drained();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn before_flush(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        self.try_send_goaway(cx);
+        if let Side::Server(s) = &mut self.side {
+            if std::mem::take(&mut s.drain_check_due) {
+                let _ = cx
+                    .myself
+                    .cast(troupe_transport::ConnMsg::App(H3Msg::DrainCheck));
+            }
+        }
+        self.write_streams(cx.conn);
+        Ok(())
+    }
+
+    fn on_closed(&mut self, cx: &mut ConnCx<'_, H3Msg>, info: &ConnectionInfo) {
+        let closed = CloseReason::Aborted;
+        let reason = info.close.as_ref().unwrap_or(&closed);
+        // Bytes quiche already received (and acknowledged: the peer may have closed because of
+        // that) still belong to their readers. Hand them over regardless of credit; quiche's
+        // stream window bounds them.
+        let open: Vec<u64> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| matches!(r.read, ReadCredit::Open(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in open {
+            if let Some(route) = self.routes.get_mut(&id) {
+                route.read = ReadCredit::Open(usize::MAX);
+            }
+            self.read_stream(cx.conn, id);
+        }
+        if let Side::Client(c) = &mut self.side {
+            for req in c.waiting.drain(..) {
+                let _ = req
+                    .reply
+                    .send(Err(RequestError::ConnectionClosed(reason.to_string())));
+            }
+        }
+        // The actors are drained, not supervised, from here: report the streams now.
+        self.by_actor.clear();
+        for (_, route) in self.routes.drain() {
+            route.retire(cx.metrics);
+        }
+        if let Side::Server(ServerSide {
+            events: Some(sink), ..
+        }) = &self.side
+        {
+            sink.emit(ConnectionEvent::Closed {
+                conn_id: cx.trace_id.to_string(),
+                info: Box::new(info.clone()),
+            });
+        }
+    }
+}
+
+impl H3App {
+    /// A header section: a new request (server), or a response or trailers for a routed
+    /// stream.
+    async fn on_headers(
+        &mut self,
+        cx: &mut ConnCx<'_, H3Msg>,
+        stream_id: u64,
+        list: Vec<Header>,
+        more_frames: bool,
+    ) {
+        if let Some(route) = self.routes.get_mut(&stream_id) {
+            let fin = !more_frames;
+            if fin {
+                route.read = ReadCredit::Closed;
+            }
+            let _ = route.actor.cast(StreamMsg::Headers { list, fin });
+        } else if cx.conn.is_server() {
+            self.on_request_headers(cx, stream_id, list, more_frames)
+                .await;
+        }
+    }
+}

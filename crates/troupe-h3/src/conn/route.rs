@@ -1,0 +1,81 @@
+//! What a connection keeps per stream: the route to its actor and what quiche forces on the
+//! connection (the read credit, the unwritten rest of one hand-over, the scheduling key). Each
+//! direction's state lives in the stream actor alone.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use ractor::ActorRef;
+
+use super::msg::OutFrame;
+use crate::audit::StreamStats;
+use crate::priority::{Priority, PriorityCell};
+use crate::stream::StreamMsg;
+
+/// The receiving side of a route: how many more body bytes may be read from quiche for the
+/// actor, or closed once the connection delivered the end (FIN or RESET) or sent STOP_SENDING
+/// (nothing more is routed to the actor, so quiche's events for the stream are ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadCredit {
+    Open(usize),
+    Closed,
+}
+
+/// The sending side of a route, as the credit protocol sees it.
+#[derive(Debug)]
+pub(super) enum Outbound {
+    /// Nothing held here; the actor holds whatever credit it was granted.
+    Idle,
+    /// What quiche has not taken yet of what the actor handed over. At most the credit granted
+    /// (plus the header sections handed with it); nothing more arrives before it is written,
+    /// unless the actor still had credit left.
+    Held {
+        frames: VecDeque<OutFrame>,
+        /// What follows once it is all written.
+        then: AfterHeld,
+    },
+    /// The actor spent its credit and has more: a grant waits for quiche to report room.
+    Wants,
+    /// Credit was granted in answer to `more`; the actor's bytes (or its word that it has
+    /// none yet) are on their way. Holds back less urgent streams' grants meanwhile.
+    Granted,
+    /// Nothing more goes out: our FIN or RESET is written, or the peer's STOP_SENDING was
+    /// handed to the actor.
+    Closed,
+}
+
+/// What a held hand-over turns into once quiche took all of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AfterHeld {
+    /// The actor still has credit, or nothing more to send.
+    Idle,
+    /// The actor asked for more credit.
+    Grant,
+}
+
+/// One routed stream.
+pub(super) struct Route {
+    pub(super) actor: ActorRef<StreamMsg>,
+    pub(super) read: ReadCredit,
+    pub(super) write: Outbound,
+    /// The scheduling key (RFC 9218): the handler's priority if it chose one, else the
+    /// client's latest signal, else the response default.
+    pub(super) key: Priority,
+    /// Handle to the stream's audit figures (the actor writes them; the connection stamps the
+    /// header wait, and a failed actor's ends).
+    pub(super) stats: StreamStats,
+    /// Server: handle to the client's priority signal, watched by the handler.
+    pub(super) signal: Option<Arc<PriorityCell>>,
+}
+
+impl Route {
+    /// The stream is over for the connection: its figures are final and reported, and anyone
+    /// waiting for a priority change learns no more will come.
+    pub(super) fn retire(self, metrics: &dyn troupe_transport::Metrics) {
+        self.stats.end();
+        metrics.stream_closed(&self.stats.summary());
+        if let Some(p) = &self.signal {
+            p.close();
+        }
+    }
+}

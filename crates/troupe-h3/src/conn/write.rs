@@ -1,0 +1,319 @@
+//! The write path, pulled by credit: a stream actor hands over at most the credit the
+//! connection granted it; the connection writes what it was handed into quiche in RFC 9218
+//! order ([`WriteScheduler`](super::scheduler::WriteScheduler)) and grants more only once
+//! quiche took everything and reports room. Nothing here grows with a stream's send window.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Buf;
+use quiche::h3;
+use tracing::debug;
+
+use super::msg::{OutFrame, Section};
+use super::route::{AfterHeld, Outbound};
+use super::scheduler::Gate;
+use super::H3App;
+use crate::codes::{H3_INTERNAL_ERROR, H3_REQUEST_CANCELLED};
+use crate::priority::Priority;
+use crate::stream::StreamMsg;
+
+/// quiche's HTTP/3 layer maps RFC 9218 urgency 0..=7 onto its stream urgencies 124..=131
+/// (below them: its own control and QPACK streams). A direct `stream_priority` call must add
+/// the same offset, or the stream would outrank every response.
+pub(super) const QUICHE_URGENCY_OFFSET: u8 = 124;
+
+/// The credit a stream actor starts with, before quiche was asked: a small response (headers
+/// and a body of up to 16 KiB) goes out in the actor's first hand-over, with no round trip.
+/// Bounded by `H3Settings::send_window`.
+pub(super) const INITIAL_CREDIT: usize = 16 * 1024;
+
+fn quiche_priority(p: Priority) -> h3::Priority {
+    h3::Priority::new(p.urgency, p.incremental)
+}
+
+/// What writing one stream's held frames did.
+#[derive(Debug, Default)]
+struct Wrote {
+    bytes: usize,
+    fin: bool,
+    /// The peer stopped the stream (or writing failed): the code to hand the actor.
+    stopped: Option<u64>,
+}
+
+/// Writes `frames` into quiche in order until quiche takes no more; the frames it took are
+/// removed (a partly written chunk keeps its rest).
+fn write_frames(
+    h3: &mut h3::Connection,
+    conn: &mut quiche::Connection,
+    id: u64,
+    route_key: Priority,
+    stats: &crate::audit::StreamStats,
+    frames: &mut VecDeque<OutFrame>,
+) -> Wrote {
+    let mut w = Wrote::default();
+    while let Some(frame) = frames.front_mut() {
+        let result = match frame {
+            OutFrame::Headers {
+                list,
+                section,
+                opening,
+            } => {
+                // RFC 9218: the route's key (the handler's priority if it chose one, else the
+                // client's latest signal, else the response default); quiche would otherwise
+                // reset the stream to u=3 non-incremental.
+                let fin = section.ends_stream();
+                let r = match (*opening, *section) {
+                    (Some(_), Section::Interim | Section::Final { .. }) => h3
+                        .send_response_with_priority(
+                            conn,
+                            id,
+                            list,
+                            &quiche_priority(route_key),
+                            fin,
+                        ),
+                    (
+                        None,
+                        Section::Final {
+                            priority: Some(_), ..
+                        },
+                    ) => h3.send_additional_headers_with_priority(
+                        conn,
+                        id,
+                        list,
+                        &quiche_priority(route_key),
+                        false,
+                        fin,
+                    ),
+                    (_, section) => h3.send_additional_headers(
+                        conn,
+                        id,
+                        list,
+                        section == Section::Trailers,
+                        fin,
+                    ),
+                };
+                r.map(|()| {
+                    if let Some(handed) = *opening {
+                        let now = Instant::now();
+                        stats.first_headers(now, Some(now - handed));
+                    }
+                    w.fin |= fin;
+                    true
+                })
+            }
+            OutFrame::Data { bytes, fin } => {
+                if bytes.is_empty() && !*fin {
+                    frames.pop_front();
+                    continue;
+                }
+                match h3.send_body(conn, id, bytes, *fin) {
+                    Ok(n) if n == bytes.len() => {
+                        w.bytes += n;
+                        w.fin |= *fin;
+                        Ok(true)
+                    }
+                    Ok(n) => {
+                        w.bytes += n;
+                        bytes.advance(n);
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match result {
+            Ok(true) => {
+                frames.pop_front();
+            }
+            Ok(false) | Err(h3::Error::StreamBlocked) | Err(h3::Error::Done) => break,
+            Err(h3::Error::TransportError(quiche::Error::StreamStopped(code))) => {
+                w.stopped = Some(code);
+                break;
+            }
+            Err(e) => {
+                debug!(stream_id = id, "sending failed: {e}");
+                w.stopped = Some(H3_INTERNAL_ERROR);
+                let _ = conn.stream_shutdown(id, quiche::Shutdown::Write, H3_INTERNAL_ERROR);
+                break;
+            }
+        }
+    }
+    w
+}
+
+impl H3App {
+    /// A stream actor handed over `frames` (within its credit); `more`: it wants more credit.
+    pub(super) fn on_send(&mut self, stream_id: u64, frames: Vec<OutFrame>, more: bool) {
+        let Some(route) = self.routes.get_mut(&stream_id) else {
+            return;
+        };
+        // A priority the handler chose for its final response (latest wins against the
+        // client's).
+        if let Some(p) = frames.iter().find_map(|f| match f {
+            OutFrame::Headers {
+                section: Section::Final { priority, .. },
+                ..
+            } => *priority,
+            _ => None,
+        }) {
+            route.key = p;
+        }
+        let then = if more {
+            AfterHeld::Grant
+        } else {
+            AfterHeld::Idle
+        };
+        match (&mut route.write, frames.is_empty()) {
+            (Outbound::Closed, _) => return,
+            (
+                Outbound::Held {
+                    frames: held,
+                    then: t,
+                },
+                _,
+            ) => {
+                held.extend(frames);
+                if more {
+                    *t = AfterHeld::Grant;
+                }
+            }
+            (w, true) => {
+                // Nothing handed over: the actor asks for more, or answers a grant it cannot
+                // use yet (its producer is pending).
+                if !more {
+                    *w = Outbound::Idle;
+                    self.scheduler.remove(stream_id);
+                    return;
+                }
+                *w = Outbound::Wants;
+            }
+            (w, false) => {
+                *w = Outbound::Held {
+                    frames: frames.into(),
+                    then,
+                }
+            }
+        }
+        self.scheduler.insert(stream_id, route.key);
+    }
+
+    /// The actor reset its sending side: nothing it handed over goes out any more.
+    pub(super) fn close_write(&mut self, stream_id: u64) {
+        if let Some(route) = self.routes.get_mut(&stream_id) {
+            route.write = Outbound::Closed;
+        }
+        self.scheduler.remove(stream_id);
+    }
+
+    /// Serves the scheduled streams in RFC 9218 order: writes what they handed over into
+    /// quiche as far as it takes it, and grants more credit, most urgent first, from the room
+    /// quiche reports. Each actor hears at most once per flush.
+    pub(super) fn write_streams(&mut self, conn: &mut quiche::Connection) {
+        if self.scheduler.is_empty() {
+            return;
+        }
+        let Some(h3) = self.h3.as_mut() else { return };
+        let mut order = std::mem::take(&mut self.order);
+        self.scheduler.order_into(&mut order);
+        // Room granted in this flush and not yet written: later (less urgent) streams get
+        // what is left of quiche's connection-level room, and nothing while a more urgent
+        // stream's bytes are on their way (`Gate`).
+        let mut granted = 0usize;
+        let mut gate = Gate::default();
+        for &id in &order {
+            let Some(route) = self.routes.get_mut(&id) else {
+                self.scheduler.remove(id);
+                continue;
+            };
+            let mut wrote = Wrote::default();
+            if let Outbound::Held { frames, then } = &mut route.write {
+                wrote = write_frames(h3, conn, id, route.key, &route.stats, frames);
+                if wrote.stopped.is_some() || wrote.fin {
+                    route.write = Outbound::Closed;
+                } else if frames.is_empty() {
+                    route.write = match then {
+                        AfterHeld::Idle => Outbound::Idle,
+                        AfterHeld::Grant => Outbound::Wants,
+                    };
+                }
+            }
+            let mut credit = 0;
+            if matches!(route.write, Outbound::Wants) && gate.admits(route.key) {
+                match conn.stream_capacity(id) {
+                    Ok(room) => {
+                        credit = room.saturating_sub(granted).min(self.settings.send_window);
+                        if credit > 0 {
+                            granted += credit;
+                            route.write = Outbound::Granted;
+                        }
+                    }
+                    Err(quiche::Error::StreamStopped(code)) => wrote.stopped = Some(code),
+                    Err(_) => wrote.stopped = Some(H3_REQUEST_CANCELLED),
+                }
+            }
+            if let Some(code) = wrote.stopped {
+                route.write = Outbound::Closed;
+                let _ = route.actor.cast(StreamMsg::PeerStopSending(code));
+            } else if wrote.bytes > 0 || wrote.fin || credit > 0 {
+                let _ = route.actor.cast(StreamMsg::Written {
+                    bytes: wrote.bytes,
+                    fin: wrote.fin,
+                    credit,
+                });
+            }
+            match route.write {
+                Outbound::Granted => {
+                    gate.block(route.key);
+                    self.scheduler.served(id);
+                }
+                Outbound::Held { .. } | Outbound::Wants => self.scheduler.served(id),
+                Outbound::Idle | Outbound::Closed => self.scheduler.remove(id),
+            }
+        }
+        self.order = order;
+    }
+
+    /// quiche reports a peer's STOP_SENDING only as an error on the next write. A stream with
+    /// nothing handed over (a response waiting for its handler or its body) would never learn
+    /// of it and its actor would live on; so after each batch of packets (STOP_SENDING only
+    /// arrives in packets) the routes whose sending side is idle are probed: one lookup each.
+    /// (quiche's own counter is in `stats()`, which walks every stream; and its writable set
+    /// re-reports a stopped stream only if the stream had no send capacity before.)
+    pub(super) fn notice_stopped_streams(&mut self, conn: &mut quiche::Connection) {
+        for (&id, route) in self.routes.iter_mut() {
+            if !matches!(route.write, Outbound::Idle | Outbound::Granted) {
+                continue;
+            }
+            let code = match conn.stream_capacity(id) {
+                Err(quiche::Error::StreamStopped(code)) => code,
+                // Stopped, reset in reply, and already collected by quiche.
+                Err(quiche::Error::InvalidStreamState(_)) => H3_REQUEST_CANCELLED,
+                _ => continue,
+            };
+            route.write = Outbound::Closed;
+            self.scheduler.remove(id);
+            let _ = route.actor.cast(StreamMsg::PeerStopSending(code));
+        }
+    }
+
+    /// Hands the actor the peer's STOP_SENDING if quiche has one for `id` and the connection
+    /// still routes writes for it.
+    pub(super) fn probe_stopped(&mut self, conn: &mut quiche::Connection, id: u64) {
+        let Some(route) = self.routes.get_mut(&id) else {
+            return;
+        };
+        if matches!(route.write, Outbound::Closed) {
+            return;
+        }
+        let code = match conn.stream_capacity(id) {
+            Err(quiche::Error::StreamStopped(code)) => code,
+            // Stopped, reset in reply, and already collected by quiche.
+            Err(quiche::Error::InvalidStreamState(_)) => H3_REQUEST_CANCELLED,
+            _ => return,
+        };
+        route.write = Outbound::Closed;
+        self.scheduler.remove(id);
+        let _ = route.actor.cast(StreamMsg::PeerStopSending(code));
+    }
+}

@@ -1,0 +1,341 @@
+//! Grouping outgoing packets into GSO sends (`UDP_SEGMENT`): a pure type beside the connection
+//! actor that uses it, so its edge cases are unit-tested without sockets.
+//!
+//! quiche writes one packet at a time. A run of packets to one destination, all of one size
+//! except perhaps a shorter last one, can go out as one `sendmsg` with the kernel cutting it into
+//! segments. [`GsoBatcher`] owns the buffer the packets are written into and says when a batch
+//! must be sent: when it holds the most segments one send may carry, when a packet is shorter
+//! than the batch's segment size (it must be the last), or when the next packet goes elsewhere
+//! or is larger (then the batch is sent *without* it and the packet starts the next batch).
+
+use std::net::SocketAddr;
+
+/// Most packets in one GSO send. 64: the kernel's `UDP_MAX_SEGMENTS`.
+pub const MAX_GSO_SEGMENTS: usize = 64;
+
+/// Most bytes in one GSO send: under the 65,507-byte UDP payload limit of IPv4 with room to
+/// spare (Linux refuses a larger send, GSO or not).
+pub const MAX_GSO_BYTES: usize = 65_000;
+
+/// A batch ready to go out: `buffer()[..len]` to `to`, cut into segments of `segment` bytes
+/// (the last may be shorter). With one packet, `len == segment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    /// Destination.
+    pub to: SocketAddr,
+    /// Bytes at the start of the buffer.
+    pub len: usize,
+    /// Segment size.
+    pub segment: usize,
+    /// Packets in the batch.
+    pub segments: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    to: SocketAddr,
+    segment: usize,
+    count: usize,
+    len: usize,
+}
+
+impl Batch {
+    fn ready(self) -> Ready {
+        Ready {
+            to: self.to,
+            len: self.len,
+            segment: self.segment,
+            segments: self.count,
+        }
+    }
+}
+
+/// Builds GSO batches in one buffer (see the module docs).
+///
+/// Use: write the next packet into [`slot`](Self::slot), then [`commit`](Self::commit) its
+/// length and destination. Whenever `commit` or [`sent`](Self::sent) returns a [`Ready`], send
+/// `buffer()[..ready.len]` and call `sent()` before writing the next packet. At the end,
+/// [`finish`](Self::finish) returns the last batch.
+#[derive(Debug)]
+pub struct GsoBatcher {
+    buf: Vec<u8>,
+    payload: usize,
+    max_segments: usize,
+    batch: Option<Batch>,
+    /// A packet that did not join the batch just returned: where it lies in the buffer, its
+    /// length and destination. `sent()` moves it to the front as the next batch.
+    carry: Option<(usize, usize, SocketAddr)>,
+}
+
+impl GsoBatcher {
+    /// A batcher for packets of at most `payload` bytes. `kernel_segments` is what the socket
+    /// supports (1 without GSO); `gso` false sends one packet per send whatever the kernel
+    /// offers. The batch is also bounded by [`MAX_GSO_SEGMENTS`] and [`MAX_GSO_BYTES`].
+    pub fn new(payload: usize, kernel_segments: usize, gso: bool) -> Self {
+        let payload = payload.max(1);
+        let max_segments = if gso {
+            kernel_segments
+                .clamp(1, MAX_GSO_SEGMENTS)
+                .min(MAX_GSO_BYTES / payload)
+                .max(1)
+        } else {
+            1
+        };
+        GsoBatcher {
+            buf: vec![0; payload * max_segments],
+            payload,
+            max_segments,
+            batch: None,
+            carry: None,
+        }
+    }
+
+    /// Most packets one send carries.
+    #[cfg(test)]
+    pub fn max_segments(&self) -> usize {
+        self.max_segments
+    }
+
+    /// Where quiche writes the next packet: `payload` bytes after the current batch.
+    pub fn slot(&mut self) -> &mut [u8] {
+        debug_assert!(self.carry.is_none(), "sent() must follow a Ready");
+        let at = self.batch.map_or(0, |b| b.len);
+        &mut self.buf[at..at + self.payload]
+    }
+
+    /// The buffer; a [`Ready`] names its first `len` bytes.
+    pub fn buffer(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Records that `n` bytes for `to` were written into [`slot`](Self::slot). Returns a batch
+    /// to send now, if one is complete.
+    pub fn commit(&mut self, n: usize, to: SocketAddr) -> Option<Ready> {
+        debug_assert!(n <= self.payload);
+        match &mut self.batch {
+            None => {
+                self.batch = Some(Batch {
+                    to,
+                    segment: n,
+                    count: 1,
+                    len: n,
+                });
+                self.take_if_full(false)
+            }
+            Some(b) if b.to == to && n <= b.segment => {
+                b.len += n;
+                b.count += 1;
+                // A short packet must be the last segment of a GSO send.
+                let short = n < b.segment;
+                self.take_if_full(short)
+            }
+            Some(b) => {
+                // Elsewhere, or larger: the batch goes without this packet, which starts the
+                // next one once the caller has sent the batch.
+                let ready = b.ready();
+                self.carry = Some((b.len, n, to));
+                self.batch = None;
+                Some(ready)
+            }
+        }
+    }
+
+    /// The last returned batch was sent (or failed): its buffer space is free again. Returns
+    /// another batch to send at once when the packet carried over is one by itself.
+    pub fn sent(&mut self) -> Option<Ready> {
+        let (from, n, to) = self.carry.take()?;
+        self.buf.copy_within(from..from + n, 0);
+        self.batch = Some(Batch {
+            to,
+            segment: n,
+            count: 1,
+            len: n,
+        });
+        self.take_if_full(false)
+    }
+
+    /// The batch still open, to send at the end of a flush.
+    pub fn finish(&mut self) -> Option<Ready> {
+        self.batch.take().map(Batch::ready)
+    }
+
+    fn take_if_full(&mut self, short: bool) -> Option<Ready> {
+        let b = self.batch?;
+        if short || b.count >= self.max_segments || b.len + self.payload > self.buf.len() {
+            self.batch = None;
+            Some(b.ready())
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Runs packets `(len, port)` through a batcher the way the connection actor does, checking
+    /// every sent batch's bytes, and returns the sends.
+    fn run(b: &mut GsoBatcher, packets: &[(usize, u16)]) -> Vec<(Ready, Vec<u8>)> {
+        let mut sends = Vec::new();
+        let mut collect = |b: &mut GsoBatcher, mut r: Option<Ready>| {
+            while let Some(ready) = r {
+                sends.push((ready, b.buffer()[..ready.len].to_vec()));
+                r = b.sent();
+            }
+        };
+        for (i, &(n, port)) in packets.iter().enumerate() {
+            let slot = b.slot();
+            assert!(slot.len() >= n, "slot too small");
+            slot[..n].fill(i as u8);
+            let r = b.commit(n, addr(port));
+            collect(b, r);
+        }
+        let r = b.finish();
+        collect(b, r);
+        sends
+    }
+
+    /// Every packet arrives once, in order, to its destination, and every send is a valid GSO
+    /// send: equal segments but a shorter last one, one destination, within the limits.
+    fn check(b: &GsoBatcher, packets: &[(usize, u16)], sends: &[(Ready, Vec<u8>)]) {
+        let mut i = 0;
+        for (r, bytes) in sends {
+            assert!(r.segments >= 1 && r.segments <= b.max_segments());
+            assert!(r.len <= MAX_GSO_BYTES.max(b.payload));
+            let mut off = 0;
+            for s in 0..r.segments {
+                let (n, port) = packets[i];
+                assert_eq!(r.to, addr(port), "packet {i} to the wrong place");
+                if s + 1 < r.segments {
+                    assert_eq!(n, r.segment, "only the last segment may be shorter");
+                } else {
+                    assert!(n <= r.segment);
+                }
+                assert!(
+                    bytes[off..off + n].iter().all(|&x| x == i as u8),
+                    "packet {i} bytes"
+                );
+                off += n;
+                i += 1;
+            }
+            assert_eq!(off, r.len);
+        }
+        assert_eq!(i, packets.len(), "every packet sent exactly once");
+    }
+
+    #[test]
+    fn zero_packets_send_nothing() {
+        let mut b = GsoBatcher::new(1350, 64, true);
+        assert!(run(&mut b, &[]).is_empty());
+    }
+
+    #[test]
+    fn one_packet_is_one_send() {
+        let mut b = GsoBatcher::new(1350, 64, true);
+        let p = [(1200, 1)];
+        let s = run(&mut b, &p);
+        assert_eq!(s.len(), 1);
+        check(&b, &p, &s);
+    }
+
+    #[test]
+    fn equal_packets_share_one_send() {
+        let mut b = GsoBatcher::new(1350, 64, true);
+        let p = [(1350, 1), (1350, 1), (1350, 1), (700, 1)];
+        let s = run(&mut b, &p);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].0.segments, 4);
+        check(&b, &p, &s);
+    }
+
+    #[test]
+    fn one_segment_per_send() {
+        // No UDP_SEGMENT in the kernel: every packet its own send (this panicked before: the
+        // second packet's slot lay past a one-segment buffer).
+        let mut b = GsoBatcher::new(1350, 1, true);
+        let p = [(1350, 1), (1350, 1), (900, 1), (1350, 2), (100, 2)];
+        let s = run(&mut b, &p);
+        assert_eq!(s.len(), p.len());
+        check(&b, &p, &s);
+        // GSO turned off: the same, whatever the kernel offers.
+        let mut b = GsoBatcher::new(1350, 64, false);
+        assert_eq!(b.max_segments(), 1);
+        let s = run(&mut b, &p);
+        assert_eq!(s.len(), p.len());
+        check(&b, &p, &s);
+    }
+
+    #[test]
+    fn payload_above_half_the_send_limit_is_one_segment() {
+        // 40,000-byte payloads: two would exceed 65,000 bytes, so one per send.
+        let mut b = GsoBatcher::new(40_000, 64, true);
+        assert_eq!(b.max_segments(), 1);
+        let p = [(40_000, 1), (40_000, 1), (1_200, 1), (39_999, 1)];
+        let s = run(&mut b, &p);
+        assert_eq!(s.len(), 4);
+        check(&b, &p, &s);
+    }
+
+    #[test]
+    fn mixed_sizes_split_where_a_packet_is_larger_or_shorter() {
+        let mut b = GsoBatcher::new(1350, 64, true);
+        let p = [
+            (1000, 1),
+            (1000, 1),
+            (1350, 1), // larger: new batch
+            (1350, 1),
+            (500, 1), // shorter: ends the batch
+            (1350, 1),
+            (1350, 1),
+            (1350, 1),
+        ];
+        let s = run(&mut b, &p);
+        assert_eq!(
+            s.iter().map(|(r, _)| r.segments).collect::<Vec<_>>(),
+            vec![2, 3, 3]
+        );
+        check(&b, &p, &s);
+    }
+
+    #[test]
+    fn a_change_of_destination_starts_a_new_send() {
+        let mut b = GsoBatcher::new(1350, 64, true);
+        let p = [(1350, 1), (1350, 2), (1350, 2), (1350, 1), (1350, 3)];
+        let s = run(&mut b, &p);
+        assert_eq!(
+            s.iter().map(|(r, _)| r.segments).collect::<Vec<_>>(),
+            vec![1, 2, 1, 1]
+        );
+        check(&b, &p, &s);
+        // The same with one segment per send.
+        let mut b = GsoBatcher::new(1350, 1, true);
+        let s = run(&mut b, &p);
+        assert_eq!(s.len(), 5);
+        check(&b, &p, &s);
+    }
+
+    #[test]
+    fn the_maximum_fills_a_send_and_starts_the_next() {
+        let mut b = GsoBatcher::new(1000, 64, true);
+        assert_eq!(b.max_segments(), 64);
+        let p: Vec<(usize, u16)> = (0..64 * 2 + 3).map(|_| (1000, 1)).collect();
+        let s = run(&mut b, &p);
+        assert_eq!(
+            s.iter().map(|(r, _)| r.segments).collect::<Vec<_>>(),
+            vec![64, 64, 3]
+        );
+        check(&b, &p, &s);
+        // Bounded by bytes as well: 1350-byte packets, at most 48 per 65,000 bytes.
+        let mut b = GsoBatcher::new(1350, 64, true);
+        assert_eq!(b.max_segments(), 48);
+        let p: Vec<(usize, u16)> = (0..100).map(|_| (1350, 1)).collect();
+        let s = run(&mut b, &p);
+        assert!(s.iter().all(|(r, _)| r.len <= MAX_GSO_BYTES));
+        check(&b, &p, &s);
+    }
+}

@@ -19,7 +19,8 @@
 //!
 //! Environment: `BENCH_SECS` (default 5) per request phase with troupe's client,
 //! `BENCH_REQUESTS` (default 25000) per connection with gtlsclient, `BENCH_DOWNLOAD_MB`
-//! (default 512).
+//! (default 512), `BENCH_TROUPE_BASELINE` (a `troupe` binary built from an earlier commit: it
+//! is measured too, in the same run, to show a change's effect before and after).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -346,31 +347,43 @@ fn main() {
         .build()
         .unwrap();
 
-    let mut results = Vec::new();
-    for (name, bin, args, ready) in [
+    // One thread, like tq-serve's current-thread runtime: like is compared with like (both
+    // servers are pinned to one core anyway; a one-worker multi-thread runtime costs troupe
+    // about 1 us more per request in cross-thread wake-ups).
+    let troupe_args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-retry",
+        "--workers",
+        "0",
+    ];
+    let baseline = std::env::var_os("BENCH_TROUPE_BASELINE").map(PathBuf::from);
+    let mut servers = vec![
         (
             "troupe",
-            &troupe_bin,
-            // One thread, like tq-serve's current-thread runtime: like is compared with like
-            // (both servers are pinned to one core anyway; a one-worker multi-thread runtime
-            // costs troupe about 1 us more per request in cross-thread wake-ups).
-            vec![
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--no-retry",
-                "--workers",
-                "0",
-            ],
+            troupe_bin.clone(),
+            troupe_args.clone(),
             "troupe serving HTTP/3 on ",
         ),
         (
             "tokio-quiche",
-            &tq_bin,
+            tq_bin.clone(),
             vec!["--listen", "127.0.0.1:0"],
             "tq-serve listening on ",
         ),
-    ] {
+    ];
+    if let Some(b) = &baseline {
+        servers.push((
+            "troupe-before",
+            b.clone(),
+            troupe_args,
+            "troupe serving HTTP/3 on ",
+        ));
+    }
+    let mut results = Vec::new();
+    for (name, bin, args, ready) in servers {
+        let bin = &bin;
         let (proc_, addr) = start(bin, &args, ready, pin);
         let pid = proc_.0.id().to_string();
         let f = if use_gtls {
@@ -391,13 +404,19 @@ fn main() {
         results.push(f);
         drop(proc_);
     }
-    let (t, q) = (&results[0], &results[1]);
-    println!(
-        "ratio troupe/tokio-quiche: req/s {:.2}x, server CPU per request {:.2}x (lower is better), \
-         download MB/s {:.2}x, server CPU per GB {:.2}x (lower is better)",
-        t.rps / q.rps,
-        t.server_us_per_req / q.server_us_per_req,
-        t.mbps / q.mbps,
-        (t.server_cpu_share_dl / t.mbps) / (q.server_cpu_share_dl / q.mbps)
-    );
+    let q = &results[1];
+    let ratio = |label: &str, t: &Figures| {
+        println!(
+            "ratio {label}/tokio-quiche: req/s {:.2}x, server CPU per request {:.2}x (lower is \
+             better), download MB/s {:.2}x, server CPU per GB {:.2}x (lower is better)",
+            t.rps / q.rps,
+            t.server_us_per_req / q.server_us_per_req,
+            t.mbps / q.mbps,
+            (t.server_cpu_share_dl / t.mbps) / (q.server_cpu_share_dl / q.mbps)
+        );
+    };
+    ratio("troupe", &results[0]);
+    if let Some(before) = results.get(2) {
+        ratio("troupe-before", before);
+    }
 }

@@ -74,7 +74,7 @@ async fn peer_settings_once_and_final_connection_figures() {
     client.close();
     let reason = client.closed().await;
     assert!(
-        matches!(reason, CloseReason::Local { app: true, code, .. } if code == H3_NO_ERROR),
+        matches!(reason, CloseReason::Local { space: troupe::transport::ErrorSpace::Application, code, .. } if code == H3_NO_ERROR),
         "{reason}"
     );
     // The client's own final figures.
@@ -92,7 +92,7 @@ async fn peer_settings_once_and_final_connection_figures() {
         ConnectionEvent::Closed { conn_id: id, info } => {
             assert_eq!(id, conn_id);
             assert!(
-                matches!(info.close, Some(CloseReason::Peer { app: true, code, .. }) if code == H3_NO_ERROR),
+                matches!(info.close, Some(CloseReason::Peer { space: troupe::transport::ErrorSpace::Application, code, .. }) if code == H3_NO_ERROR),
                 "{:?}",
                 info.close
             );
@@ -617,54 +617,40 @@ async fn urgent_first(how: Lazy) {
 }
 
 /// RFC 9218 end to end through the write scheduler: four large downloads requested least
-/// urgent first (urgencies 7, 5, 3, 1, all on one connection) complete most urgent first. With
-/// three or more streams queued, the old scheduler's `swap_remove` put a less urgent stream
-/// in front of more urgent ones.
+/// urgent first (urgencies 7, 5, 3, 1, all on one connection, in one flight) complete most
+/// urgent first. The client reads every byte the moment it arrives, so the order is the server's.
+/// With three or more streams queued, the old scheduler's `swap_remove` put a less urgent
+/// stream in front of more urgent ones; and without the gate, every gap between a grant and its
+/// bytes let a less urgent stream take the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_downloads_complete_in_urgency_order() {
     const SIZE: usize = 6 << 20;
     let server = builtin_server(ServerConfig::default()).await;
-    let mut quic = QuicSettings::default();
     // Windows large enough that flow control, not priority, never decides the order.
-    quic.initial_max_data = 64 << 20;
-    quic.initial_max_stream_data_bidi = 16 << 20;
-    let ep = client_endpoint(&server, quic).await;
-    let client = ep.connect(server.local_addr(), "localhost").await.unwrap();
-    let done: Arc<Mutex<Vec<u8>>> = Arc::default();
-    // All four requests leave in one flight, least urgent first.
-    let urgencies = [7u8, 5, 3, 1];
-    let sends = urgencies.map(|urgency| {
-        let mut req = http::Request::get(format!("https://localhost/bytes/{SIZE}"))
-            .body(Body::empty())
-            .unwrap();
-        req.extensions_mut().insert(Priority::new(urgency, false));
-        client.send(req)
-    });
-    let mut tasks = Vec::new();
-    for (urgency, resp) in urgencies
-        .into_iter()
-        .zip(futures::future::join_all(sends).await)
-    {
-        let resp = resp.unwrap();
-        assert_eq!(resp.status(), 200);
-        let done = done.clone();
-        tasks.push(tokio::spawn(async move {
-            let n = collect_len(resp.into_body()).await;
-            assert_eq!(n, SIZE);
-            done.lock().unwrap().push(urgency);
-        }));
+    let mut c = RawClient::connect_with_windows(server.local_addr(), 16 << 20, 64 << 20).await;
+    let path = format!("/bytes/{SIZE}");
+    let mut ids = Vec::new();
+    for urgency in [7u8, 5, 3, 1] {
+        let p = format!("u={urgency}");
+        let id = c.request(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", &path),
+            ("priority", &p),
+        ]);
+        ids.push((id, urgency));
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    assert_eq!(*done.lock().unwrap(), vec![1, 3, 5, 7]);
-}
-
-async fn collect_len(mut body: RecvBody) -> usize {
-    use futures::StreamExt;
-    let mut n = 0;
-    while let Some(chunk) = body.next().await {
-        n += chunk.expect("body chunk").len();
-    }
-    n
+    let order = c
+        .finish_order(
+            &ids.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(order.iter().all(|(_, n)| *n == SIZE), "{order:?}");
+    let urgencies: Vec<u8> = order
+        .iter()
+        .map(|(id, _)| ids.iter().find(|(i, _)| i == id).unwrap().1)
+        .collect();
+    assert_eq!(urgencies, vec![1, 3, 5, 7]);
 }

@@ -10,7 +10,7 @@ use troupe::transport::CloseReason;
 use troupe::transport::QuicSettings;
 
 fn closed_cleanly(reason: &CloseReason) -> bool {
-    matches!(reason, CloseReason::Peer { app: true, code, .. } if *code == troupe::h3::codes::H3_NO_ERROR)
+    matches!(reason, CloseReason::Peer { space: troupe::transport::ErrorSpace::Application, code, .. } if *code == troupe::h3::codes::H3_NO_ERROR)
 }
 
 /// As in tokio-quiche's suite: 10 requests allowed, then GOAWAY; the 11th is not processed (it
@@ -99,7 +99,7 @@ async fn header_list_over_the_limit_is_excessive_load() {
         .await
         .unwrap();
     assert!(
-        matches!(reason, CloseReason::Peer { app: true, code, .. } if code == troupe::h3::codes::H3_EXCESSIVE_LOAD),
+        matches!(reason, CloseReason::Peer { space: troupe::transport::ErrorSpace::Application, code, .. } if code == troupe::h3::codes::H3_EXCESSIVE_LOAD),
         "{reason:?}"
     );
 }

@@ -49,7 +49,7 @@ async fn goaway_lets_in_flight_finish_and_refuses_later_requests() {
     assert_eq!(
         reason,
         CloseReason::Peer {
-            app: true,
+            space: troupe::transport::ErrorSpace::Application,
             code: troupe::h3::codes::H3_NO_ERROR,
             reason: String::new()
         }

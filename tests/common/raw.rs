@@ -257,6 +257,39 @@ impl RawClient {
         }
     }
 
+    /// Drives the connection, reading every stream's body as soon as it arrives (so the order
+    /// seen is the order the peer sent in, not a reader's), until all of `streams` finished;
+    /// returns them in the order they finished, each with its body length.
+    pub async fn finish_order(&mut self, streams: &[u64], within: Duration) -> Vec<(u64, usize)> {
+        let deadline = Instant::now() + within;
+        let mut bodies = std::collections::HashMap::<u64, usize>::new();
+        let mut order = Vec::new();
+        let mut buf = vec![0u8; 65535];
+        while order.len() < streams.len() {
+            assert!(
+                Instant::now() < deadline,
+                "streams not finished within {within:?}: finished {order:?}, bytes {bodies:?}"
+            );
+            self.exchange().await;
+            loop {
+                let h3 = self.h3.as_mut().unwrap();
+                match h3.poll(&mut self.conn) {
+                    Ok((id, h3::Event::Data)) => {
+                        while let Ok(n) = h3.recv_body(&mut self.conn, id, &mut buf) {
+                            *bodies.entry(id).or_default() += n;
+                        }
+                    }
+                    Ok((id, h3::Event::Finished)) if streams.contains(&id) => {
+                        order.push((id, bodies.get(&id).copied().unwrap_or(0)))
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        order
+    }
+
     /// Drives the connection until `stream` has a final outcome (finished or reset).
     pub async fn outcome(&mut self, stream: u64) -> StreamOutcome {
         let mut o = StreamOutcome::default();

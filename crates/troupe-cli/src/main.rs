@@ -54,6 +54,10 @@ struct ServeArgs {
     /// Turn off stateless Retry address validation.
     #[arg(long)]
     no_retry: bool,
+    /// Connections at most (handshaking or established); a new client beyond it is refused
+    /// with CONNECTION_REFUSED.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_connections: usize,
     /// Send every packet on its own instead of batching runs into GSO (UDP_SEGMENT) sends:
     /// for paths where segmentation offload misbehaves.
     #[arg(long)]
@@ -160,6 +164,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     let mut config = ServerConfig::default();
     config.quic.retry = !a.no_retry;
     config.quic.gso = !a.no_gso;
+    config.quic.max_connections = a.max_connections;
     config.quic.idle_timeout = Duration::from_secs(a.idle_timeout);
     let generated = a.cert.is_none();
     config.tls = TlsConfig {

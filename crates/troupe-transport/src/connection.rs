@@ -51,6 +51,35 @@ pub enum Stage {
     Closed,
 }
 
+/// Which error space a CONNECTION_CLOSE code belongs to (RFC 9000 §19.19): QUIC's own
+/// transport errors, or the application protocol's (HTTP/3's `H3_*` codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorSpace {
+    /// A QUIC transport error code (frame type 0x1c).
+    Transport,
+    /// An application protocol error code (frame type 0x1d).
+    Application,
+}
+
+impl ErrorSpace {
+    fn from_is_app(is_app: bool) -> Self {
+        if is_app {
+            ErrorSpace::Application
+        } else {
+            ErrorSpace::Transport
+        }
+    }
+
+    /// `"application"` or `"transport"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSpace::Application => "application",
+            ErrorSpace::Transport => "transport",
+        }
+    }
+}
+
 /// Why a connection closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -61,8 +90,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// We closed it.
     Local {
-        /// Application (true) or transport (false) error space.
-        app: bool,
+        /// The code's error space.
+        space: ErrorSpace,
         /// Error code.
         code: u64,
         /// Reason phrase.
@@ -70,8 +99,8 @@ pub enum CloseReason {
     },
     /// The peer closed it.
     Peer {
-        /// Application (true) or transport (false) error space.
-        app: bool,
+        /// The code's error space.
+        space: ErrorSpace,
         /// Error code.
         code: u64,
         /// Reason phrase.
@@ -86,24 +115,24 @@ impl std::fmt::Display for CloseReason {
         match self {
             CloseReason::HandshakeTimeout => write!(f, "handshake timeout"),
             CloseReason::IdleTimeout => write!(f, "idle timeout"),
-            CloseReason::Local { app, code, reason } => {
-                write!(f, "closed locally ({} error 0x{code:x}", space(*app))?;
+            CloseReason::Local {
+                space,
+                code,
+                reason,
+            } => {
+                write!(f, "closed locally ({} error 0x{code:x}", space.as_str())?;
                 reason_suffix(f, reason)
             }
-            CloseReason::Peer { app, code, reason } => {
-                write!(f, "closed by peer ({} error 0x{code:x}", space(*app))?;
+            CloseReason::Peer {
+                space,
+                code,
+                reason,
+            } => {
+                write!(f, "closed by peer ({} error 0x{code:x}", space.as_str())?;
                 reason_suffix(f, reason)
             }
             CloseReason::Aborted => write!(f, "aborted"),
         }
-    }
-}
-
-fn space(app: bool) -> &'static str {
-    if app {
-        "application"
-    } else {
-        "transport"
     }
 }
 
@@ -119,13 +148,13 @@ fn close_reason(conn: &quiche::Connection) -> CloseReason {
     let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
     if let Some(e) = conn.peer_error() {
         CloseReason::Peer {
-            app: e.is_app,
+            space: ErrorSpace::from_is_app(e.is_app),
             code: e.error_code,
             reason: text(&e.reason),
         }
     } else if let Some(e) = conn.local_error() {
         CloseReason::Local {
-            app: e.is_app,
+            space: ErrorSpace::from_is_app(e.is_app),
             code: e.error_code,
             reason: text(&e.reason),
         }
@@ -170,8 +199,8 @@ pub enum ConnMsg<M> {
     App(M),
     /// Close the connection.
     Close {
-        /// Application (true) or transport (false) error space.
-        app: bool,
+        /// The code's error space.
+        space: ErrorSpace,
         /// Error code.
         code: u64,
         /// Reason phrase.
@@ -235,7 +264,7 @@ impl<M: Send + 'static> Connection<M> {
     /// Closes the connection with an application error code.
     pub fn close(&self, code: u64, reason: &str) {
         let _ = self.actor.cast(ConnMsg::Close {
-            app: true,
+            space: ErrorSpace::Application,
             code,
             reason: reason.as_bytes().to_vec(),
         });
@@ -499,7 +528,15 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
                 Event::Flush
             }
             ConnMsg::App(m) => Event::App(m),
-            ConnMsg::Close { app, code, reason } => Event::Close { app, code, reason },
+            ConnMsg::Close {
+                space,
+                code,
+                reason,
+            } => Event::Close {
+                space,
+                code,
+                reason,
+            },
             ConnMsg::Info(reply) => {
                 let _ = reply.send(st.info());
                 return Ok(());
@@ -532,7 +569,7 @@ enum Event<M> {
     App(M),
     Child(SupervisionEvent),
     Close {
-        app: bool,
+        space: ErrorSpace,
         code: u64,
         reason: Vec<u8>,
     },
@@ -670,8 +707,14 @@ impl<A: ConnectionApp> ConnState<A> {
                 }
                 return self.after_app(myself, app_result).await;
             }
-            Event::Close { app, code, reason } => {
-                let _ = self.conn.close(app && self.is_established(), code, &reason);
+            Event::Close {
+                space,
+                code,
+                reason,
+            } => {
+                // Before the handshake completes only transport closes can be sent.
+                let app = space == ErrorSpace::Application && self.is_established();
+                let _ = self.conn.close(app, code, &reason);
             }
         }
         if let Err(e) = app_result {

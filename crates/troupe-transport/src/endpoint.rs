@@ -467,7 +467,7 @@ impl<A: ConnectionApp> Endpoint<A> {
         for cell in self.actor.get_children() {
             let conn: ActorRef<ConnMsg<A::Msg>> = cell.into();
             let _ = conn.cast(ConnMsg::Close {
-                app: true,
+                space: crate::connection::ErrorSpace::Application,
                 code,
                 reason: reason.as_bytes().to_vec(),
             });

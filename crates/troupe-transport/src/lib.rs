@@ -21,7 +21,9 @@ mod tls;
 mod udp;
 
 pub use app::{AppError, ConnCx, ConnectionApp};
-pub use connection::{CloseReason, ConnMsg, Connection, ConnectionInfo, Stage, LOCAL_CID_LEN};
+pub use connection::{
+    CloseReason, ConnMsg, Connection, ConnectionInfo, ErrorSpace, Stage, LOCAL_CID_LEN,
+};
 pub use endpoint::{
     AppFactory, Endpoint, EndpointMsg, RECV_LOOP_MAX_RESTARTS, RECV_LOOP_RESTART_WINDOW,
 };

@@ -337,21 +337,13 @@ fn hex(code: u64) -> String {
 
 fn close_label(reason: Option<&CloseReason>) -> CloseLabel {
     let (by, space, code) = match reason {
-        Some(CloseReason::Local { app, code, .. }) => ("local", space(*app), hex(*code)),
-        Some(CloseReason::Peer { app, code, .. }) => ("peer", space(*app), hex(*code)),
+        Some(CloseReason::Local { space, code, .. }) => ("local", space.as_str(), hex(*code)),
+        Some(CloseReason::Peer { space, code, .. }) => ("peer", space.as_str(), hex(*code)),
         Some(CloseReason::IdleTimeout) => ("idle_timeout", "", String::new()),
         Some(CloseReason::HandshakeTimeout) => ("handshake_timeout", "", String::new()),
         Some(CloseReason::Aborted) | None => ("aborted", "", String::new()),
     };
     CloseLabel { by, space, code }
-}
-
-fn space(app: bool) -> &'static str {
-    if app {
-        "application"
-    } else {
-        "transport"
-    }
 }
 
 impl Metrics for PrometheusMetrics {

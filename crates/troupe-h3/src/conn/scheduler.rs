@@ -118,9 +118,9 @@ impl WriteScheduler {
     }
 }
 
-/// Which streams may be granted new credit in one pass over the order: once a stream has been
-/// granted credit and its bytes are on their way from its actor, the room it will need is not
-/// given to less urgent streams (RFC 9218's strict urgency order), nor to later
+/// Which streams may write or be granted new credit in one pass over the order: once a stream
+/// has been granted credit and its bytes are on their way from its actor, the room it will need
+/// is not given to less urgent streams (RFC 9218's strict urgency order), nor to later
 /// non-incremental streams of its urgency (delivered one after another); incremental streams
 /// of one urgency share. Without it, every gap of one actor message between a grant and its
 /// bytes let less urgent streams take the room.
@@ -130,7 +130,7 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    /// Whether a stream with `key`, met later in the order, may be granted credit.
+    /// Whether a stream with `key`, met later in the order, may write or be granted credit.
     pub(crate) fn admits(&self, key: Priority) -> bool {
         match self.blocker {
             None => true,

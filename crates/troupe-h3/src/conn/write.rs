@@ -217,8 +217,8 @@ impl H3App {
         let mut order = std::mem::take(&mut self.order);
         self.scheduler.order_into(&mut order);
         // Room granted in this flush and not yet written: later (less urgent) streams get
-        // what is left of quiche's connection-level room, and nothing while a more urgent
-        // stream's bytes are on their way (`Gate`).
+        // what is left of quiche's connection-level room, and neither credit nor writes while a
+        // more urgent stream's bytes are on their way (`Gate`).
         let mut granted = 0usize;
         let mut gate = Gate::default();
         for &id in &order {
@@ -227,7 +227,10 @@ impl H3App {
                 continue;
             };
             let mut wrote = Wrote::default();
-            if let Outbound::Held { frames, then } = &mut route.write {
+            // A less urgent stream does not write either while a more urgent one's bytes are on
+            // their way: the room is theirs.
+            let admitted = gate.admits(route.key);
+            if let (true, Outbound::Held { frames, then }) = (admitted, &mut route.write) {
                 wrote = write_frames(h3, conn, id, route.key, &route.stats, frames);
                 if wrote.stopped.is_some() || wrote.fin {
                     route.write = Outbound::Closed;
@@ -239,7 +242,7 @@ impl H3App {
                 }
             }
             let mut credit = 0;
-            if matches!(route.write, Outbound::Wants) && gate.admits(route.key) {
+            if matches!(route.write, Outbound::Wants) && admitted {
                 match conn.stream_capacity(id) {
                     Ok(room) => {
                         credit = room.saturating_sub(granted).min(self.settings.send_window);

@@ -410,7 +410,9 @@ impl Actor for StreamActor {
                     interim: Vec::new(),
                 };
                 if fin_sent {
-                    st.send = SendState::FinSent;
+                    // The connection wrote the request head with FIN: handed and written.
+                    let _ = st.send.on_handed(0, true);
+                    let _ = st.send.on_written(0, true);
                 } else {
                     let _ = st.send.on_handed(0, false);
                     st.producer = Producer::Body(body);
@@ -483,7 +485,8 @@ impl StreamState {
     fn open_recv(&mut self, myself: &ActorRef<StreamMsg>) -> RecvBody {
         let (writer, shared) = BodyWriter::new();
         self.consumer = Consumer::Body(writer);
-        self.recv = RecvState::Open;
+        // The message head arrived; a FIN behind it is taken as its own event (`recv_fin`).
+        let _ = self.recv.on_headers(false);
         RecvBody::new(
             shared,
             self.id,

@@ -92,3 +92,49 @@ async fn retry_can_be_turned_off() {
     .await;
     drop(ep);
 }
+
+/// A CA file is read once, when the client endpoint binds (not on every connect, on an async
+/// thread): a missing or invalid file is reported there, naming it; a good one is used for
+/// every connection without being read again (it is deleted after bind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_is_read_once_at_bind() {
+    use troupe::h3::{ClientEndpoint, H3Settings};
+    use troupe::transport::{QuicSettings, TlsConfig, Verify};
+    let server = builtin_server(ServerConfig::default()).await;
+    let dir = std::env::temp_dir().join(format!("troupe-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tls = |path: &std::path::Path| TlsConfig {
+        identity: None,
+        verify: Verify::CaFile(path.to_path_buf()),
+    };
+    let bind = |tls| {
+        ClientEndpoint::bind(
+            loopback(),
+            QuicSettings::default(),
+            tls,
+            H3Settings::default(),
+        )
+    };
+    let missing = dir.join("missing.pem");
+    let err = bind(tls(&missing))
+        .await
+        .err()
+        .expect("a missing CA file must fail at bind");
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, b"not a certificate").unwrap();
+    let err = bind(tls(&garbage))
+        .await
+        .err()
+        .expect("an invalid CA file must fail at bind");
+    assert!(err.to_string().contains("garbage.pem"), "{err}");
+    let good = dir.join("ca.pem");
+    std::fs::write(&good, server.identity().certificate_pem()).unwrap();
+    let ep = bind(tls(&good)).await.unwrap();
+    std::fs::remove_file(&good).unwrap();
+    for _ in 0..2 {
+        let c = ep.connect(server.local_addr(), "localhost").await.unwrap();
+        assert_eq!(c.send(get(&server, "/")).await.unwrap().status(), 200);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

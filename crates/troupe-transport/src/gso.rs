@@ -228,6 +228,13 @@ mod tests {
         assert_eq!(i, packets.len(), "every packet sent exactly once");
     }
 
+    /// Runs and checks `packets`; the segments of each send.
+    fn segments(b: &mut GsoBatcher, packets: &[(usize, u16)]) -> Vec<usize> {
+        let s = run(b, packets);
+        check(b, packets, &s);
+        s.iter().map(|(r, _)| r.segments).collect()
+    }
+
     #[test]
     fn zero_packets_send_nothing() {
         let mut b = GsoBatcher::new(1350, 64, true);
@@ -238,19 +245,14 @@ mod tests {
     fn one_packet_is_one_send() {
         let mut b = GsoBatcher::new(1350, 64, true);
         let p = [(1200, 1)];
-        let s = run(&mut b, &p);
-        assert_eq!(s.len(), 1);
-        check(&b, &p, &s);
+        assert_eq!(segments(&mut b, &p), vec![1]);
     }
 
     #[test]
     fn equal_packets_share_one_send() {
         let mut b = GsoBatcher::new(1350, 64, true);
         let p = [(1350, 1), (1350, 1), (1350, 1), (700, 1)];
-        let s = run(&mut b, &p);
-        assert_eq!(s.len(), 1);
-        assert_eq!(s[0].0.segments, 4);
-        check(&b, &p, &s);
+        assert_eq!(segments(&mut b, &p), vec![4]);
     }
 
     #[test]
@@ -259,15 +261,11 @@ mod tests {
         // second packet's slot lay past a one-segment buffer).
         let mut b = GsoBatcher::new(1350, 1, true);
         let p = [(1350, 1), (1350, 1), (900, 1), (1350, 2), (100, 2)];
-        let s = run(&mut b, &p);
-        assert_eq!(s.len(), p.len());
-        check(&b, &p, &s);
+        assert_eq!(segments(&mut b, &p), vec![1; p.len()]);
         // GSO turned off: the same, whatever the kernel offers.
         let mut b = GsoBatcher::new(1350, 64, false);
         assert_eq!(b.max_segments(), 1);
-        let s = run(&mut b, &p);
-        assert_eq!(s.len(), p.len());
-        check(&b, &p, &s);
+        assert_eq!(segments(&mut b, &p), vec![1; p.len()]);
     }
 
     #[test]
@@ -276,9 +274,7 @@ mod tests {
         let mut b = GsoBatcher::new(40_000, 64, true);
         assert_eq!(b.max_segments(), 1);
         let p = [(40_000, 1), (40_000, 1), (1_200, 1), (39_999, 1)];
-        let s = run(&mut b, &p);
-        assert_eq!(s.len(), 4);
-        check(&b, &p, &s);
+        assert_eq!(segments(&mut b, &p), vec![1; 4]);
     }
 
     #[test]
@@ -294,29 +290,17 @@ mod tests {
             (1350, 1),
             (1350, 1),
         ];
-        let s = run(&mut b, &p);
-        assert_eq!(
-            s.iter().map(|(r, _)| r.segments).collect::<Vec<_>>(),
-            vec![2, 3, 3]
-        );
-        check(&b, &p, &s);
+        assert_eq!(segments(&mut b, &p), vec![2, 3, 3]);
     }
 
     #[test]
     fn a_change_of_destination_starts_a_new_send() {
         let mut b = GsoBatcher::new(1350, 64, true);
         let p = [(1350, 1), (1350, 2), (1350, 2), (1350, 1), (1350, 3)];
-        let s = run(&mut b, &p);
-        assert_eq!(
-            s.iter().map(|(r, _)| r.segments).collect::<Vec<_>>(),
-            vec![1, 2, 1, 1]
-        );
-        check(&b, &p, &s);
+        assert_eq!(segments(&mut b, &p), vec![1, 2, 1, 1]);
         // The same with one segment per send.
         let mut b = GsoBatcher::new(1350, 1, true);
-        let s = run(&mut b, &p);
-        assert_eq!(s.len(), 5);
-        check(&b, &p, &s);
+        assert_eq!(segments(&mut b, &p), vec![1; 5]);
     }
 
     #[test]
@@ -324,12 +308,7 @@ mod tests {
         let mut b = GsoBatcher::new(1000, 64, true);
         assert_eq!(b.max_segments(), 64);
         let p: Vec<(usize, u16)> = (0..64 * 2 + 3).map(|_| (1000, 1)).collect();
-        let s = run(&mut b, &p);
-        assert_eq!(
-            s.iter().map(|(r, _)| r.segments).collect::<Vec<_>>(),
-            vec![64, 64, 3]
-        );
-        check(&b, &p, &s);
+        assert_eq!(segments(&mut b, &p), vec![64, 64, 3]);
         // Bounded by bytes as well: 1350-byte packets, at most 48 per 65,000 bytes.
         let mut b = GsoBatcher::new(1350, 64, true);
         assert_eq!(b.max_segments(), 48);

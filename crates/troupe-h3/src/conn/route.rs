@@ -69,6 +69,12 @@ pub(super) struct Route {
 }
 
 impl Route {
+    /// The peer stopped our sending side: nothing more goes out, and the actor hears it once.
+    pub(super) fn peer_stopped(&mut self, code: u64) {
+        self.write = Outbound::Closed;
+        let _ = self.actor.cast(StreamMsg::PeerStopSending(code));
+    }
+
     /// The stream is over for the connection: its figures are final and reported, and anyone
     /// waiting for a priority change learns no more will come.
     pub(super) fn retire(self, metrics: &dyn troupe_transport::Metrics) {

@@ -256,8 +256,7 @@ impl H3App {
                 }
             }
             if let Some(code) = wrote.stopped {
-                route.write = Outbound::Closed;
-                let _ = route.actor.cast(StreamMsg::PeerStopSending(code));
+                route.peer_stopped(code);
             } else if wrote.bytes > 0 || wrote.fin || credit > 0 {
                 let _ = route.actor.cast(StreamMsg::Written {
                     bytes: wrote.bytes,
@@ -285,18 +284,12 @@ impl H3App {
     /// re-reports a stopped stream only if the stream had no send capacity before.)
     pub(super) fn notice_stopped_streams(&mut self, conn: &mut quiche::Connection) {
         for (&id, route) in self.routes.iter_mut() {
-            if !matches!(route.write, Outbound::Idle | Outbound::Granted) {
-                continue;
+            if matches!(route.write, Outbound::Idle | Outbound::Granted) {
+                if let Some(code) = stop_sending_code(conn, id) {
+                    route.peer_stopped(code);
+                    self.scheduler.remove(id);
+                }
             }
-            let code = match conn.stream_capacity(id) {
-                Err(quiche::Error::StreamStopped(code)) => code,
-                // Stopped, reset in reply, and already collected by quiche.
-                Err(quiche::Error::InvalidStreamState(_)) => H3_REQUEST_CANCELLED,
-                _ => continue,
-            };
-            route.write = Outbound::Closed;
-            self.scheduler.remove(id);
-            let _ = route.actor.cast(StreamMsg::PeerStopSending(code));
         }
     }
 
@@ -306,17 +299,21 @@ impl H3App {
         let Some(route) = self.routes.get_mut(&id) else {
             return;
         };
-        if matches!(route.write, Outbound::Closed) {
-            return;
+        if !matches!(route.write, Outbound::Closed) {
+            if let Some(code) = stop_sending_code(conn, id) {
+                route.peer_stopped(code);
+                self.scheduler.remove(id);
+            }
         }
-        let code = match conn.stream_capacity(id) {
-            Err(quiche::Error::StreamStopped(code)) => code,
-            // Stopped, reset in reply, and already collected by quiche.
-            Err(quiche::Error::InvalidStreamState(_)) => H3_REQUEST_CANCELLED,
-            _ => return,
-        };
-        route.write = Outbound::Closed;
-        self.scheduler.remove(id);
-        let _ = route.actor.cast(StreamMsg::PeerStopSending(code));
+    }
+}
+
+/// The code of the peer's STOP_SENDING on `id`, if quiche has one.
+fn stop_sending_code(conn: &mut quiche::Connection, id: u64) -> Option<u64> {
+    match conn.stream_capacity(id) {
+        Err(quiche::Error::StreamStopped(code)) => Some(code),
+        // Stopped, reset in reply, and already collected by quiche.
+        Err(quiche::Error::InvalidStreamState(_)) => Some(H3_REQUEST_CANCELLED),
+        _ => None,
     }
 }

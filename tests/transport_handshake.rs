@@ -13,7 +13,16 @@ use troupe::transport::quiche;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_version_gets_version_negotiation() {
     let server = builtin_server(ServerConfig::default()).await;
-    // A reserved ("greasing") version: quiche builds the Initial, no server supports it.
+    version_negotiation_from(server.local_addr());
+    let stats = server.stats();
+    assert_eq!(stats.version_negotiations, 1);
+    assert_eq!(stats.connections_accepted, 0);
+    assert_eq!(server.endpoint().connection_count(), 0);
+}
+
+/// Sends an Initial with a reserved ("greasing") version that no server supports, and checks the
+/// Version Negotiation that must come back.
+fn version_negotiation_from(server: std::net::SocketAddr) {
     let version = 0x1a2a_3a4a;
     let mut config = quiche::Config::new(version).unwrap();
     config.set_application_protos(&[b"h3"]).unwrap();
@@ -25,14 +34,14 @@ async fn unknown_version_gets_version_negotiation() {
         Some("localhost"),
         &scid,
         sock.local_addr().unwrap(),
-        server.local_addr(),
+        server,
         &mut config,
     )
     .unwrap();
     let mut out = [0u8; 1500];
     let (n, _) = conn.send(&mut out).unwrap();
     assert!(n >= 1200, "an Initial is padded to 1200 bytes");
-    sock.send_to(&out[..n], server.local_addr()).unwrap();
+    sock.send_to(&out[..n], server).unwrap();
 
     let mut buf = [0u8; 1500];
     let (len, _) = sock
@@ -45,10 +54,64 @@ async fn unknown_version_gets_version_negotiation() {
         scid.as_ref(),
         "echoes our source connection ID"
     );
-    let stats = server.stats();
-    assert_eq!(stats.version_negotiations, 1);
-    assert_eq!(stats.connections_accepted, 0);
-    assert_eq!(server.endpoint().connection_count(), 0);
+}
+
+/// A key-log file that blocks on open (a FIFO nobody reads yet) holds up only its own
+/// connection: the receive loop, which spawns connection actors, keeps answering. (The file
+/// used to be opened in the actor's `pre_start`, which the receive loop awaits: the whole
+/// endpoint went deaf.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_key_log_does_not_stall_the_endpoint() {
+    let dir = std::env::temp_dir().join(format!("troupe-keylog-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("keys.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut config = ServerConfig::default();
+    config.quic.keylog_file = Some(fifo.clone());
+    let server = builtin_server(config).await;
+    let ep = client_endpoint(&server, troupe::transport::QuicSettings::default()).await;
+    let addr = server.local_addr();
+    let first = tokio::spawn(async move { ep.connect(addr, "localhost").await.map(|_| ()) });
+    eventually(
+        Duration::from_secs(5),
+        "the connection accepted",
+        || async { server.stats().connections_accepted == 1 },
+    )
+    .await;
+    // Its actor waits for the FIFO; the endpoint still answers.
+    tokio::task::spawn_blocking(move || version_negotiation_from(addr))
+        .await
+        .unwrap();
+    // A reader arrives: the connection goes on, and its secrets are logged.
+    let reader = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&fifo).unwrap();
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&text).contains("TRAFFIC_SECRET") {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("the first connection never completed")
+        .unwrap()
+        .unwrap();
+    let keys = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(keys.contains("TRAFFIC_SECRET"), "{keys}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Retry is on by default: the first Initial is answered statelessly, the second (with the

@@ -429,34 +429,33 @@ impl Actor for StreamActor {
     ) -> Result<(), ActorProcessingErr> {
         let span = st.span.clone();
         let _g = span.enter();
-        if let Producer::Call { .. } = st.producer {
-            let Producer::Call {
+        match std::mem::replace(&mut st.producer, Producer::Done) {
+            Producer::Call {
                 handler,
                 mut request,
                 fin,
-            } = std::mem::replace(&mut st.producer, Producer::Done)
-            else {
-                unreachable!("matched above");
-            };
-            if fin && st.content_length.is_some_and(|n| n != 0) {
-                // A declared body that never came: malformed (RFC 9114 §4.1.2).
-                debug!("content-length without a body: H3_MESSAGE_ERROR");
-                st.abort_both(H3_MESSAGE_ERROR);
-                st.drive(&myself);
-                return Ok(());
+            } => {
+                if fin && st.content_length.is_some_and(|n| n != 0) {
+                    // A declared body that never came: malformed (RFC 9114 §4.1.2).
+                    debug!("content-length without a body: H3_MESSAGE_ERROR");
+                    st.abort_both(H3_MESSAGE_ERROR);
+                    st.drive(&myself);
+                    return Ok(());
+                }
+                if fin {
+                    st.recv_fin();
+                }
+                let interim = Arc::new(InterimQueue::default());
+                request.extensions_mut().insert(Interim {
+                    queue: interim.clone(),
+                    waker: st.waker.clone(),
+                });
+                st.producer = Producer::Handler {
+                    future: Box::pin(handler.call(*request)),
+                    interim,
+                };
             }
-            if fin {
-                st.recv_fin();
-            }
-            let interim = Arc::new(InterimQueue::default());
-            request.extensions_mut().insert(Interim {
-                queue: interim.clone(),
-                waker: st.waker.clone(),
-            });
-            st.producer = Producer::Handler {
-                future: Box::pin(handler.call(*request)),
-                interim,
-            };
+            other => st.producer = other,
         }
         st.drive(&myself);
         st.sync_audit();

@@ -225,8 +225,8 @@ async fn handshakes_under_load_demand_retry_then_are_refused() {
     );
     // A second stuck handshake reaches the bound: it answers the Retry it gets (so its address
     // is validated and a connection is made) and then goes quiet. The next client is refused.
-    let mut stuck2 = common::raw::RawClient::start(server.local_addr()).await;
     let retries = server.stats().retries_sent;
+    let mut stuck2 = common::raw::RawClient::start(server.local_addr()).await;
     eventually(
         Duration::from_secs(5),
         "the Retry for the second",
@@ -269,11 +269,12 @@ async fn a_panicking_receive_loop_is_restarted_then_escalated() {
         assert_eq!(r.into_body().collect().await.unwrap().len(), 5000);
         assert_eq!(server.stats().receive_loop_restarts, i as u64 + 1);
     }
-    // One more within the window: the endpoint actor fails.
+    // One more within the window: the endpoint actor fails. Any datagram wakes the loop.
     server.endpoint().inject_receive_loop_panic();
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.send(get(&server, "/"))).await;
+    let poke = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    poke.send_to(b"wake up", server.local_addr()).unwrap();
     eventually(
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "the endpoint actor failed",
         || async { server.endpoint().actor().get_status() == ractor::ActorStatus::Stopped },
     )

@@ -201,3 +201,99 @@ async fn a_ca_file_is_read_once_at_bind() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A server named by IP address is verified against its certificate's IP address entries (the
+/// generated certificate names 127.0.0.1 and ::1), over IPv4 and IPv6; a certificate that does
+/// not name the address is refused, and the error says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_named_by_ip_address_are_verified() {
+    use troupe::h3::{ClientEndpoint, H3Settings, Server};
+    use troupe::transport::{Identity, QuicSettings, TlsConfig, Verify};
+    let server = builtin_server(ServerConfig::default()).await;
+    let ep = client_endpoint(&server, QuicSettings::default()).await;
+    let c = ep.connect(server.local_addr(), "127.0.0.1").await.unwrap();
+    assert_eq!(c.send(get(&server, "/")).await.unwrap().status(), 200);
+    // Another address in the name is refused, though the chain is trusted.
+    let Err(e) = ep.connect(server.local_addr(), "127.0.0.2").await else {
+        panic!("a certificate without 127.0.0.2 must be refused");
+    };
+    assert!(
+        e.to_string()
+            .contains("does not name the address 127.0.0.2"),
+        "{e}"
+    );
+
+    // IPv6, by bracketed or bare literal.
+    let svc = troupe::service::Builtin::new();
+    let server6 = Server::bind(
+        "[::1]:0".parse().unwrap(),
+        ServerConfig::default(),
+        move |req| {
+            let svc = svc.clone();
+            async move { svc.handle(req).await }
+        },
+    )
+    .await
+    .unwrap();
+    let ep6 = ClientEndpoint::bind(
+        "[::1]:0".parse().unwrap(),
+        QuicSettings::default(),
+        trusting(&server6),
+        H3Settings::default(),
+    )
+    .await
+    .unwrap();
+    for name in ["::1", "[::1]"] {
+        let c = ep6.connect(server6.local_addr(), name).await.unwrap();
+        let r = c
+            .send(
+                http::Request::get(format!("https://[::1]:{}/", server6.local_addr().port()))
+                    .body(troupe::h3::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // A certificate for a host name only: connecting by address is refused, clearly.
+    let named = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let id = Identity::from_pem(
+        named.cert.pem().as_bytes(),
+        named.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let mut config = ServerConfig::default();
+    config.tls.identity = Some(id);
+    let svc = troupe::service::Builtin::new();
+    let hostname_only = Server::bind(loopback(), config, move |req| {
+        let svc = svc.clone();
+        async move { svc.handle(req).await }
+    })
+    .await
+    .unwrap();
+    let ep = ClientEndpoint::bind(
+        loopback(),
+        QuicSettings::default(),
+        TlsConfig {
+            identity: None,
+            verify: Verify::CaPem(named.cert.pem().into_bytes()),
+        },
+        H3Settings::default(),
+    )
+    .await
+    .unwrap();
+    let Err(e) = ep.connect(hostname_only.local_addr(), "127.0.0.1").await else {
+        panic!("a certificate without IP address entries must be refused for an address");
+    };
+    assert!(
+        e.to_string()
+            .contains("does not name the address 127.0.0.1"),
+        "{e}"
+    );
+    // By its host name it is fine.
+    assert!(ep
+        .connect(hostname_only.local_addr(), "localhost")
+        .await
+        .is_ok());
+}

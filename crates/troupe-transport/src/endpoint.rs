@@ -337,7 +337,7 @@ impl<A: ConnectionApp> Endpoint<A> {
                 id
             }
         };
-        let config = settings.to_quiche(&tls, true)?;
+        let config = settings.to_quiche(&tls, true, None)?;
         let server = ServerSide {
             config,
             factory,
@@ -511,10 +511,26 @@ impl<A: ConnectionApp> Endpoint<A> {
         server_name: &str,
         app: A,
     ) -> Result<Connection<A::Msg>, ConnectError> {
-        let mut config = self.settings.to_quiche(&self.tls, false)?;
+        // A server named by IP address (RFC 9525 §6.3): its certificate's IP address entries are
+        // checked, and no SNI is sent (RFC 6066 §3).
+        let ip = server_name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| crate::tls::IpIdentity {
+                ip,
+                mismatch: Arc::new(AtomicBool::new(false)),
+            });
+        let mut config = self.settings.to_quiche(&self.tls, false, ip.as_ref())?;
         let scid = quiche::ConnectionId::from_vec(rand::random::<[u8; LOCAL_CID_LEN]>().to_vec());
         let local = self.local_addr;
-        let conn = quiche::connect(Some(server_name), &scid, local, peer, &mut config)?;
+        let sni = if ip.is_some() {
+            None
+        } else {
+            Some(server_name)
+        };
+        let conn = quiche::connect(sni, &scid, local, peer, &mut config)?;
         let inbox = Arc::new(Inbox::new(self.settings.connection_queue));
         self.routes.insert(&scid, inbox.clone());
         let (est_tx, est_rx) = oneshot::channel();
@@ -571,7 +587,14 @@ impl<A: ConnectionApp> Endpoint<A> {
             }
             Ok(Err(reason)) => Err(ConnectError::HandshakeFailed {
                 peer,
-                reason: reason.to_string(),
+                reason: match &ip {
+                    Some(id) if id.mismatch.load(Ordering::Acquire) => format!(
+                        "the server's certificate does not name the address {} (it has no such \
+                         IP address entry); {reason}",
+                        id.ip
+                    ),
+                    _ => reason.to_string(),
+                },
             }),
             Err(_) => Err(ConnectError::Endpoint("connection actor stopped".into())),
         }

@@ -174,14 +174,20 @@ impl QuicSettings {
         Ok(())
     }
 
-    /// Builds the `quiche::Config` for these settings on top of a TLS context.
+    /// Builds the `quiche::Config` for these settings on top of a TLS context. A client
+    /// connecting to a server named by IP address passes `ip`: its certificate's IP address
+    /// entries are checked instead of a host name.
     pub(crate) fn to_quiche(
         &self,
         tls: &TlsConfig,
         is_server: bool,
+        ip: Option<&crate::tls::IpIdentity>,
     ) -> Result<quiche::Config, ConfigError> {
         self.validate()?;
-        let ctx = tls.context_builder(is_server)?;
+        let ctx = match ip {
+            Some(id) if !is_server => tls.client_context_for_ip(id)?,
+            _ => tls.context_builder(is_server)?,
+        };
         let mut c = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, ctx)
             .map_err(|e| ConfigError::Quiche(e.to_string()))?;
         let alpn: Vec<&[u8]> = self.alpn.iter().map(|p| p.as_slice()).collect();
@@ -204,7 +210,9 @@ impl QuicSettings {
         if self.keylog_file.is_some() {
             c.log_keys();
         }
-        if !is_server {
+        // With an IP identity the context's own callback verifies; quiche's verify_peer would
+        // replace it.
+        if !is_server && ip.is_none() {
             c.verify_peer(tls.verifies_peer());
         }
         Ok(c)

@@ -131,7 +131,57 @@ pub struct TlsConfig {
     pub verify: Verify,
 }
 
+/// A server named by IP address: its certificate must carry that address among its IP address
+/// entries (RFC 9525 §6.3; never the common name), and no SNI is sent (RFC 6066 §3 forbids IP
+/// literals there). `mismatch` records a refusal for that reason, for a clear error.
+#[derive(Debug, Clone)]
+pub(crate) struct IpIdentity {
+    pub(crate) ip: std::net::IpAddr,
+    pub(crate) mismatch: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Whether `san` (an IP address entry: 4 or 16 bytes) is `ip`; an IPv4 address also matches its
+/// IPv4-mapped IPv6 form.
+fn ip_entry_matches(san: &[u8], ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match (ip, san.len()) {
+        (IpAddr::V4(v4), 4) => san == v4.octets(),
+        (IpAddr::V6(v6), 16) => san == v6.octets(),
+        (IpAddr::V4(v4), 16) => san == v4.to_ipv6_mapped().octets(),
+        _ => false,
+    }
+}
+
 impl TlsConfig {
+    /// The client context for a server named by IP address: chain verification as configured,
+    /// plus the leaf certificate's IP address entries checked against `id.ip`.
+    pub(crate) fn client_context_for_ip(
+        &self,
+        id: &IpIdentity,
+    ) -> Result<SslContextBuilder, ConfigError> {
+        let mut b = self.context_builder(false)?;
+        if self.verifies_peer() {
+            let (ip, mismatch) = (id.ip, id.mismatch.clone());
+            b.set_verify_callback(SslVerifyMode::PEER, move |chain_ok, ctx| {
+                if !chain_ok || ctx.error_depth() != 0 {
+                    return chain_ok;
+                }
+                let named = ctx.current_cert().is_some_and(|leaf| {
+                    leaf.subject_alt_names().is_some_and(|names| {
+                        names
+                            .iter()
+                            .any(|n| n.ipaddress().is_some_and(|san| ip_entry_matches(san, ip)))
+                    })
+                });
+                if !named {
+                    mismatch.store(true, std::sync::atomic::Ordering::Release);
+                }
+                named
+            });
+        }
+        Ok(b)
+    }
+
     pub(crate) fn verifies_peer(&self) -> bool {
         !matches!(self.verify, Verify::Insecure)
     }
@@ -187,6 +237,22 @@ fn add_cas(b: &mut SslContextBuilder, pem: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_entries_match_exactly() {
+        let v4: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let v6: std::net::IpAddr = "::1".parse().unwrap();
+        assert!(ip_entry_matches(&[127, 0, 0, 1], v4));
+        assert!(!ip_entry_matches(&[127, 0, 0, 2], v4));
+        assert!(ip_entry_matches(&v6_bytes("::1"), v6));
+        assert!(!ip_entry_matches(&[127, 0, 0, 1], v6));
+        assert!(ip_entry_matches(&v6_bytes("::ffff:127.0.0.1"), v4));
+        assert!(!ip_entry_matches(&[], v4));
+    }
+
+    fn v6_bytes(s: &str) -> [u8; 16] {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
 
     #[test]
     fn self_signed_round_trips_through_pem() {

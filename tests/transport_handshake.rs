@@ -297,3 +297,19 @@ async fn servers_named_by_ip_address_are_verified() {
         .await
         .is_ok());
 }
+
+/// A second connection from the same client endpoint to a server it has talked to resumes the
+/// TLS session (a shorter handshake; 0-RTT stays off); the first does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_resumes_the_session() {
+    let server = builtin_server(ServerConfig::default()).await;
+    let ep = client_endpoint(&server, troupe::transport::QuicSettings::default()).await;
+    let first = ep.connect(server.local_addr(), "localhost").await.unwrap();
+    assert_eq!(first.send(get(&server, "/")).await.unwrap().status(), 200);
+    let info = first.connection().info().await.unwrap();
+    assert!(!info.resumed, "nothing to resume yet");
+    let second = ep.connect(server.local_addr(), "localhost").await.unwrap();
+    assert_eq!(second.send(get(&server, "/")).await.unwrap().status(), 200);
+    let info = second.connection().info().await.unwrap();
+    assert!(info.resumed, "the second connection did not resume");
+}

@@ -183,6 +183,9 @@ pub struct ConnectionInfo {
     pub cwnd: Option<usize>,
     /// quiche's counters (bytes, packets sent, received and lost).
     pub stats: quiche::Stats,
+    /// Whether the TLS session was resumed (a shorter handshake with a server talked to
+    /// before).
+    pub resumed: bool,
     /// How the connection ended; `None` while it is open.
     pub close: Option<CloseReason>,
 }
@@ -326,6 +329,7 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
     pub(crate) max_udp_payload: usize,
     /// Whether runs of packets go out as GSO sends (when the kernel supports it).
     pub(crate) gso: bool,
+    pub(crate) session_cache: Option<crate::sessions::SessionSlot>,
     pub(crate) keylog: Option<std::path::PathBuf>,
     pub(crate) qlog_dir: Option<std::path::PathBuf>,
 }
@@ -346,6 +350,8 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     packets: VecDeque<Packet>,
     /// Outgoing packets, grouped into GSO sends.
     batcher: GsoBatcher,
+    /// Client: where to keep the server's session ticket once it arrives, for resumption.
+    session_cache: Option<crate::sessions::SessionSlot>,
     /// Key-log file and qlog directory, opened in `post_start` (off the receive loop, which
     /// awaits `pre_start`), before the first packet is processed.
     log_files: Option<(Option<std::path::PathBuf>, Option<std::path::PathBuf>)>,
@@ -460,6 +466,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             close_reason: None,
             packets: VecDeque::new(),
             batcher,
+            session_cache: args.session_cache,
             log_files: (args.keylog.is_some() || args.qlog_dir.is_some())
                 .then(|| (args.keylog.clone(), args.qlog_dir.clone())),
             timer: spawn_timer(myself),
@@ -576,6 +583,14 @@ enum Event<M> {
 }
 
 impl<A: ConnectionApp> ConnState<A> {
+    /// Client: keeps the server's session ticket (it arrives after the handshake), each time a
+    /// newer one came, so the next connection to that server resumes.
+    fn keep_session(&mut self) {
+        if let (Some(slot), Some(ticket)) = (&mut self.session_cache, self.conn.session()) {
+            slot.keep(ticket);
+        }
+    }
+
     /// Opens the key-log file and the qlog file on a blocking thread and hands them to quiche.
     async fn open_log_files(
         &mut self,
@@ -633,6 +648,7 @@ impl<A: ConnectionApp> ConnState<A> {
             rtt: path.as_ref().map(|p| p.rtt),
             cwnd: path.as_ref().map(|p| p.cwnd),
             stats: self.conn.stats(),
+            resumed: self.conn.is_resumed(),
             close: self.close_reason.clone(),
         }
     }
@@ -660,6 +676,7 @@ impl<A: ConnectionApp> ConnState<A> {
                     }
                 }
                 trace!(packets = fed, "fed packets");
+                self.keep_session();
                 self.check_established(myself).await;
                 if self.is_established() {
                     let mut cx = cx!(self, myself);

@@ -316,6 +316,8 @@ pub struct Endpoint<A: ConnectionApp> {
     stats: Arc<EndpointStats>,
     settings: QuicSettings,
     tls: TlsConfig,
+    /// Client: session tickets by server name, for resumption.
+    sessions: crate::sessions::SessionCache,
     _app: PhantomData<fn() -> A>,
 }
 
@@ -418,6 +420,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             stats,
             settings,
             tls,
+            sessions: Default::default(),
             _app: PhantomData,
         })
     }
@@ -530,7 +533,11 @@ impl<A: ConnectionApp> Endpoint<A> {
         } else {
             Some(server_name)
         };
-        let conn = quiche::connect(sni, &scid, local, peer, &mut config)?;
+        let mut conn = quiche::connect(sni, &scid, local, peer, &mut config)?;
+        if let Some(ticket) = self.sessions.get(server_name) {
+            // A stale or foreign ticket only means a full handshake.
+            let _ = conn.set_session(&ticket);
+        }
         let inbox = Arc::new(Inbox::new(self.settings.connection_queue));
         self.routes.insert(&scid, inbox.clone());
         let (est_tx, est_rx) = oneshot::channel();
@@ -547,6 +554,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             closed_tx,
             max_udp_payload: self.settings.max_udp_payload,
             gso: self.settings.gso,
+            session_cache: Some(self.sessions.slot(server_name)),
             keylog: self.settings.keylog_file.clone(),
             qlog_dir: self.settings.qlog_dir.clone(),
         };
@@ -817,6 +825,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
             closed_tx,
             max_udp_payload: self.settings.max_udp_payload,
             gso: self.settings.gso,
+            session_cache: None,
             keylog: self.settings.keylog_file.clone(),
             qlog_dir: self.settings.qlog_dir.clone(),
         };

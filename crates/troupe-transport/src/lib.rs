@@ -15,6 +15,7 @@ mod gso;
 pub mod metrics;
 mod retry;
 mod route;
+mod sessions;
 mod settings;
 mod stats;
 mod tls;

@@ -40,6 +40,16 @@ struct Batch {
 }
 
 impl Batch {
+    /// A batch of one packet of `n` bytes.
+    fn one(to: SocketAddr, n: usize) -> Self {
+        Batch {
+            to,
+            segment: n,
+            count: 1,
+            len: n,
+        }
+    }
+
     fn ready(self) -> Ready {
         Ready {
             to: self.to,
@@ -114,12 +124,7 @@ impl GsoBatcher {
         debug_assert!(n <= self.payload);
         match &mut self.batch {
             None => {
-                self.batch = Some(Batch {
-                    to,
-                    segment: n,
-                    count: 1,
-                    len: n,
-                });
+                self.batch = Some(Batch::one(to, n));
                 self.take_if_full(false)
             }
             Some(b) if b.to == to && n <= b.segment => {
@@ -145,12 +150,7 @@ impl GsoBatcher {
     pub fn sent(&mut self) -> Option<Ready> {
         let (from, n, to) = self.carry.take()?;
         self.buf.copy_within(from..from + n, 0);
-        self.batch = Some(Batch {
-            to,
-            segment: n,
-            count: 1,
-            len: n,
-        });
+        self.batch = Some(Batch::one(to, n));
         self.take_if_full(false)
     }
 

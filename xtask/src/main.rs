@@ -154,12 +154,8 @@ fn run(extra: &[String]) -> Result<(), String> {
     )?;
     let bin = root().join("target/release/troupe");
     let mut cmd = Command::new(bin);
-    cmd.arg("serve");
-    if extra.is_empty() {
-        cmd.args(["--listen", "127.0.0.1:4433"]);
-    } else {
-        cmd.args(extra);
-    }
+    // Without arguments: 127.0.0.1:4433 and [::1]:4433, the addresses of localhost.
+    cmd.arg("serve").args(extra);
     step("troupe serve", &mut cmd)
 }
 

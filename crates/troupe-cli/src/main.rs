@@ -39,9 +39,12 @@ enum Cmd {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// UDP address to listen on.
-    #[arg(long, default_value = "127.0.0.1:4433")]
-    listen: SocketAddr,
+    /// UDP address to listen on; repeatable, one endpoint each. Default: 127.0.0.1:4433 and
+    /// [::1]:4433, the two addresses of localhost (the second is skipped, with a warning, on a
+    /// host without IPv6). Port 0 picks a free port for the first address; later addresses
+    /// with port 0 take the same port, so https://localhost:PORT/ reaches each.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
     /// PEM certificate chain (leaf first). Without it a self-signed one is generated.
     #[arg(long, requires = "key", value_name = "PEM")]
     cert: Option<PathBuf>,
@@ -100,9 +103,54 @@ struct GetArgs {
     /// Print the status and response headers to stderr.
     #[arg(long, short = 'v')]
     verbose: bool,
-    /// Give up if no server completes a handshake within this many seconds.
+    /// Give up on an address if no server completes a handshake there within this many
+    /// seconds.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     connect_timeout: u64,
+    /// Use these addresses for HOST:PORT instead of resolving it (as curl's --resolve);
+    /// repeatable. Example: --resolve example.com:443:[::1],127.0.0.1
+    #[arg(long = "resolve", value_name = "HOST:PORT:ADDR[,ADDR]...", value_parser = parse_resolve)]
+    resolve: Vec<ResolveEntry>,
+}
+
+/// One `--resolve` entry.
+#[derive(Clone, Debug, PartialEq)]
+struct ResolveEntry {
+    host: String,
+    port: u16,
+    addrs: Vec<std::net::IpAddr>,
+}
+
+/// Parses curl's `--resolve` syntax: `HOST:PORT:ADDR[,ADDR]...`, IPv6 addresses with or
+/// without brackets.
+fn parse_resolve(s: &str) -> Result<ResolveEntry, String> {
+    let usage = "write HOST:PORT:ADDR[,ADDR]..., e.g. example.com:443:127.0.0.1,[::1]";
+    let (host, rest) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} has no port; {usage}"))?;
+    let (port, addrs) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} has no address; {usage}"))?;
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host; {usage}"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{port:?} in {s:?} is not a port number; {usage}"))?;
+    let addrs = addrs
+        .split(',')
+        .map(|a| {
+            a.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| format!("{a:?} in {s:?} is not an IP address; {usage}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ResolveEntry {
+        host: host.to_ascii_lowercase(),
+        port,
+        addrs,
+    })
 }
 
 fn main() -> ExitCode {
@@ -174,14 +222,47 @@ async fn serve(a: ServeArgs) -> Result<()> {
         },
         verify: Verify::default(),
     };
-    let server = Server::bind(a.listen, config, move |req| {
+    let defaulted = a.listen.is_empty();
+    let listen = if defaulted {
+        vec![
+            SocketAddr::from(([127, 0, 0, 1], 4433)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 4433)),
+        ]
+    } else {
+        a.listen.clone()
+    };
+    let handler = move |req| {
         let svc = svc.clone();
         async move { svc.handle(req).await }
-    })
-    .await?;
+    };
+    let mut servers: Vec<Server> = Vec::with_capacity(listen.len());
+    for (i, mut addr) in listen.into_iter().enumerate() {
+        if addr.port() == 0 {
+            if let Some(first) = servers.first() {
+                addr.set_port(first.local_addr().port());
+            }
+        }
+        match Server::bind(addr, config.clone(), handler.clone()).await {
+            Ok(s) => servers.push(s),
+            Err(e) if defaulted && i > 0 => {
+                eprintln!("troupe: not serving on {addr} ({e}); serving IPv4 only");
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("--listen {addr}: cannot serve there"))
+                )
+            }
+        }
+    }
+    let server = &servers[0];
     let addr = server.local_addr();
+    let addrs = servers
+        .iter()
+        .map(|s| s.local_addr().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let id = server.identity();
-    println!("troupe serving HTTP/3 on {addr} (UDP)");
+    println!("troupe serving HTTP/3 on {addrs} (UDP)");
     let url = format!("https://localhost:{}/", addr.port());
     // The command to try names this very binary, which need not be on PATH.
     let me = std::env::current_exe()
@@ -219,8 +300,12 @@ async fn serve(a: ServeArgs) -> Result<()> {
         a.drain_timeout
     );
     tokio::select! {
-        drained = server.shutdown_gracefully(Duration::from_secs(a.drain_timeout)) => {
-            if !drained {
+        drained = futures::future::join_all(
+            servers
+                .iter()
+                .map(|s| s.shutdown_gracefully(Duration::from_secs(a.drain_timeout))),
+        ) => {
+            if drained.contains(&false) {
                 eprintln!("troupe: drain deadline reached; remaining connections closed");
             }
             Ok(())
@@ -273,14 +358,10 @@ async fn get(a: GetArgs) -> Result<ExitCode> {
         .trim_end_matches(']')
         .to_string();
     let port = uri.port_u16().unwrap_or(443);
-    let mut peers: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .with_context(|| format!("cannot resolve {host}"))?
-        .collect();
-    peers.dedup();
-    if peers.is_empty() {
-        bail!("{host} has no address");
-    }
+    let pinned = a
+        .resolve
+        .iter()
+        .find(|r| r.host.eq_ignore_ascii_case(&host) && r.port == port);
 
     let verify = match (&a.ca, a.insecure) {
         (Some(p), _) => {
@@ -317,26 +398,36 @@ async fn get(a: GetArgs) -> Result<ExitCode> {
 
     let mut quic = QuicSettings::default();
     quic.handshake_timeout = Duration::from_secs(a.connect_timeout.max(1));
-    // A name may resolve to several addresses (localhost: ::1 and 127.0.0.1) and a server
-    // may listen on only one: try them all at once, keep the first handshake that completes.
-    let attempts = peers.iter().map(|&peer| {
-        let (quic, host) = (quic.clone(), host.clone());
-        let tls = TlsConfig {
-            identity: None,
-            verify: verify.clone(),
-        };
-        Box::pin(async move {
-            let bind: SocketAddr = if peer.is_ipv6() {
-                "[::]:0".parse()?
-            } else {
-                "0.0.0.0:0".parse()?
-            };
-            let ep = ClientEndpoint::bind(bind, quic, tls, H3Settings::default()).await?;
-            let client = ep.connect(peer, &host).await?;
-            Ok::<_, anyhow::Error>((ep, client))
-        })
-    });
-    let ((_ep, client), _others) = futures::future::select_ok(attempts).await?;
+    let tls = TlsConfig {
+        identity: None,
+        verify,
+    };
+    // One dual-stack socket reaches both families; a host without IPv6 gets an IPv4 one.
+    let ep = match ClientEndpoint::bind(
+        "[::]:0".parse()?,
+        quic.clone(),
+        tls.clone(),
+        H3Settings::default(),
+    )
+    .await
+    {
+        Ok(ep) => ep,
+        Err(_) => {
+            ClientEndpoint::bind("0.0.0.0:0".parse()?, quic, tls, H3Settings::default()).await?
+        }
+    };
+    // Every address of the name is tried, IPv6 first, the Happy Eyeballs way.
+    let client = match pinned {
+        Some(r) => {
+            let addrs: Vec<SocketAddr> = r
+                .addrs
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect();
+            ep.connect_addrs(&host, &addrs).await?
+        }
+        None => ep.connect_to(&format!("{}:{port}", bracket(&host))).await?,
+    };
     let resp = client.send(req).await?;
     let status = resp.status();
     if a.verbose {
@@ -375,6 +466,15 @@ async fn get(a: GetArgs) -> Result<ExitCode> {
     })
 }
 
+/// A host as it goes into an authority: an IPv6 address in brackets.
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
 async fn request_body(src: &str) -> Result<Body> {
     const CHUNK: usize = 64 * 1024;
     let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if src == "-" {
@@ -396,4 +496,47 @@ async fn request_body(src: &str) -> Result<Body> {
         Ok(Some((Bytes::from(buf), r)))
     });
     Ok(Body::from_stream(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_entries_parse_like_curl() {
+        let one = parse_resolve("Example.com:443:127.0.0.1").unwrap();
+        assert_eq!(one.host, "example.com");
+        assert_eq!(one.port, 443);
+        assert_eq!(
+            one.addrs,
+            vec!["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let three = parse_resolve("h:1:[::1],127.0.0.2,::2").unwrap();
+        assert_eq!(
+            three.addrs,
+            ["::1", "127.0.0.2", "::2"]
+                .iter()
+                .map(|a| a.parse::<std::net::IpAddr>().unwrap())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn bad_resolve_entries_say_what_is_wrong() {
+        for (bad, says) in [
+            ("", "no port"),
+            ("host", "no port"),
+            ("host:443", "no address"),
+            (":443:127.0.0.1", "no host"),
+            ("host:http:127.0.0.1", "not a port number"),
+            ("host:70000:127.0.0.1", "not a port number"),
+            ("host:443:", "not an IP address"),
+            ("host:443:127.0.0.1,", "not an IP address"),
+            ("host:443:localhost", "not an IP address"),
+        ] {
+            let err = parse_resolve(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+            assert!(err.contains("HOST:PORT:ADDR"), "{bad:?}: {err}");
+        }
+    }
 }

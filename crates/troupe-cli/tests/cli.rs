@@ -19,10 +19,23 @@ fn troupe() -> Command {
 
 /// Starts `troupe serve` on a free port; returns the process, the port and the certificate path.
 fn serve(extra: &[&str]) -> (Reaped, u16, PathBuf) {
+    serve_on("127.0.0.1", extra)
+}
+
+/// Starts `troupe serve` on a free port of `ip` (`[::1]` for IPv6).
+fn serve_on(ip: &str, extra: &[&str]) -> (Reaped, u16, PathBuf) {
+    serve_at(&[ip], extra)
+}
+
+/// Starts `troupe serve` listening on each of `ips`, port 0 (so all on one free port).
+fn serve_at(ips: &[&str], extra: &[&str]) -> (Reaped, u16, PathBuf) {
+    let mut cmd = troupe();
+    cmd.arg("serve");
+    for ip in ips {
+        cmd.args(["--listen", &format!("{ip}:0")]);
+    }
     let mut child = Reaped(
-        troupe()
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
+        cmd.args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -30,12 +43,19 @@ fn serve(extra: &[&str]) -> (Reaped, u16, PathBuf) {
     );
     let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    let port = first
-        .strip_prefix("troupe serving HTTP/3 on 127.0.0.1:")
-        .and_then(|r| r.split_whitespace().next())
+    let listening: Vec<std::net::SocketAddr> = first
+        .strip_prefix("troupe serving HTTP/3 on ")
+        .and_then(|r| r.strip_suffix(" (UDP)"))
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .parse()
-        .unwrap();
+        .split(", ")
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let port = listening[0].port();
+    let expected: Vec<std::net::SocketAddr> = ips
+        .iter()
+        .map(|ip| format!("{ip}:{port}").parse().unwrap())
+        .collect();
+    assert_eq!(listening, expected, "{first}");
     let second = lines.next().unwrap().unwrap();
     let cert = second
         .strip_prefix("self-signed certificate for localhost: ")
@@ -200,26 +220,95 @@ fn root_serves_files_and_nothing_outside() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// Runs `troupe get` with `args` and returns its stdout, failing with its stderr.
+fn get_ok(args: &[&str], cert: &std::path::Path) -> Vec<u8> {
+    let out = troupe()
+        .arg("get")
+        .args(args)
+        .arg("--ca")
+        .arg(cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "troupe get {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A server on `[::1]` only: reached as `https://[::1]:PORT/` (verified against the
+/// certificate's `::1` entry) and as `https://localhost:PORT/` (localhost's IPv6 address is
+/// tried, and first). `--resolve` pins the addresses as curl's does.
+#[test]
+fn an_ipv6_only_server_is_reached_by_address_and_by_localhost() {
+    let (_server, port, cert) = serve_on("[::1]", &[]);
+    let greeting = troupe::service::GREETING.as_bytes();
+    assert_eq!(
+        get_ok(&[&format!("https://[::1]:{port}/")], &cert),
+        greeting
+    );
+    assert_eq!(
+        get_ok(&[&format!("https://localhost:{port}/")], &cert),
+        greeting
+    );
+    let pinned = format!("localhost:{port}:127.0.0.1,[::1]");
+    assert_eq!(
+        get_ok(
+            &[&format!("https://localhost:{port}/"), "--resolve", &pinned],
+            &cert
+        ),
+        greeting
+    );
+}
+
+/// Listening on both loopback addresses (the default's shape, on a free port): reached by
+/// either address, verified against the certificate's IP entries, and by localhost.
+#[test]
+fn a_server_on_both_families_is_reached_by_each_address() {
+    let (_server, port, cert) = serve_at(&["127.0.0.1", "[::1]"], &[]);
+    let greeting = troupe::service::GREETING.as_bytes();
+    for host in ["127.0.0.1", "[::1]", "localhost"] {
+        assert_eq!(
+            get_ok(&[&format!("https://{host}:{port}/")], &cert),
+            greeting,
+            "{host}"
+        );
+    }
+}
+
+/// Nothing listening: one clear line naming the address, or for a name every address tried
+/// (localhost's two, IPv6 first).
 #[test]
 fn nothing_listening_is_one_clear_line() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let out = troupe()
-        .args([
-            "get",
-            &format!("https://127.0.0.1:{port}/"),
-            "-k",
-            "--connect-timeout",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        err.trim(),
-        format!("troupe: no QUIC server answered at 127.0.0.1:{port} within 1 s")
-    );
+    for (host, says) in [
+        (
+            "127.0.0.1",
+            format!("troupe: no QUIC server answered at 127.0.0.1:{port} within 1 s"),
+        ),
+        (
+            "localhost",
+            format!(
+                "troupe: could not connect to localhost: no QUIC server answered at \
+                 [::1]:{port} within 1 s; no QUIC server answered at 127.0.0.1:{port} within 1 s"
+            ),
+        ),
+    ] {
+        let out = troupe()
+            .args([
+                "get",
+                &format!("https://{host}:{port}/"),
+                "-k",
+                "--connect-timeout",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), says);
+    }
 }
 
 #[test]
@@ -257,6 +346,10 @@ fn bad_input_names_what_is_wrong() {
         (
             &["get", "https://localhost:1/", "--ca", "/x", "--insecure"],
             "--insecure",
+        ),
+        (
+            &["get", "https://localhost:1/", "--resolve", "localhost:1"],
+            "HOST:PORT:ADDR",
         ),
     ];
     for (args, needle) in cases {

@@ -37,6 +37,8 @@ impl ClientEndpoint {
     }
 
     /// Opens an HTTP/3 connection to `peer`, verifying its certificate for `server_name`.
+    ///
+    /// Cancel safety: dropping the future abandons the handshake and closes the connection.
     pub async fn connect(
         &self,
         peer: SocketAddr,
@@ -51,17 +53,99 @@ impl ClientEndpoint {
                 H3App::client(self.h3.clone(), shared.clone()),
             )
             .await?;
-        Ok(Client {
+        Ok(self.client(conn, shared))
+    }
+
+    /// Opens an HTTP/3 connection to a URL authority (`host`, `host:port`, `[v6]:port`; port
+    /// 443 when absent), as curl does: the host is resolved (`localhost` is the loopback
+    /// addresses of both families), every address is tried the Happy Eyeballs way (IPv6
+    /// first, the next one after `connection_attempt_delay`), the first handshake to complete
+    /// wins and the others are closed. The certificate is verified for the host: its DNS
+    /// names for a host name, its IP address entries for an address.
+    ///
+    /// Bind the endpoint to `[::]:0` to reach both families; an IPv4 endpoint fails IPv6
+    /// addresses with [`ConnectError::Unreachable`]. When no address answers, the error names
+    /// each one tried and why it failed.
+    ///
+    /// Cancel safety: dropping the future closes every attempt still running.
+    pub async fn connect_to(&self, authority: &str) -> Result<Client, ConnectError> {
+        let (host, port) = split_authority(authority)?;
+        let addrs = troupe_transport::resolve(&host, port).await?;
+        self.connect_addrs(&host, &addrs).await
+    }
+
+    /// As [`ClientEndpoint::connect_to`], over addresses the caller chose (curl's
+    /// `--resolve`), verifying the certificate for `server_name`.
+    pub async fn connect_addrs(
+        &self,
+        server_name: &str,
+        addrs: &[SocketAddr],
+    ) -> Result<Client, ConnectError> {
+        // Each attempt has its own request queue; only the winner's is kept.
+        let attempts = std::sync::Mutex::new(Vec::new());
+        let conn = self
+            .endpoint
+            .connect_addrs(server_name, addrs, |peer| {
+                let shared = Arc::new(ClientShared::new(self.h3.max_pending_requests));
+                attempts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((peer, shared.clone()));
+                H3App::client(self.h3.clone(), shared)
+            })
+            .await?;
+        let shared = attempts
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .into_iter()
+            .find_map(|(peer, s)| (peer == conn.peer()).then_some(s))
+            .ok_or_else(|| ConnectError::Endpoint("the winning attempt has no state".into()))?;
+        Ok(self.client(conn, shared))
+    }
+
+    fn client(&self, conn: Connection<H3Msg>, shared: Arc<ClientShared>) -> Client {
+        Client {
             conn,
             shared,
             max_pending: self.h3.max_pending_requests,
-        })
+        }
     }
 
     /// The underlying endpoint.
     pub fn endpoint(&self) -> &Endpoint<H3App> {
         &self.endpoint
     }
+}
+
+/// Splits a URL authority into host (brackets removed) and port (443 when absent), with an
+/// error naming what is wrong.
+fn split_authority(authority: &str) -> Result<(String, u16), ConnectError> {
+    let bad = |why: &str| {
+        ConnectError::Config(troupe_transport::ConfigError::Invalid {
+            field: "authority",
+            why: format!("{authority:?} {why} (write host, host:port or [v6 address]:port)"),
+        })
+    };
+    let parsed: http::uri::Authority = authority
+        .parse()
+        .map_err(|_| bad("is not a URL authority"))?;
+    if authority.contains('@') {
+        return Err(bad("carries user information, which HTTP/3 never sends"));
+    }
+    let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("has no host"));
+    }
+    // After the host (an IPv6 literal's colons are inside its brackets), only `:port`.
+    let after_host = &authority[authority.find(parsed.host()).unwrap_or(0) + parsed.host().len()..];
+    let port = match after_host.strip_prefix(':') {
+        None if after_host.is_empty() => 443,
+        Some(p) => p
+            .parse::<u16>()
+            .map_err(|_| bad("has a port that is not a number from 0 to 65535"))?,
+        None => return Err(bad("has something after the host that is not a port")),
+    };
+    Ok((host.to_string(), port))
 }
 
 /// One HTTP/3 client connection. Cheap to clone; requests may run concurrently.
@@ -173,5 +257,40 @@ impl Client {
     /// Waits for the connection to close.
     pub async fn closed(&self) -> CloseReason {
         self.conn.closed().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_authority;
+
+    #[test]
+    fn authorities_split_into_host_and_port() {
+        for (a, host, port) in [
+            ("localhost", "localhost", 443),
+            ("localhost:4433", "localhost", 4433),
+            ("127.0.0.1:1", "127.0.0.1", 1),
+            ("[::1]:65535", "::1", 65535),
+            ("[::1]", "::1", 443),
+            ("Example.COM:80", "Example.COM", 80),
+        ] {
+            assert_eq!(split_authority(a).unwrap(), (host.to_string(), port), "{a}");
+        }
+    }
+
+    #[test]
+    fn bad_authorities_name_the_problem() {
+        for (a, says) in [
+            ("", "not a URL authority"),
+            ("localhost:port", "port"),
+            ("localhost:65536", "port"),
+            ("user@localhost:1", "user information"),
+            ("::1", "not a URL authority"),
+            ("a b", "not a URL authority"),
+        ] {
+            let e = split_authority(a).unwrap_err().to_string();
+            assert!(e.contains(says), "{a:?}: {e}");
+            assert!(e.contains("host:port"), "{a:?}: {e}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::io::IoSliceMut;
 
@@ -175,7 +175,7 @@ struct ServerSide<A: ConnectionApp> {
 struct EndpointState {
     recv_loop: Option<JoinHandle<()>>,
     /// When the receive loop was restarted, within the restart window.
-    restarts: std::collections::VecDeque<std::time::Instant>,
+    restarts: std::collections::VecDeque<Instant>,
     routes: Routes,
     /// Live connection actors, published for `Endpoint::wait_idle`.
     live: Arc<LiveSet>,
@@ -243,7 +243,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
                 let _ = reply.send(myself.get_children().len());
             }
             EndpointMsg::ReceiveLoopFailed { reason, verdict } => {
-                let now = std::time::Instant::now();
+                let now = Instant::now();
                 st.restarts
                     .retain(|t| now.duration_since(*t) < RECV_LOOP_RESTART_WINDOW);
                 if st.restarts.len() >= RECV_LOOP_MAX_RESTARTS {
@@ -508,12 +508,134 @@ impl<A: ConnectionApp> Endpoint<A> {
 
     /// Connects to `peer`, verifying its certificate for `server_name`, and runs `app` on the
     /// connection. Returns once the handshake completed, or fails at the handshake timeout.
+    ///
+    /// An IPv4 peer is reached from a dual-stack `[::]` endpoint as its IPv4-mapped address;
+    /// [`Connection::peer`] still reports `peer`.
+    ///
+    /// Cancel safety: dropping the future abandons the handshake; the connection actor closes
+    /// (CONNECTION_CLOSE with NO_ERROR) and stops.
     pub async fn connect(
         &self,
         peer: SocketAddr,
         server_name: &str,
         app: A,
     ) -> Result<Connection<A::Msg>, ConnectError> {
+        self.begin_connect(peer, server_name, app)
+            .await?
+            .established()
+            .await
+    }
+
+    /// Connects to `server_name` on `port`, trying every address it resolves to (see
+    /// [`crate::eyeballs::resolve`]) the way Happy Eyeballs does (RFC 8305): IPv6 and IPv4 interleaved,
+    /// IPv6 first; each next address after [`QuicSettings::connection_attempt_delay`] (or at
+    /// once when the latest attempt failed) while the earlier attempts go on; the first
+    /// handshake to complete wins and the others are closed. `make_app` makes the
+    /// application of each attempt, given the address it dials (the winner's
+    /// [`Connection::peer`]).
+    ///
+    /// Cancel safety: dropping the future closes every attempt still running.
+    pub async fn connect_name(
+        &self,
+        server_name: &str,
+        port: u16,
+        make_app: impl FnMut(SocketAddr) -> A,
+    ) -> Result<Connection<A::Msg>, ConnectError> {
+        let addrs = crate::eyeballs::resolve(server_name, port).await?;
+        self.connect_addrs(server_name, &addrs, make_app).await
+    }
+
+    /// As [`Endpoint::connect_name`], over addresses the caller resolved (curl's `--resolve`),
+    /// verifying each server's certificate for `server_name`. Fails with
+    /// [`ConnectError::AllAddressesFailed`], naming every address tried, when none of several
+    /// answers (with one address, with that address's own error).
+    pub async fn connect_addrs(
+        &self,
+        server_name: &str,
+        addrs: &[SocketAddr],
+        mut make_app: impl FnMut(SocketAddr) -> A,
+    ) -> Result<Connection<A::Msg>, ConnectError> {
+        use crate::eyeballs::Step;
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let name = server_name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let addrs = crate::eyeballs::order(addrs);
+        if addrs.is_empty() {
+            return Err(ConnectError::NoAddress { name });
+        }
+        let mut race =
+            crate::eyeballs::Race::new(addrs.len(), self.settings.connection_attempt_delay);
+        let mut errors: Vec<Option<ConnectError>> = addrs.iter().map(|_| None).collect();
+        // Dropping this set (on return or cancellation) drops each running attempt, which
+        // closes its connection.
+        let mut running = FuturesUnordered::new();
+        loop {
+            let finished = match race.step(Instant::now()) {
+                Step::Start(i) => {
+                    match self
+                        .begin_connect(addrs[i], server_name, make_app(addrs[i]))
+                        .await
+                    {
+                        Ok(attempt) => {
+                            running.push(async move { (i, attempt.established().await) })
+                        }
+                        Err(e) => {
+                            errors[i] = Some(e);
+                            race.failed(i);
+                        }
+                    }
+                    continue;
+                }
+                Step::WaitUntil(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at.into()) => continue,
+                        Some(done) = running.next() => done,
+                    }
+                }
+                Step::Wait => match running.next().await {
+                    Some(done) => done,
+                    None => continue,
+                },
+                Step::Exhausted => {
+                    let mut tried: Vec<ConnectError> = errors.into_iter().flatten().collect();
+                    // One address: its own error says it all.
+                    return Err(if tried.len() == 1 {
+                        tried.remove(0)
+                    } else {
+                        ConnectError::AllAddressesFailed { name, tried }
+                    });
+                }
+            };
+            match finished {
+                (_, Ok(conn)) => {
+                    debug!(server = %name, peer = %conn.peer(), "happy eyeballs: won");
+                    return Ok(conn);
+                }
+                (i, Err(e)) => {
+                    debug!(server = %name, peer = %addrs[i], error = %e, "happy eyeballs: attempt failed");
+                    errors[i] = Some(e);
+                    race.failed(i);
+                }
+            }
+        }
+    }
+
+    /// Starts a handshake with `peer`; the returned attempt finishes it.
+    async fn begin_connect(
+        &self,
+        peer: SocketAddr,
+        server_name: &str,
+        app: A,
+    ) -> Result<PendingConnect<A::Msg>, ConnectError> {
+        let wire_peer = self
+            .socket
+            .address_for(peer)
+            .ok_or(ConnectError::Unreachable {
+                peer,
+                local: self.local_addr,
+            })?;
         // A server named by IP address (RFC 9525 §6.3): its certificate's IP address entries are
         // checked, and no SNI is sent (RFC 6066 §3).
         let ip = server_name
@@ -533,7 +655,7 @@ impl<A: ConnectionApp> Endpoint<A> {
         } else {
             Some(server_name)
         };
-        let mut conn = quiche::connect(sni, &scid, local, peer, &mut config)?;
+        let mut conn = quiche::connect(sni, &scid, local, wire_peer, &mut config)?;
         if let Some(ticket) = self.sessions.get(server_name) {
             // A stale or foreign ticket only means a full handshake.
             let _ = conn.set_session(&ticket);
@@ -574,28 +696,59 @@ impl<A: ConnectionApp> Endpoint<A> {
                 return Err(ConnectError::Endpoint(e.to_string()));
             }
         };
-        let handle = Connection::new(actor, closed_rx, peer);
-        match est_rx.await {
+        Ok(PendingConnect {
+            handle: Some(Connection::new(actor, closed_rx, peer)),
+            established: est_rx,
+            peer,
+            ip,
+            handshake_timeout: self.settings.handshake_timeout,
+        })
+    }
+
+    /// Stops every connection (their actors stop in order) and the receive loop.
+    pub async fn shutdown(&self) {
+        let _ = self
+            .actor
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
+    }
+}
+
+/// A handshake under way. Dropped before it completes, it closes its connection.
+struct PendingConnect<M: Send + 'static> {
+    /// `None` once handed out (the handshake completed).
+    handle: Option<Connection<M>>,
+    established: oneshot::Receiver<Result<(), crate::connection::CloseReason>>,
+    peer: SocketAddr,
+    ip: Option<crate::tls::IpIdentity>,
+    handshake_timeout: Duration,
+}
+
+impl<M: Send + 'static> PendingConnect<M> {
+    /// Waits for the handshake to complete.
+    ///
+    /// Cancel safety: dropping the future closes the connection.
+    async fn established(mut self) -> Result<Connection<M>, ConnectError> {
+        use crate::connection::CloseReason;
+        let outcome = (&mut self.established).await;
+        let handle = self.handle.take().expect("an attempt finishes once");
+        let (peer, after) = (self.peer, self.handshake_timeout);
+        match outcome {
             Ok(Ok(())) => Ok(handle),
-            Ok(Err(crate::connection::CloseReason::HandshakeTimeout)) | Err(_)
-                if handle.close_reason().is_none()
-                    || handle.close_reason()
-                        == Some(crate::connection::CloseReason::HandshakeTimeout) =>
-            {
-                Err(ConnectError::HandshakeTimeout {
-                    peer,
-                    after: self.settings.handshake_timeout,
-                })
+            Ok(Err(CloseReason::HandshakeTimeout | CloseReason::IdleTimeout)) => {
+                Err(ConnectError::HandshakeTimeout { peer, after })
             }
-            Ok(Err(crate::connection::CloseReason::IdleTimeout)) => {
-                Err(ConnectError::HandshakeTimeout {
-                    peer,
-                    after: self.settings.handshake_timeout,
-                })
+            Err(_)
+                if matches!(
+                    handle.close_reason(),
+                    None | Some(CloseReason::HandshakeTimeout)
+                ) =>
+            {
+                Err(ConnectError::HandshakeTimeout { peer, after })
             }
             Ok(Err(reason)) => Err(ConnectError::HandshakeFailed {
                 peer,
-                reason: match &ip {
+                reason: match &self.ip {
                     Some(id) if id.mismatch.load(Ordering::Acquire) => format!(
                         "the server's certificate does not name the address {} (it has no such \
                          IP address entry); {reason}",
@@ -607,13 +760,19 @@ impl<A: ConnectionApp> Endpoint<A> {
             Err(_) => Err(ConnectError::Endpoint("connection actor stopped".into())),
         }
     }
+}
 
-    /// Stops every connection (their actors stop in order) and the receive loop.
-    pub async fn shutdown(&self) {
-        let _ = self
-            .actor
-            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
-            .await;
+impl<M: Send + 'static> Drop for PendingConnect<M> {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            // Abandoned (another address won, or the caller gave up): close it now rather
+            // than let it retransmit Initials until the handshake timeout.
+            let _ = handle.actor().cast(ConnMsg::Close {
+                space: crate::connection::ErrorSpace::Transport,
+                code: 0,
+                reason: b"abandoned".to_vec(),
+            });
+        }
     }
 }
 

@@ -64,6 +64,49 @@ pub enum ConnectError {
     /// quiche refused to create the connection.
     #[error("quiche: {0}")]
     Quiche(#[from] quiche::Error),
+    /// The resolver failed for this name.
+    #[error("cannot resolve {name}: {source}")]
+    Resolve {
+        /// The host name.
+        name: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The name resolved to no address.
+    #[error("{name} has no address")]
+    NoAddress {
+        /// The host name.
+        name: String,
+    },
+    /// The endpoint's socket cannot send to this address's family.
+    #[error(
+        "{peer} cannot be reached from the socket bound to {local} (another address family); \
+         bind the client to [::]:0 to reach both IPv6 and IPv4"
+    )]
+    Unreachable {
+        /// The address that could not be dialled.
+        peer: SocketAddr,
+        /// The endpoint's bound address.
+        local: SocketAddr,
+    },
+    /// Every address of a name was tried and none completed a handshake.
+    #[error("could not connect to {name}: {}", list(tried))]
+    AllAddressesFailed {
+        /// The host name.
+        name: String,
+        /// Why each address failed, in the order they were tried (each error names its
+        /// address).
+        tried: Vec<ConnectError>,
+    },
+}
+
+fn list(errors: &[ConnectError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Errors binding or running an endpoint.

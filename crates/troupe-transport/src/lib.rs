@@ -11,6 +11,7 @@ mod app;
 mod connection;
 mod endpoint;
 mod error;
+pub mod eyeballs;
 mod gso;
 pub mod metrics;
 mod retry;
@@ -29,6 +30,7 @@ pub use endpoint::{
     AppFactory, Endpoint, EndpointMsg, RECV_LOOP_MAX_RESTARTS, RECV_LOOP_RESTART_WINDOW,
 };
 pub use error::{ConfigError, ConnectError, EndpointError};
+pub use eyeballs::resolve;
 pub use metrics::{
     DropReason, Metrics, NoMetrics, PrometheusMetrics, SharedMetrics, StreamEnd, StreamSummary,
 };

@@ -18,11 +18,24 @@ pub(crate) struct Socket {
     io: tokio::net::UdpSocket,
     state: UdpSocketState,
     local: SocketAddr,
+    /// Bound to `[::]` with IPv4-mapped addresses allowed: reaches IPv4 peers as
+    /// `::ffff:a.b.c.d`.
+    dual_stack: bool,
 }
 
 impl Socket {
+    /// Binds `addr`. An unspecified IPv6 address (`[::]`) is bound dual-stack (IPv6-only off,
+    /// whatever the system default), so one socket reaches both families.
     pub(crate) fn bind(addr: SocketAddr) -> io::Result<Socket> {
-        let std = std::net::UdpSocket::bind(addr)?;
+        use socket2::{Domain, Protocol, Type};
+        let raw =
+            socket2::Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        let dual_stack = match addr {
+            SocketAddr::V6(v6) if v6.ip().is_unspecified() => raw.set_only_v6(false).is_ok(),
+            _ => false,
+        };
+        raw.bind(&addr.into())?;
+        let std: std::net::UdpSocket = raw.into();
         std.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std).into())?;
         // Best effort: a smaller buffer still works.
@@ -33,11 +46,27 @@ impl Socket {
             io: tokio::net::UdpSocket::from_std(std)?,
             state,
             local,
+            dual_stack,
         })
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// How this socket addresses `peer`: as itself when the families match, as an
+    /// IPv4-mapped IPv6 address on a dual-stack socket, `None` when it cannot reach it.
+    pub(crate) fn address_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        match (self.local, peer) {
+            (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+                Some(peer)
+            }
+            (SocketAddr::V6(_), SocketAddr::V4(v4)) if self.dual_stack => Some(SocketAddr::new(
+                std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()),
+                v4.port(),
+            )),
+            _ => None,
+        }
     }
 
     /// Most segments one GSO send may carry (1 when the kernel has no GSO).

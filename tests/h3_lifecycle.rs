@@ -125,19 +125,28 @@ async fn stop_sending_reaches_an_idle_response() {
     assert_eq!(resp.status(), 200);
 }
 
-/// One handler panics among many concurrent requests: that stream is reset, the others complete.
+/// One handler panics among many concurrent requests: that stream is reset, the others complete
+/// byte for byte, and the failure shows in the snapshot (the connection's and the endpoint's
+/// failure rings, the stream actor's last error) and in the Prometheus text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_resets_only_its_stream() {
-    let server = server_with(|req| {
-        Box::pin(async move {
+    init_tracing();
+    let metrics = troupe::transport::PrometheusMetrics::new();
+    let mut config = ServerConfig::default();
+    config.quic.metrics = metrics.shared();
+    let server = Server::bind(
+        loopback(),
+        config,
+        |req: http::Request<RecvBody>| async move {
             if req.uri().path() == "/panic" {
                 panic!("handler bug (expected by this test)");
             }
             let n: u64 = req.uri().path().trim_start_matches('/').parse().unwrap();
             http::Response::new(troupe::service::pattern_body(n))
-        })
-    })
-    .await;
+        },
+    )
+    .await
+    .unwrap();
     let (_ep, client) = connect(&server).await;
     let mut tasks = Vec::new();
     for i in 0..100u64 {
@@ -175,6 +184,26 @@ async fn a_panicking_handler_resets_only_its_stream() {
     })
     .await;
     assert_eq!(server.endpoint().connection_count(), 1);
+    let snap = server.snapshot().await;
+    assert_eq!(snap.failures_total, 1);
+    let f = &snap.failures[0];
+    assert!(
+        f.who.starts_with("stream ") && f.who.contains("on connection"),
+        "{f:?}"
+    );
+    assert!(f.why.contains("handler bug"), "{f:?}");
+    let conn = &snap.connections[0];
+    assert_eq!(conn.failures.len(), 1);
+    assert_eq!(conn.failures[0].why, f.why);
+    assert!(
+        conn.streams.is_empty(),
+        "the failed stream is no longer routed"
+    );
+    let text = metrics.render();
+    assert!(
+        text.lines().any(|l| l == "troupe_stream_failures_total 1"),
+        "{text}"
+    );
 }
 
 /// The handler's producer drops its body sender without finishing: the stream is reset with

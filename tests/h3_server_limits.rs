@@ -248,43 +248,6 @@ async fn handshakes_under_load_demand_retry_then_are_refused() {
     assert!(err.to_string().contains("transport error 0x2"), "{err}");
 }
 
-/// The receive loop is supervised: a panic in it is reported to the endpoint actor, which
-/// restarts it (traffic carries on); past the restart budget the endpoint fails visibly
-/// instead of running deaf.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_receive_loop_is_restarted_then_escalated() {
-    use troupe::transport::RECV_LOOP_MAX_RESTARTS;
-    let server = builtin_server(ServerConfig::default()).await;
-    let (_ep, client) = connect(&server).await;
-    for i in 0..RECV_LOOP_MAX_RESTARTS {
-        server.endpoint().inject_receive_loop_panic();
-        // The next datagram makes the loop panic; QUIC retransmits what was lost with it.
-        let r = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.send(get(&server, "/bytes/5000")),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("request {i} after a restart timed out"))
-        .unwrap();
-        assert_eq!(r.into_body().collect().await.unwrap().len(), 5000);
-        assert_eq!(server.stats().receive_loop_restarts, i as u64 + 1);
-    }
-    // One more within the window: the endpoint actor fails. Any datagram wakes the loop.
-    server.endpoint().inject_receive_loop_panic();
-    let poke = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    poke.send_to(b"wake up", server.local_addr()).unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the endpoint actor failed",
-        || async { server.endpoint().actor().get_status() == ractor::ActorStatus::Stopped },
-    )
-    .await;
-    assert_eq!(
-        server.stats().receive_loop_restarts,
-        RECV_LOOP_MAX_RESTARTS as u64
-    );
-}
-
 /// QUIC DATAGRAM is off until something reads datagrams (a peer could otherwise park about
 /// 1.3 MiB per connection in quiche's queue): the server does not advertise it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

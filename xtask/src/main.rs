@@ -228,5 +228,9 @@ fn bench() -> Result<(), String> {
     step(
         "cargo bench --bench h3_vs_tokio_quiche",
         cargo().args(["bench", "--bench", "h3_vs_tokio_quiche"]),
+    )?;
+    step(
+        "cargo bench --bench live_tree",
+        cargo().args(["bench", "--bench", "live_tree"]),
     )
 }

@@ -39,8 +39,8 @@ enum Cmd {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// UDP address to listen on; repeatable, one endpoint each. Default: 127.0.0.1:4433 and
-    /// [::1]:4433, the two addresses of localhost (the second is skipped, with a warning, on a
+    /// UDP address to listen on; repeatable, one endpoint each. Default: `127.0.0.1:4433` and
+    /// `[::1]:4433`, the two addresses of localhost (the second is skipped, with a warning, on a
     /// host without IPv6). Port 0 picks a free port for the first address; later addresses
     /// with port 0 take the same port, so https://localhost:PORT/ reaches each.
     #[arg(long, value_name = "ADDR")]
@@ -108,7 +108,7 @@ struct GetArgs {
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     connect_timeout: u64,
     /// Use these addresses for HOST:PORT instead of resolving it (as curl's --resolve);
-    /// repeatable. Example: --resolve example.com:443:[::1],127.0.0.1
+    /// repeatable. Example: `--resolve example.com:443:[::1],127.0.0.1`
     #[arg(long = "resolve", value_name = "HOST:PORT:ADDR[,ADDR]...", value_parser = parse_resolve)]
     resolve: Vec<ResolveEntry>,
 }

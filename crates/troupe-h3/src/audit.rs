@@ -31,13 +31,37 @@ pub struct StreamAudit {
     pub duration: Duration,
     /// The application's code for this stream panicked or failed; the connection reset it.
     pub failed: bool,
+    /// Our sending direction's state, as the stream actor names it (`idle`, `open`,
+    /// `fin_sent`, ...).
+    pub send_state: &'static str,
+    /// Our receiving direction's state (`awaiting_headers`, `open`, `fin_received`, ...).
+    pub recv_state: &'static str,
+    /// Body bytes the stream actor may still hand to the connection.
+    pub write_credit: u64,
+    /// Body bytes produced and not yet taken by quiche (cut at the credit, or handed over and
+    /// waiting for room).
+    pub pending_out: u64,
 }
 
-#[derive(Debug)]
 struct Inner {
     audit: StreamAudit,
     opened: Instant,
     ended: Option<Instant>,
+    /// The request's method and path, for the live tree.
+    request: Option<(http::Method, String)>,
+    /// The received body's buffer, once there is one (its fill level is in the tree).
+    /// Weak: the figures may outlive the stream (in the application's hands) and must not
+    /// keep unread chunks alive.
+    recv_buffer: Option<std::sync::Weak<crate::body::Shared>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("audit", &self.audit)
+            .field("request", &self.request)
+            .finish()
+    }
 }
 
 /// A live handle to one stream's figures: in a server request's extensions and a client
@@ -58,10 +82,63 @@ impl StreamStats {
                 headers_wait: None,
                 duration: Duration::ZERO,
                 failed: false,
+                send_state: "idle",
+                recv_state: "awaiting_headers",
+                write_credit: 0,
+                pending_out: 0,
             },
             opened,
             ended: None,
+            request: None,
+            recv_buffer: None,
         })))
+    }
+
+    /// Records the request's method and path (shown in the live tree).
+    pub(crate) fn set_request(&self, method: http::Method, path: String) {
+        self.lock().request = Some((method, path));
+    }
+
+    /// Records the received body's buffer (its fill level is shown in the live tree).
+    pub(crate) fn set_recv_buffer(&self, shared: Arc<crate::body::Shared>) {
+        self.lock().recv_buffer = Some(Arc::downgrade(&shared));
+    }
+
+    /// The stream's node of the live tree (the connection adds the route's read credit).
+    pub(crate) fn tree_node(
+        &self,
+        actor: troupe_transport::ActorNode,
+        read_credit: Option<u64>,
+        redact_path: bool,
+    ) -> troupe_transport::StreamSnapshot {
+        let g = self.lock();
+        let a = &g.audit;
+        let direction = |state, bytes, end: Option<StreamEnd>| {
+            let (end, code) = end.map(StreamEnd::parts).unzip();
+            troupe_transport::DirectionSnapshot::new(state, bytes, end, code.flatten())
+        };
+        let received_waiting = g
+            .recv_buffer
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade)
+            .map_or(0, |b| b.buffered() as u64);
+        troupe_transport::StreamSnapshot::new(
+            actor,
+            a.stream_id,
+            g.request.as_ref().map(|(m, _)| m.to_string()),
+            g.request.as_ref().map(|(_, p)| {
+                if redact_path {
+                    "<redacted>".to_string()
+                } else {
+                    p.clone()
+                }
+            }),
+            direction(a.send_state, a.bytes_sent, a.send_end),
+            direction(a.recv_state, a.bytes_received, a.recv_end),
+            a.write_credit,
+            read_credit,
+            a.pending_out + received_waiting,
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -12,8 +12,8 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use ractor::ActorRef;
 use troupe_transport::ConnMsg;
+use troupe_transport::Tracked;
 
 use crate::conn::H3Msg;
 use crate::stream::StreamMsg;
@@ -314,6 +314,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Bytes received and not yet read by the application.
+    pub(crate) fn buffered(&self) -> usize {
+        self.lock().buffered
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A poisoned lock means a panic while holding it; the data (plain counters and
         // buffers) is still consistent, so carry on.
@@ -395,8 +400,8 @@ pub struct RecvBodyStats {
 pub struct RecvBody {
     shared: Arc<Shared>,
     stream_id: u64,
-    conn: Option<ActorRef<ConnMsg<H3Msg>>>,
-    actor: Option<ActorRef<StreamMsg>>,
+    conn: Option<Tracked<ConnMsg<H3Msg>>>,
+    actor: Option<Tracked<StreamMsg>>,
     unreported: usize,
     report_at: usize,
     /// The ending error was yielded: the stream is over (fused), not an error forever.
@@ -416,8 +421,8 @@ impl RecvBody {
     pub(crate) fn new(
         shared: Arc<Shared>,
         stream_id: u64,
-        conn: ActorRef<ConnMsg<H3Msg>>,
-        actor: ActorRef<StreamMsg>,
+        conn: Tracked<ConnMsg<H3Msg>>,
+        actor: Tracked<StreamMsg>,
         window: usize,
     ) -> Self {
         RecvBody {

@@ -31,7 +31,7 @@ impl ClientEndpoint {
     ) -> Result<Self, EndpointError> {
         h3.validate()?;
         Ok(ClientEndpoint {
-            endpoint: Endpoint::client(addr, quic, tls).await?,
+            endpoint: Endpoint::client(addr, quic, tls, None).await?,
             h3: Arc::new(h3),
         })
     }
@@ -109,6 +109,16 @@ impl ClientEndpoint {
             shared,
             max_pending: self.h3.max_pending_requests,
         }
+    }
+
+    /// The live tree of this client endpoint: endpoint -> connections -> streams, each node with its
+    /// actor's figures (mailbox depth, busy time, current handler, last error), the
+    /// connections' transport figures and the streams' per-direction states. Taken while
+    /// traffic runs; see [`Endpoint::snapshot`]. Serializable with serde.
+    ///
+    /// Cancel safety: cancel-safe.
+    pub async fn snapshot(&self) -> troupe_transport::EndpointSnapshot {
+        self.endpoint.snapshot().await
     }
 
     /// The underlying endpoint.

@@ -51,6 +51,12 @@ pub struct ServerConfig {
     pub h3: H3Settings,
     /// Where connection events (peer SETTINGS, final figures) go. Default none.
     pub events: Option<EventSink>,
+    /// The application's actor to supervise this server's endpoint actor. It gets
+    /// `SupervisionEvent::ActorFailed` when the endpoint escalates (the receive loop failed
+    /// past `quic.receive_loop_restarts`; the server is then down) and `ActorTerminated` when
+    /// it shuts down. Default none: the endpoint runs unsupervised, its failure logged and
+    /// visible in [`Server::snapshot`]. See `docs/supervision.md`.
+    pub supervisor: Option<ractor::ActorCell>,
 }
 
 /// A running HTTP/3 server.
@@ -71,7 +77,8 @@ impl Server {
         let h3 = Arc::new(config.h3);
         let events = config.events;
         let factory = Arc::new(move || H3App::server(handler.clone(), h3.clone(), events.clone()));
-        let (endpoint, identity) = Endpoint::server(addr, config.quic, config.tls, factory).await?;
+        let (endpoint, identity) =
+            Endpoint::server(addr, config.quic, config.tls, factory, config.supervisor).await?;
         Ok(Server { endpoint, identity })
     }
 
@@ -83,6 +90,16 @@ impl Server {
     /// The certificate presented (generated or loaded).
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The live tree of this server: endpoint -> connections -> streams, each node with its
+    /// actor's figures (mailbox depth, busy time, current handler, last error), the
+    /// connections' transport figures and the streams' per-direction states. Taken while
+    /// traffic runs; see [`Endpoint::snapshot`]. Serializable with serde.
+    ///
+    /// Cancel safety: cancel-safe.
+    pub async fn snapshot(&self) -> troupe_transport::EndpointSnapshot {
+        self.endpoint.snapshot().await
     }
 
     /// The underlying endpoint (actor tree root, counters).

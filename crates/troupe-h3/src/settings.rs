@@ -40,6 +40,10 @@ pub struct H3Settings {
     /// so one client cannot starve the others. Default 1024: ten connections' worth of the
     /// default stream limit.
     pub max_unanswered_requests: usize,
+    /// Show request paths as `<redacted>` in snapshots (and everything built on them: the
+    /// admin endpoint, `troupe tree`). Default off: an operator usually needs to see which
+    /// request is stuck; turn it on where paths carry secrets (tokens in query strings).
+    pub redact_paths: bool,
 }
 
 impl Default for H3Settings {
@@ -54,6 +58,7 @@ impl Default for H3Settings {
             post_accept_timeout: None,
             max_pending_requests: 1024,
             max_unanswered_requests: 1024,
+            redact_paths: false,
         }
     }
 }

@@ -6,17 +6,37 @@ use std::future::Future;
 use ractor::{ActorRef, SupervisionEvent};
 
 use crate::connection::ConnMsg;
+use crate::observe::Tracked;
+use crate::supervision::{FailureKind, FailureRing};
 
 /// Everything an application hook may touch while the connection actor runs it.
 pub struct ConnCx<'a, M: Send + 'static> {
     /// The QUIC connection. Hooks run inside the connection actor, so this is exclusive.
     pub conn: &'a mut quiche::Connection,
-    /// The connection actor itself: the supervisor for child actors, and their way back.
+    /// The connection actor itself: the supervisor for child actors.
     pub myself: &'a ActorRef<ConnMsg<M>>,
+    /// The connection actor's counted mailbox: children and the application send through it,
+    /// so the snapshot sees its depth.
+    pub mailbox: &'a Tracked<ConnMsg<M>>,
     /// quiche's trace id for this connection, for log fields.
     pub trace_id: &'a str,
     /// The endpoint's metrics sink.
     pub metrics: &'a dyn crate::metrics::Metrics,
+    pub(crate) failures: &'a mut FailureRing,
+    pub(crate) endpoint: &'a crate::stats::EndpointStats,
+}
+
+impl<M: Send + 'static> ConnCx<'_, M> {
+    /// Records that a child (`who`, e.g. `"stream 4"`) failed (`why`): in this connection's
+    /// failure ring and in the endpoint's, both shown by the snapshot.
+    pub fn record_child_failure(&mut self, who: &str, why: &str) {
+        self.failures.record(who, FailureKind::Failed, why);
+        self.endpoint.record_failure(
+            format!("{who} on connection {}", self.trace_id),
+            FailureKind::Failed,
+            why,
+        );
+    }
 }
 
 /// An application error that closes the whole connection with an application error code.
@@ -77,4 +97,10 @@ pub trait ConnectionApp: Send + 'static {
         cx: &mut ConnCx<'_, Self::Msg>,
         info: &crate::connection::ConnectionInfo,
     );
+
+    /// The application's children (streams) for the live tree. Runs inside the connection
+    /// actor between turns: read shared figures, never message a child. Default: none.
+    fn streams_snapshot(&self, _conn: &quiche::Connection) -> Vec<crate::snapshot::StreamSnapshot> {
+        Vec::new()
+    }
 }

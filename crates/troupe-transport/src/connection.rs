@@ -15,8 +15,10 @@ use tracing::{debug, info_span, trace, warn, Instrument};
 
 use crate::app::{AppError, ConnCx, ConnectionApp};
 use crate::gso::{GsoBatcher, Ready};
+use crate::observe::{ActorMeter, Tracked};
 use crate::route::{Inbox, Packet, Routes};
 use crate::stats::bump;
+use crate::supervision::FailureRing;
 use crate::udp::Socket;
 
 /// Length of the connection IDs this endpoint issues. 16 bytes: unguessable, and well under the
@@ -211,7 +213,41 @@ pub enum ConnMsg<M> {
     },
     /// Ask for a snapshot.
     Info(RpcReplyPort<ConnectionInfo>),
+    /// Ask for this connection's node of the live tree (with its streams).
+    Snapshot(RpcReplyPort<crate::snapshot::ConnectionSnapshot>),
 }
+
+/// Names of the connection actor's messages, for its meter (indexed by [`ConnMsg::code`]).
+pub(crate) const CONN_MESSAGES: &[&str] = &[
+    "packets ready",
+    "timeout",
+    "flush",
+    "application message",
+    "close",
+    "info",
+    "snapshot",
+    "child event",
+];
+
+impl<M> ConnMsg<M> {
+    fn code(&self) -> u8 {
+        match self {
+            ConnMsg::PacketsReady => 0,
+            ConnMsg::Timeout => 1,
+            ConnMsg::Flush => 2,
+            ConnMsg::App(_) => 3,
+            ConnMsg::Close { .. } => 4,
+            ConnMsg::Info(_) => 5,
+            ConnMsg::Snapshot(_) => 6,
+        }
+    }
+}
+
+/// The live connection actors of one endpoint, by actor id, with counted mailboxes. Each
+/// connection actor registers itself when it starts and leaves when it stops; the endpoint
+/// removes one that failed (a failed actor skips its `post_stop`).
+pub(crate) type Registry<M> =
+    Arc<dashmap::DashMap<ractor::ActorId, crate::observe::Tracked<ConnMsg<M>>>>;
 
 /// What a connection's closed-watch holds: nothing while it is open, then its final figures
 /// (with [`ConnectionInfo::close`] set).
@@ -219,7 +255,7 @@ pub(crate) type Closed = Option<Arc<ConnectionInfo>>;
 
 /// Handle to a live connection: its actor and a way to learn how it ended.
 pub struct Connection<M: Send + 'static> {
-    actor: ActorRef<ConnMsg<M>>,
+    mailbox: Tracked<ConnMsg<M>>,
     closed: watch::Receiver<Closed>,
     peer: SocketAddr,
 }
@@ -227,7 +263,7 @@ pub struct Connection<M: Send + 'static> {
 impl<M: Send + 'static> Clone for Connection<M> {
     fn clone(&self) -> Self {
         Connection {
-            actor: self.actor.clone(),
+            mailbox: self.mailbox.clone(),
             closed: self.closed.clone(),
             peer: self.peer,
         }
@@ -236,12 +272,12 @@ impl<M: Send + 'static> Clone for Connection<M> {
 
 impl<M: Send + 'static> Connection<M> {
     pub(crate) fn new(
-        actor: ActorRef<ConnMsg<M>>,
+        mailbox: Tracked<ConnMsg<M>>,
         closed: watch::Receiver<Closed>,
         peer: SocketAddr,
     ) -> Self {
         Connection {
-            actor,
+            mailbox,
             closed,
             peer,
         }
@@ -249,7 +285,12 @@ impl<M: Send + 'static> Connection<M> {
 
     /// The connection actor.
     pub fn actor(&self) -> &ActorRef<ConnMsg<M>> {
-        &self.actor
+        self.mailbox.actor()
+    }
+
+    /// The connection actor's mailbox, its sends counted in its meter.
+    pub fn mailbox(&self) -> &Tracked<ConnMsg<M>> {
+        &self.mailbox
     }
 
     /// The peer's address.
@@ -259,14 +300,14 @@ impl<M: Send + 'static> Connection<M> {
 
     /// Sends a message to the application layer of this connection.
     pub fn send(&self, msg: M) -> Result<(), CloseReason> {
-        self.actor
+        self.mailbox
             .cast(ConnMsg::App(msg))
             .map_err(|_| self.close_reason().unwrap_or(CloseReason::Aborted))
     }
 
     /// Closes the connection with an application error code.
     pub fn close(&self, code: u64, reason: &str) {
-        let _ = self.actor.cast(ConnMsg::Close {
+        let _ = self.mailbox.cast(ConnMsg::Close {
             space: ErrorSpace::Application,
             code,
             reason: reason.as_bytes().to_vec(),
@@ -300,8 +341,9 @@ impl<M: Send + 'static> Connection<M> {
         if let Some(i) = self.final_info() {
             return Some(i);
         }
+        self.mailbox.meter().on_send();
         let live = self
-            .actor
+            .actor()
             .call(ConnMsg::Info, Some(Duration::from_secs(5)))
             .await
             .ok()
@@ -332,6 +374,13 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
     pub(crate) session_cache: Option<crate::sessions::SessionSlot>,
     pub(crate) keylog: Option<std::path::PathBuf>,
     pub(crate) qlog_dir: Option<std::path::PathBuf>,
+    /// This actor's meter (made by the spawner, which hands out counted references).
+    pub(crate) meter: Arc<ActorMeter>,
+    pub(crate) registry: Registry<A::Msg>,
+    /// The idle timeout we advertised, for the time-left figure.
+    pub(crate) idle_timeout: Duration,
+    /// The bidirectional streams the peer may have open at once (our limit), for the tree.
+    pub(crate) max_streams_bidi: u64,
 }
 
 pub(crate) struct ConnState<A: ConnectionApp> {
@@ -363,6 +412,15 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     early: Vec<A::Msg>,
     trace_id: String,
     span: tracing::Span,
+    /// Counted references to this actor (timer, inbox, self-casts, children).
+    mailbox: Tracked<ConnMsg<A::Msg>>,
+    registry: Registry<A::Msg>,
+    /// The last failures of this connection's children.
+    failures: FailureRing,
+    /// When a packet last arrived (the idle timer restarts then).
+    last_recv: Instant,
+    idle_timeout: Duration,
+    max_streams_bidi: u64,
 }
 
 /// Borrows the connection for an application hook, leaving `self.app` free to borrow.
@@ -371,8 +429,11 @@ macro_rules! cx {
         ConnCx {
             conn: &mut $st.conn,
             myself: $me,
+            mailbox: &$st.mailbox,
             trace_id: &$st.trace_id,
             metrics: &*$st.routes.stats.metrics,
+            failures: &mut $st.failures,
+            endpoint: &$st.routes.stats,
         }
     };
 }
@@ -390,7 +451,7 @@ impl<A> Default for ConnectionActor<A> {
 /// and casts `Timeout`. Re-arming is a watch update, never a new task; a *later* deadline is
 /// stored without waking the task (it re-reads the deadline when its sleep ends), so the common
 /// case — quiche pushing its loss timer back after every packet — costs no wake-up at all.
-fn spawn_timer<M: Send + 'static>(me: ActorRef<ConnMsg<M>>) -> watch::Sender<Option<Instant>> {
+fn spawn_timer<M: Send + 'static>(me: Tracked<ConnMsg<M>>) -> watch::Sender<Option<Instant>> {
     let (tx, mut rx) = watch::channel::<Option<Instant>>(None);
     tokio::spawn(async move {
         loop {
@@ -436,11 +497,13 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         myself: ActorRef<Self::Msg>,
         args: ConnArgs<A>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let me = myself.clone();
+        let mailbox = Tracked::new(myself.clone(), args.meter);
+        let me = mailbox.clone();
         args.inbox.bind(
             myself.get_id(),
             Box::new(move || me.cast(ConnMsg::PacketsReady).is_ok()),
         );
+        args.registry.insert(myself.get_id(), mailbox.clone());
         let trace_id = args.conn.trace_id().to_string();
         let span = info_span!("conn", conn_id = %trace_id, peer = %args.conn.path_stats().next().map(|p| p.peer_addr.to_string()).unwrap_or_default());
         let now = Instant::now();
@@ -469,12 +532,18 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             session_cache: args.session_cache,
             log_files: (args.keylog.is_some() || args.qlog_dir.is_some())
                 .then(|| (args.keylog.clone(), args.qlog_dir.clone())),
-            timer: spawn_timer(myself),
+            timer: spawn_timer(mailbox.clone()),
             armed: None,
             flush_scheduled: false,
             early: Vec::new(),
             trace_id,
             span,
+            mailbox,
+            registry: args.registry,
+            failures: FailureRing::default(),
+            last_recv: now,
+            idle_timeout: args.idle_timeout,
+            max_streams_bidi: args.max_streams_bidi,
         })
     }
 
@@ -498,6 +567,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         // Reached on every orderly stop (closed connection or endpoint shutdown).
+        st.registry.remove(&_myself.get_id());
         st.leave_handshake();
         if matches!(st.stage, Stage::Handshake { .. }) {
             st.stage = Stage::Closed;
@@ -526,6 +596,8 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         msg: Self::Msg,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let meter = st.mailbox.meter().clone();
+        let _busy = meter.begin(msg.code());
         let span = st.span.clone();
         let ev = match msg {
             ConnMsg::PacketsReady => Event::Packets,
@@ -548,6 +620,10 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
                 let _ = reply.send(st.info());
                 return Ok(());
             }
+            ConnMsg::Snapshot(reply) => {
+                let _ = reply.send(st.snapshot(&myself));
+                return Ok(());
+            }
         };
         st.turn(&myself, ev).instrument(span).await;
         Ok(())
@@ -563,6 +639,8 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         if matches!(evt, SupervisionEvent::ActorStarted(_)) {
             return Ok(());
         }
+        let meter = st.mailbox.meter().clone();
+        let _busy = meter.begin_event(7);
         let span = st.span.clone();
         st.turn(&myself, Event::Child(evt)).instrument(span).await;
         Ok(())
@@ -653,6 +731,75 @@ impl<A: ConnectionApp> ConnState<A> {
         }
     }
 
+    /// This connection's node of the live tree, streams included (the application reads
+    /// them from its routes' shared figures).
+    fn snapshot(&self, myself: &ActorRef<ConnMsg<A::Msg>>) -> crate::snapshot::ConnectionSnapshot {
+        use crate::snapshot::{hex, BlockedCounts, StageName};
+        let path = self.conn.path_stats().find(|p| p.active);
+        let stats = self.conn.stats();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let streams = self.app.streams_snapshot(&self.conn);
+        let peer_idle = self
+            .conn
+            .peer_transport_params()
+            .map(|p| Duration::from_millis(p.max_idle_timeout))
+            .filter(|d| !d.is_zero());
+        let idle = match peer_idle {
+            Some(p) if !self.idle_timeout.is_zero() => Some(p.min(self.idle_timeout)),
+            Some(p) => Some(p),
+            None => (!self.idle_timeout.is_zero()).then_some(self.idle_timeout),
+        };
+        crate::snapshot::ConnectionSnapshot {
+            actor: crate::snapshot::ActorNode::of(
+                &myself.get_cell(),
+                crate::observe::ActorKind::Connection,
+                self.mailbox.meter().view(),
+            ),
+            answered: true,
+            trace_id: self.trace_id.clone(),
+            source_ids: self.conn.source_ids().map(|c| hex(c.as_ref())).collect(),
+            destination_id: hex(self.conn.destination_id().as_ref()),
+            peer: path.as_ref().map(|p| p.peer_addr),
+            local: path.as_ref().map(|p| p.local_addr),
+            alpn: String::from_utf8_lossy(self.conn.application_proto()).into_owned(),
+            stage: Some(match self.stage {
+                Stage::Handshake { .. } => StageName::Handshake,
+                Stage::Established { .. } => StageName::Established,
+                Stage::Draining => StageName::Draining,
+                Stage::Closed => StageName::Closing,
+            }),
+            rtt_ms: path.as_ref().map(|p| ms(p.rtt)),
+            min_rtt_ms: path.as_ref().and_then(|p| p.min_rtt).map(ms),
+            cwnd: path.as_ref().map(|p| p.cwnd),
+            bytes_in_flight: stats
+                .sent_bytes
+                .saturating_sub(stats.acked_bytes)
+                .saturating_sub(stats.lost_bytes),
+            pmtu: path.as_ref().map(|p| p.pmtu),
+            packets_sent: stats.sent as u64,
+            packets_received: stats.recv as u64,
+            packets_lost: stats.lost as u64,
+            bytes_sent: stats.sent_bytes,
+            bytes_received: stats.recv_bytes,
+            blocked: BlockedCounts {
+                data_blocked_sent: stats.data_blocked_sent_count,
+                stream_data_blocked_sent: stats.stream_data_blocked_sent_count,
+                data_blocked_received: stats.data_blocked_recv_count,
+                stream_data_blocked_received: stats.stream_data_blocked_recv_count,
+            },
+            streams_open: streams.len(),
+            streams_limit_bidi: self.max_streams_bidi,
+            peer_streams_left_bidi: self.conn.peer_streams_left_bidi(),
+            idle_timeout_left_secs: idle
+                .map(|d| d.saturating_sub(self.last_recv.elapsed()).as_secs_f64()),
+            close: (self.conn.is_draining() || self.conn.is_closed())
+                .then(|| close_reason(&self.conn).to_string()),
+            failures: self.failures.entries(),
+            failures_total: self.failures.total(),
+            streams,
+        }
+    }
+
     /// One actor turn: apply the event, let the application react, flush, re-arm the timer.
     async fn turn(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, ev: Event<A::Msg>) {
         if self.stage == Stage::Closed {
@@ -676,6 +823,9 @@ impl<A: ConnectionApp> ConnState<A> {
                     }
                 }
                 trace!(packets = fed, "fed packets");
+                if fed > 0 {
+                    self.last_recv = Instant::now();
+                }
                 self.keep_session();
                 self.check_established(myself).await;
                 if self.is_established() {
@@ -711,7 +861,7 @@ impl<A: ConnectionApp> ConnState<A> {
                 // Coalesce: flush once after the messages already queued are handled.
                 if !self.flush_scheduled {
                     self.flush_scheduled = true;
-                    let _ = myself.cast(ConnMsg::Flush);
+                    let _ = self.mailbox.cast(ConnMsg::Flush);
                 }
                 return self.after_app(myself, app_result).await;
             }
@@ -720,7 +870,7 @@ impl<A: ConnectionApp> ConnState<A> {
                 app_result = self.app.on_child_event(&mut cx, evt).await;
                 if !self.flush_scheduled {
                     self.flush_scheduled = true;
-                    let _ = myself.cast(ConnMsg::Flush);
+                    let _ = self.mailbox.cast(ConnMsg::Flush);
                 }
                 return self.after_app(myself, app_result).await;
             }

@@ -23,9 +23,12 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
 use crate::app::ConnectionApp;
-use crate::connection::{ConnArgs, ConnMsg, Connection, ConnectionActor, LOCAL_CID_LEN};
+use crate::connection::{
+    ConnArgs, ConnMsg, Connection, ConnectionActor, Registry, CONN_MESSAGES, LOCAL_CID_LEN,
+};
 use crate::error::{ConnectError, EndpointError};
 use crate::metrics::DropReason;
+use crate::observe::{ActorKind, ActorMeter, Tracked};
 use crate::retry::RetryTokens;
 use crate::route::{Inbox, Offer, Packet, Routes};
 use crate::settings::QuicSettings;
@@ -43,22 +46,14 @@ const RECV_SLOT: usize = 65_536;
 /// Builds the application instance for each connection a server accepts.
 pub type AppFactory<A> = Arc<dyn Fn() -> A + Send + Sync>;
 
-/// Restarts of the receive loop the endpoint allows within [`RECV_LOOP_RESTART_WINDOW`];
-/// one more and the endpoint fails to its own supervisor. 3 in 5 s: a loop that panics on
-/// every batch is a bug to surface, not to hide, while a rare panic (one bad packet hitting a
-/// bug) should not take a server down.
-pub const RECV_LOOP_MAX_RESTARTS: usize = 3;
-
-/// The window [`RECV_LOOP_MAX_RESTARTS`] counts restarts in.
-pub const RECV_LOOP_RESTART_WINDOW: Duration = Duration::from_secs(5);
-
 /// Messages to the endpoint actor.
 #[non_exhaustive]
 pub enum EndpointMsg {
     /// How many connection actors are alive.
     ConnectionCount(RpcReplyPort<usize>),
     /// The receive loop panicked (with this message). The reply says whether it may restart;
-    /// past the restart budget the endpoint fails instead, to its own supervisor.
+    /// past the restart budget (`QuicSettings::receive_loop_restarts`) the endpoint fails
+    /// instead, to its own supervisor.
     ReceiveLoopFailed {
         /// The panic's message.
         reason: String,
@@ -155,6 +150,8 @@ impl Drop for SpawnGuard {
 }
 
 struct EndpointArgs<A: ConnectionApp> {
+    registry: Registry<A::Msg>,
+    meter: Arc<ActorMeter>,
     inject_panic: Arc<AtomicBool>,
     accepting: Arc<AtomicBool>,
     live: Arc<LiveSet>,
@@ -172,11 +169,11 @@ struct ServerSide<A: ConnectionApp> {
     tokens: RetryTokens,
 }
 
-struct EndpointState {
+struct EndpointState<M: Send + 'static> {
     recv_loop: Option<JoinHandle<()>>,
-    /// When the receive loop was restarted, within the restart window.
-    restarts: std::collections::VecDeque<Instant>,
     routes: Routes,
+    registry: Registry<M>,
+    meter: Arc<ActorMeter>,
     /// Live connection actors, published for `Endpoint::wait_idle`.
     live: Arc<LiveSet>,
 }
@@ -186,14 +183,14 @@ struct EndpointActor<A>(PhantomData<fn() -> A>);
 
 impl<A: ConnectionApp> Actor for EndpointActor<A> {
     type Msg = EndpointMsg;
-    type State = EndpointState;
+    type State = EndpointState<A::Msg>;
     type Arguments = EndpointArgs<A>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<EndpointMsg>,
         args: EndpointArgs<A>,
-    ) -> Result<EndpointState, ActorProcessingErr> {
+    ) -> Result<EndpointState<A::Msg>, ActorProcessingErr> {
         let cell: ActorCell = myself.get_cell();
         let routes = args.routes.clone();
         let recv = RecvLoop {
@@ -205,10 +202,13 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
             endpoint: cell,
             live: args.live.clone(),
             inject_panic: args.inject_panic,
+            registry: args.registry.clone(),
         };
+        let mailbox = Tracked::new(myself.clone(), args.meter.clone());
         Ok(EndpointState {
-            recv_loop: Some(tokio::spawn(recv.supervised(myself.clone()))),
-            restarts: Default::default(),
+            recv_loop: Some(tokio::spawn(recv.supervised(mailbox))),
+            registry: args.registry,
+            meter: args.meter,
             routes,
             live: args.live,
         })
@@ -217,7 +217,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
     async fn post_stop(
         &self,
         myself: ActorRef<EndpointMsg>,
-        st: &mut EndpointState,
+        st: &mut EndpointState<A::Msg>,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(h) = st.recv_loop.take() {
             h.abort();
@@ -236,21 +236,35 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         &self,
         myself: ActorRef<EndpointMsg>,
         msg: EndpointMsg,
-        st: &mut EndpointState,
+        st: &mut EndpointState<A::Msg>,
     ) -> Result<(), ActorProcessingErr> {
+        let meter = st.meter.clone();
+        let _busy = meter.begin(match msg {
+            EndpointMsg::ConnectionCount(_) => 0,
+            EndpointMsg::ReceiveLoopFailed { .. } => 1,
+        });
         match msg {
             EndpointMsg::ConnectionCount(reply) => {
                 let _ = reply.send(myself.get_children().len());
             }
             EndpointMsg::ReceiveLoopFailed { reason, verdict } => {
-                let now = Instant::now();
-                st.restarts
-                    .retain(|t| now.duration_since(*t) < RECV_LOOP_RESTART_WINDOW);
-                if st.restarts.len() >= RECV_LOOP_MAX_RESTARTS {
+                use crate::supervision::{FailureKind, Verdict};
+                let stats = &st.routes.stats;
+                let (decision, policy) = stats.supervision(|s| {
+                    let d = s.budget.on_failure(Instant::now());
+                    let kind = match d {
+                        Verdict::Restart => FailureKind::Restarted,
+                        Verdict::Escalate => FailureKind::Escalated,
+                    };
+                    s.failures.record("receive loop", kind, &reason);
+                    (d, s.budget.policy())
+                });
+                if decision == Verdict::Escalate {
                     tracing::error!(
-                        "receive loop failed {} times within {:?}, last: {reason}; the endpoint fails",
-                        st.restarts.len() + 1,
-                        RECV_LOOP_RESTART_WINDOW
+                        "receive loop failed past its budget ({} restarts within {:?}), last: \
+                         {reason}; the endpoint fails to its supervisor",
+                        policy.max_restarts,
+                        policy.within
                     );
                     let _ = verdict.send(false);
                     // Failing skips post_stop: stop the connections in order first.
@@ -261,13 +275,13 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
                         )
                         .await;
                     return Err(format!(
-                        "receive loop failed more than {RECV_LOOP_MAX_RESTARTS} times within \
-                         {RECV_LOOP_RESTART_WINDOW:?}; last: {reason}"
+                        "receive loop failed past its restart budget ({} within {:?}); last: \
+                         {reason}",
+                        policy.max_restarts, policy.within
                     )
                     .into());
                 }
-                st.restarts.push_back(now);
-                bump(&st.routes.stats.receive_loop_restarts);
+                bump(&stats.receive_loop_restarts);
                 warn!("receive loop panicked, restarting it: {reason}");
                 let _ = verdict.send(true);
             }
@@ -279,26 +293,36 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         &self,
         _myself: ActorRef<EndpointMsg>,
         evt: SupervisionEvent,
-        st: &mut EndpointState,
+        st: &mut EndpointState<A::Msg>,
     ) -> Result<(), ActorProcessingErr> {
-        // A connection ending never stops the endpoint.
-        match &evt {
+        // A connection ending never stops the endpoint. Its counters are settled before it
+        // leaves the live set, so whoever waited for idleness reads final figures.
+        let ended = match &evt {
             SupervisionEvent::ActorTerminated(cell, _, _)
-            | SupervisionEvent::ActorFailed(cell, _) => st.live.stopped(cell.get_id()),
-            _ => {}
-        }
+            | SupervisionEvent::ActorFailed(cell, _) => Some(cell.get_id()),
+            _ => None,
+        };
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 bump(&st.routes.stats.connections_closed);
                 trace!(actor = %cell.get_id(), "connection actor stopped");
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                // It skipped post_stop: drop the routes it held.
+                // It skipped post_stop: drop the routes it held, and its registration.
+                st.registry.remove(&cell.get_id());
                 bump(&st.routes.stats.connections_failed);
+                st.routes.stats.record_failure(
+                    format!("connection actor {}", cell.get_id()),
+                    crate::supervision::FailureKind::Failed,
+                    &err.to_string(),
+                );
                 let n = st.routes.remove_actor(cell.get_id());
                 warn!(actor = %cell.get_id(), routes = n, "connection actor failed: {err}");
             }
             _ => {}
+        }
+        if let Some(id) = ended {
+            st.live.stopped(id);
         }
         Ok(())
     }
@@ -318,17 +342,33 @@ pub struct Endpoint<A: ConnectionApp> {
     tls: TlsConfig,
     /// Client: session tickets by server name, for resumption.
     sessions: crate::sessions::SessionCache,
+    /// The live connection actors, with counted mailboxes.
+    registry: Registry<A::Msg>,
+    /// The endpoint actor's meter.
+    meter: Arc<ActorMeter>,
+    /// The application's supervisor of the endpoint actor, if any.
+    supervisor: Option<String>,
+    /// `"server"` or `"client"`.
+    role: &'static str,
     _app: PhantomData<fn() -> A>,
 }
+
+/// Names of the endpoint actor's messages, for its meter.
+const ENDPOINT_MESSAGES: &[&str] = &["connection count", "receive loop failed"];
 
 impl<A: ConnectionApp> Endpoint<A> {
     /// Binds a server endpoint. `factory` makes the application for each accepted connection.
     /// Without an identity in `tls`, a self-signed certificate for localhost is generated.
+    ///
+    /// With a `supervisor`, the endpoint actor is spawned linked under it: the application's
+    /// actor gets `ActorFailed` when the endpoint escalates (its receive loop failed past
+    /// `QuicSettings::receive_loop_restarts`) and `ActorTerminated` when it shuts down.
     pub async fn server(
         addr: SocketAddr,
         settings: QuicSettings,
         mut tls: TlsConfig,
         factory: AppFactory<A>,
+        supervisor: Option<ActorCell>,
     ) -> Result<(Self, Identity), EndpointError> {
         settings.validate()?;
         let identity = match &tls.identity {
@@ -345,17 +385,19 @@ impl<A: ConnectionApp> Endpoint<A> {
             factory,
             tokens: RetryTokens::new(),
         };
-        let ep = Self::start(addr, settings, tls, Some(server)).await?;
+        let ep = Self::start(addr, settings, tls, Some(server), supervisor).await?;
         info!(addr = %ep.local_addr, "QUIC server listening");
         Ok((ep, identity))
     }
 
     /// Binds a client endpoint (use port 0 for any). Any number of connections may share it.
-    /// A CA file in `tls` is read once, here (not on every connect), and checked.
+    /// A CA file in `tls` is read once, here (not on every connect), and checked. With a
+    /// `supervisor`, the endpoint actor runs linked under it, as for [`Endpoint::server`].
     pub async fn client(
         addr: SocketAddr,
         settings: QuicSettings,
         mut tls: TlsConfig,
+        supervisor: Option<ActorCell>,
     ) -> Result<Self, EndpointError> {
         settings.validate()?;
         if let crate::tls::Verify::CaFile(path) = &tls.verify {
@@ -380,7 +422,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             })?;
             tls.verify = parsed.verify;
         }
-        Self::start(addr, settings, tls, None).await
+        Self::start(addr, settings, tls, None, supervisor).await
     }
 
     async fn start(
@@ -388,16 +430,26 @@ impl<A: ConnectionApp> Endpoint<A> {
         settings: QuicSettings,
         tls: TlsConfig,
         server: Option<ServerSide<A>>,
+        supervisor: Option<ActorCell>,
     ) -> Result<Self, EndpointError> {
         let socket = Socket::bind(addr).map_err(|source| EndpointError::Bind { addr, source })?;
         let local_addr = socket.local_addr();
         let socket = Arc::new(socket);
         let stats = Arc::new(EndpointStats::with_metrics(settings.metrics.clone()));
+        stats.supervision(|s| {
+            s.budget = crate::supervision::RestartBudget::new(settings.receive_loop_restarts)
+        });
         let routes = Routes::new(stats.clone());
         let accepting = Arc::new(AtomicBool::new(true));
         let live = LiveSet::new();
         let inject_panic = Arc::new(AtomicBool::new(false));
+        let registry: Registry<A::Msg> = Default::default();
+        let meter = ActorMeter::new(ActorKind::Endpoint, ENDPOINT_MESSAGES);
+        let supervisor_id = supervisor.as_ref().map(|c| c.get_id().to_string());
+        let role = if server.is_some() { "server" } else { "client" };
         let args = EndpointArgs {
+            registry: registry.clone(),
+            meter: meter.clone(),
             inject_panic: inject_panic.clone(),
             accepting: accepting.clone(),
             live: live.clone(),
@@ -406,9 +458,13 @@ impl<A: ConnectionApp> Endpoint<A> {
             server,
             settings: settings.clone(),
         };
-        let (actor, _) = Actor::spawn(None, EndpointActor::<A>(PhantomData), args)
-            .await
-            .map_err(|e| EndpointError::Spawn(e.to_string()))?;
+        let spawned = match supervisor {
+            Some(sup) => {
+                Actor::spawn_linked(None, EndpointActor::<A>(PhantomData), args, sup).await
+            }
+            None => Actor::spawn(None, EndpointActor::<A>(PhantomData), args).await,
+        };
+        let (actor, _) = spawned.map_err(|e| EndpointError::Spawn(e.to_string()))?;
         Ok(Endpoint {
             actor,
             inject_panic,
@@ -421,6 +477,10 @@ impl<A: ConnectionApp> Endpoint<A> {
             settings,
             tls,
             sessions: Default::default(),
+            registry,
+            meter,
+            supervisor: supervisor_id,
+            role,
             _app: PhantomData,
         })
     }
@@ -459,17 +519,15 @@ impl<A: ConnectionApp> Endpoint<A> {
 
     /// Sends an application message (made by `make`) to every live connection actor.
     pub fn broadcast(&self, make: impl Fn() -> A::Msg) {
-        for cell in self.actor.get_children() {
-            let conn: ActorRef<ConnMsg<A::Msg>> = cell.into();
-            let _ = conn.cast(ConnMsg::App(make()));
+        for conn in self.registry.iter() {
+            let _ = conn.value().cast(ConnMsg::App(make()));
         }
     }
 
     /// Closes every connection with an application error code.
     pub fn close_all(&self, code: u64, reason: &str) {
-        for cell in self.actor.get_children() {
-            let conn: ActorRef<ConnMsg<A::Msg>> = cell.into();
-            let _ = conn.cast(ConnMsg::Close {
+        for conn in self.registry.iter() {
+            let _ = conn.value().cast(ConnMsg::Close {
                 space: crate::connection::ErrorSpace::Application,
                 code,
                 reason: reason.as_bytes().to_vec(),
@@ -490,6 +548,66 @@ impl<A: ConnectionApp> Endpoint<A> {
             .into_iter()
             .map(ActorRef::from)
             .collect()
+    }
+
+    /// The live tree under this endpoint: its actor, receive loop and restart budget, its
+    /// failure ring, and every connection with its streams. Taken while traffic runs: each
+    /// connection answers one message between turns; one that does not answer within
+    /// [`crate::snapshot::SNAPSHOT_CONNECTION_TIMEOUT`] is listed from its meter alone
+    /// (`answered: false`), so a stuck connection shows up instead of stalling the snapshot.
+    ///
+    /// Cancel safety: cancel-safe (the connections' answers are dropped).
+    pub async fn snapshot(&self) -> crate::snapshot::EndpointSnapshot {
+        use crate::snapshot::{ActorNode, ConnectionSnapshot, EndpointSnapshot, ReceiveLoopNode};
+        use crate::supervision::BudgetView;
+        let conns: Vec<Tracked<ConnMsg<A::Msg>>> =
+            self.registry.iter().map(|e| e.value().clone()).collect();
+        let answers = futures::future::join_all(conns.iter().map(|c| async move {
+            c.meter().on_send();
+            let r = c
+                .actor()
+                .call(
+                    ConnMsg::Snapshot,
+                    Some(crate::snapshot::SNAPSHOT_CONNECTION_TIMEOUT),
+                )
+                .await;
+            match r {
+                Ok(ractor::rpc::CallResult::Success(s)) => s,
+                _ => ConnectionSnapshot::unanswered(ActorNode::of(
+                    &c.actor().get_cell(),
+                    ActorKind::Connection,
+                    c.meter().view(),
+                )),
+            }
+        }))
+        .await;
+        let now = Instant::now();
+        let (budget, failures, failures_total): (BudgetView, _, _) = self
+            .stats
+            .supervision(|s| (s.budget.view(now), s.failures.entries(), s.failures.total()));
+        let mut connections: Vec<ConnectionSnapshot> = answers;
+        connections.sort_by(|a, b| a.trace_id.cmp(&b.trace_id));
+        EndpointSnapshot {
+            taken_at_unix_secs: std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            actor: ActorNode::of(
+                &self.actor.get_cell(),
+                ActorKind::Endpoint,
+                self.meter.view(),
+            ),
+            role: self.role,
+            local_addr: self.local_addr,
+            supervisor: self.supervisor.clone(),
+            receive_loop: ReceiveLoopNode {
+                restarts: self.stats.snapshot().receive_loop_restarts,
+                budget,
+            },
+            failures,
+            failures_total,
+            counters: self.stats.snapshot(),
+            connections,
+        }
     }
 
     /// Number of actors running under all connection actors (for HTTP/3: live request streams).
@@ -664,6 +782,7 @@ impl<A: ConnectionApp> Endpoint<A> {
         self.routes.insert(&scid, inbox.clone());
         let (est_tx, est_rx) = oneshot::channel();
         let (closed_tx, closed_rx) = watch::channel(None);
+        let meter = ActorMeter::new(ActorKind::Connection, CONN_MESSAGES);
         let args = ConnArgs {
             conn,
             app,
@@ -679,6 +798,10 @@ impl<A: ConnectionApp> Endpoint<A> {
             session_cache: Some(self.sessions.slot(server_name)),
             keylog: self.settings.keylog_file.clone(),
             qlog_dir: self.settings.qlog_dir.clone(),
+            meter: meter.clone(),
+            registry: self.registry.clone(),
+            idle_timeout: self.settings.idle_timeout,
+            max_streams_bidi: self.settings.initial_max_streams_bidi,
         };
         let guard = self.live.spawning();
         let spawned = Actor::spawn_linked(
@@ -697,7 +820,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             }
         };
         Ok(PendingConnect {
-            handle: Some(Connection::new(actor, closed_rx, peer)),
+            handle: Some(Connection::new(Tracked::new(actor, meter), closed_rx, peer)),
             established: est_rx,
             peer,
             ip,
@@ -767,7 +890,7 @@ impl<M: Send + 'static> Drop for PendingConnect<M> {
         if let Some(handle) = self.handle.take() {
             // Abandoned (another address won, or the caller gave up): close it now rather
             // than let it retransmit Initials until the handshake timeout.
-            let _ = handle.actor().cast(ConnMsg::Close {
+            let _ = handle.mailbox().cast(ConnMsg::Close {
                 space: crate::connection::ErrorSpace::Transport,
                 code: 0,
                 reason: b"abandoned".to_vec(),
@@ -792,13 +915,14 @@ struct RecvLoop<A: ConnectionApp> {
     endpoint: ActorCell,
     live: Arc<LiveSet>,
     inject_panic: Arc<AtomicBool>,
+    registry: Registry<A::Msg>,
 }
 
 impl<A: ConnectionApp> RecvLoop<A> {
     /// Runs the loop under the endpoint actor's supervision: a panic is caught and reported,
     /// and the loop restarts (with its state: socket, routes, server configuration) only if
     /// the endpoint allows it.
-    async fn supervised(mut self, endpoint: ActorRef<EndpointMsg>) {
+    async fn supervised(mut self, endpoint: Tracked<EndpointMsg>) {
         use futures::FutureExt;
         loop {
             let panic = match std::panic::AssertUnwindSafe(self.run())
@@ -813,7 +937,9 @@ impl<A: ConnectionApp> RecvLoop<A> {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
+            endpoint.meter().on_send();
             let restart = endpoint
+                .actor()
                 .call(
                     |verdict| EndpointMsg::ReceiveLoopFailed { reason, verdict },
                     None,
@@ -987,6 +1113,10 @@ impl<A: ConnectionApp> RecvLoop<A> {
             session_cache: None,
             keylog: self.settings.keylog_file.clone(),
             qlog_dir: self.settings.qlog_dir.clone(),
+            meter: ActorMeter::new(ActorKind::Connection, CONN_MESSAGES),
+            registry: self.registry.clone(),
+            idle_timeout: self.settings.idle_timeout,
+            max_streams_bidi: self.settings.initial_max_streams_bidi,
         };
         let guard = self.live.spawning();
         // Counted until the connection leaves its handshake (the actor says when).

@@ -2,7 +2,7 @@
 //!
 //! Two pure parts, beside the endpoint that drives them:
 //! - [`order`]: which address to try first (RFC 8305 §4: families interleaved, IPv6 first);
-//! - [`Race`]: when to start the next attempt (RFC 8305 §5: after the Connection Attempt
+//! - `Race`: when to start the next attempt (RFC 8305 §5: after the Connection Attempt
 //!   Delay, or at once when the latest attempt failed) and when to give up (every attempt
 //!   failed).
 //!

@@ -9,16 +9,20 @@
 
 mod app;
 mod connection;
+pub mod diagnose;
 mod endpoint;
 mod error;
 pub mod eyeballs;
 mod gso;
 pub mod metrics;
+pub mod observe;
 mod retry;
 mod route;
 mod sessions;
 mod settings;
+pub mod snapshot;
 mod stats;
+pub mod supervision;
 mod tls;
 mod udp;
 
@@ -26,17 +30,22 @@ pub use app::{AppError, ConnCx, ConnectionApp};
 pub use connection::{
     CloseReason, ConnMsg, Connection, ConnectionInfo, ErrorSpace, Stage, LOCAL_CID_LEN,
 };
-pub use endpoint::{
-    AppFactory, Endpoint, EndpointMsg, RECV_LOOP_MAX_RESTARTS, RECV_LOOP_RESTART_WINDOW,
-};
+pub use endpoint::{AppFactory, Endpoint, EndpointMsg};
 pub use error::{ConfigError, ConnectError, EndpointError};
 pub use eyeballs::resolve;
 pub use metrics::{
     DropReason, Metrics, NoMetrics, PrometheusMetrics, SharedMetrics, StreamEnd, StreamSummary,
 };
+pub use observe::{ActorKind, ActorMeter, MeterView, Tracked};
 pub use retry::TOKEN_LIFETIME;
 pub use settings::{CongestionControl, QuicSettings};
+pub use snapshot::{
+    ActorNode, ConnectionSnapshot, DirectionSnapshot, EndpointSnapshot, StreamSnapshot,
+};
 pub use stats::{EndpointStats, EndpointStatsSnapshot};
+pub use supervision::{
+    BudgetView, Failure, FailureKind, FailureRing, RestartBudget, RestartPolicy, Verdict,
+};
 pub use tls::{Identity, TlsConfig, Verify, SELF_SIGNED_NAMES};
 
 // With `ractor/cluster` enabled anywhere in the graph, message types need explicit impls.

@@ -60,6 +60,19 @@ pub enum StreamEnd {
     StopSendingReceived(u64),
 }
 
+impl StreamEnd {
+    /// The end's name (`fin`, `reset_sent`, ...) and its error code, if it has one.
+    pub fn parts(self) -> (&'static str, Option<u64>) {
+        match self {
+            StreamEnd::Fin => ("fin", None),
+            StreamEnd::ResetSent(c) => ("reset_sent", Some(c)),
+            StreamEnd::ResetReceived(c) => ("reset_received", Some(c)),
+            StreamEnd::StopSendingSent(c) => ("stop_sending_sent", Some(c)),
+            StreamEnd::StopSendingReceived(c) => ("stop_sending_received", Some(c)),
+        }
+    }
+}
+
 /// What a stream did, reported once when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -51,6 +51,10 @@ pub struct QuicSettings {
     /// on a working path is done by then, and a dead first address costs a quarter second.
     /// Must be within 10 ms..=2 s (RFC 8305 §5's bounds).
     pub connection_attempt_delay: Duration,
+    /// How often the endpoint restarts a failed UDP receive loop before it fails itself, to
+    /// its own supervisor (the application's, see `docs/supervision.md`). Default OTP's: 1
+    /// restart within 5 s.
+    pub receive_loop_restarts: crate::supervision::RestartPolicy,
     /// Connection-level receive window (`initial_max_data`). Default 10 MiB: fills a
     /// ~1 Gbit/s x 80 ms path without waiting on MAX_DATA.
     pub initial_max_data: u64,
@@ -113,6 +117,7 @@ impl Default for QuicSettings {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(5),
             connection_attempt_delay: Duration::from_millis(250),
+            receive_loop_restarts: Default::default(),
             initial_max_data: 10 * 1024 * 1024,
             initial_max_stream_data_bidi: 1024 * 1024,
             initial_max_stream_data_uni: 1024 * 1024,
@@ -173,6 +178,8 @@ impl QuicSettings {
                 ),
             });
         }
+        self.receive_loop_restarts
+            .validate("receive_loop_restarts")?;
         for (field, v) in [
             ("max_connections", self.max_connections),
             ("max_handshakes", self.max_handshakes),

@@ -22,10 +22,37 @@ pub struct EndpointStats {
     pub(crate) handshaking: AtomicU64,
     /// The sink every event is also reported to.
     pub(crate) metrics: crate::metrics::SharedMetrics,
+    /// The endpoint's supervision record: the receive loop's restart budget and the last
+    /// failures of everything below the endpoint (receive loop, connections, streams).
+    pub(crate) supervision: std::sync::Mutex<Supervision>,
+}
+
+/// What an endpoint's supervisor keeps.
+#[derive(Debug, Default)]
+pub(crate) struct Supervision {
+    pub(crate) budget: crate::supervision::RestartBudget,
+    pub(crate) failures: crate::supervision::FailureRing,
+}
+
+impl EndpointStats {
+    /// Runs `f` on the supervision record.
+    pub(crate) fn supervision<R>(&self, f: impl FnOnce(&mut Supervision) -> R) -> R {
+        f(&mut self.supervision.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Records the failure of something below the endpoint.
+    pub(crate) fn record_failure(
+        &self,
+        who: impl Into<String>,
+        kind: crate::supervision::FailureKind,
+        why: &str,
+    ) {
+        self.supervision(|s| s.failures.record(who, kind, why));
+    }
 }
 
 /// A point-in-time copy of [`EndpointStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct EndpointStatsSnapshot {
     /// UDP datagrams read from the socket.

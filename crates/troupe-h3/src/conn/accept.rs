@@ -99,13 +99,14 @@ impl H3App {
             signalled = Some(p);
         }
         let signal = PriorityCell::new(signalled);
+        let stats = StreamStats::new(stream_id, Instant::now());
+        stats.set_request(head.method.clone(), path_of(&head.uri));
         let role = Role::Server {
             head,
             fin: !more_frames,
             handler,
             priority: signal.clone(),
         };
-        let stats = StreamStats::new(stream_id, Instant::now());
         let key = signalled.unwrap_or(Priority::RESPONSE_DEFAULT);
         if self
             .spawn_stream(cx, stream_id, role, stats, Some(signal), key)
@@ -129,4 +130,10 @@ impl H3App {
             }
         }
     }
+}
+
+/// The path (and query) of a request target, as the live tree shows it.
+pub(super) fn path_of(uri: &http::Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.to_string(), |p| p.as_str().to_string())
 }

@@ -64,7 +64,11 @@ impl H3App {
         let Side::Client(c) = &mut self.side else {
             return;
         };
-        if !c.waiting.is_empty() || cx.conn.peer_streams_left_bidi() == 0 {
+        // Not gated on `peer_streams_left_bidi()`: a request blocked for room has already
+        // created its QUIC stream (quiche's `send_request` opens it before finding the headers
+        // do not fit), so the count reads 0 while that request still owns the slot. quiche
+        // itself answers StreamLimit when there is truly no slot.
+        if !c.waiting.is_empty() {
             c.waiting.push_back(req);
         } else {
             self.start_request(cx, req).await;
@@ -77,28 +81,31 @@ impl H3App {
             let Side::Client(c) = &mut self.side else {
                 return;
             };
-            if cx.conn.peer_streams_left_bidi() == 0 {
-                return;
-            }
             let Some(req) = c.waiting.pop_front() else {
                 return;
             };
-            self.start_request(cx, req).await;
+            if self.start_request(cx, req).await == Start::Blocked {
+                // quiche has no room for the header section now: retrying at once would spin.
+                // Packets (ACKs, MAX_DATA, MAX_STREAMS) bring the next attempt.
+                return;
+            }
         }
     }
 
-    async fn start_request(&mut self, cx: &mut ConnCx<'_, H3Msg>, req: PendingRequest) {
+    /// Puts one request on the wire, or back at the head of the queue when quiche has no room
+    /// for it yet (`Start::Blocked`).
+    async fn start_request(&mut self, cx: &mut ConnCx<'_, H3Msg>, req: PendingRequest) -> Start {
         let Some(h3) = self.h3.as_mut() else {
             let _ = req.reply.send(Err(RequestError::ConnectionClosed(
                 "no HTTP/3 connection".into(),
             )));
-            return;
+            return Start::Done;
         };
         let list = match headers::request_headers(&req.head) {
             Ok(l) => l,
             Err(e) => {
                 let _ = req.reply.send(Err(RequestError::InvalidRequest(e)));
-                return;
+                return Start::Done;
             }
         };
         let fin = req.body.is_end_stream();
@@ -108,6 +115,10 @@ impl H3App {
                 // The audit clock starts at the caller's request: the wait for a stream slot
                 // is the client's header wait.
                 let stats = StreamStats::new(stream_id, req.created);
+                stats.set_request(
+                    req.head.method.clone(),
+                    super::accept::path_of(&req.head.uri),
+                );
                 stats.update(|a| a.headers_wait = Some(req.created.elapsed()));
                 let role = Role::Client {
                     body: req.body,
@@ -124,10 +135,12 @@ impl H3App {
             }
             Err(h3::Error::StreamBlocked)
             | Err(h3::Error::TransportError(quiche::Error::StreamLimit)) => {
-                // Wait for MAX_STREAMS: retried when packets arrive, no timer.
+                // Wait for MAX_STREAMS or flow-control room: retried when packets arrive, no
+                // timer.
                 if let Side::Client(c) = &mut self.side {
                     c.waiting.push_front(req);
                 }
+                return Start::Blocked;
             }
             Err(h3::Error::FrameUnexpected) => {
                 let _ = req.reply.send(Err(RequestError::GoingAway));
@@ -138,5 +151,15 @@ impl H3App {
                     .send(Err(RequestError::ConnectionClosed(e.to_string())));
             }
         }
+        Start::Done
     }
+}
+
+/// What became of one attempt to start a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// It started, or failed for good (its caller has been told).
+    Done,
+    /// quiche has no room for it yet; it is back at the head of the queue.
+    Blocked,
 }

@@ -153,9 +153,14 @@ impl H3App {
         // in one hand-over.
         let room = cx.conn.stream_capacity(stream_id).unwrap_or(0);
         let credit = room.max(INITIAL_CREDIT).min(self.settings.send_window);
+        let meter = troupe_transport::ActorMeter::new(
+            troupe_transport::ActorKind::Stream,
+            crate::stream::STREAM_MESSAGES,
+        );
         let args = StreamArgs {
             stream_id,
-            conn: cx.myself.clone(),
+            conn: cx.mailbox.clone(),
+            meter: meter.clone(),
             settings: self.settings.clone(),
             trace_id: cx.trace_id.to_string(),
             role,
@@ -168,7 +173,8 @@ impl H3App {
                 self.routes.insert(
                     stream_id,
                     Route {
-                        actor,
+                        actor: troupe_transport::Tracked::new(actor, meter),
+                        blocked_since: None,
                         read,
                         write,
                         key,
@@ -299,7 +305,7 @@ impl ConnectionApp for H3App {
         self.h3 = Some(h3);
         if let (true, Some(t)) = (cx.conn.is_server(), self.settings.post_accept_timeout) {
             // One one-shot timer task per connection; a cast to a stopped actor is a no-op.
-            let me = cx.myself.clone();
+            let me = cx.mailbox.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(t).await;
                 let _ = me.cast(troupe_transport::ConnMsg::App(H3Msg::PostAcceptTimeout));
@@ -409,6 +415,9 @@ impl ConnectionApp for H3App {
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some((id, route)) = self.unroute(cell.get_id()) {
+                    let why = err.to_string();
+                    route.actor.meter().failed(&why);
+                    cx.record_child_failure(&format!("stream {id}"), &why);
                     route.stats.update(|a| {
                         a.failed = true;
                         a.send_end
@@ -427,12 +436,38 @@ impl ConnectionApp for H3App {
         Ok(())
     }
 
+    fn streams_snapshot(
+        &self,
+        _conn: &quiche::Connection,
+    ) -> Vec<troupe_transport::StreamSnapshot> {
+        let mut out: Vec<_> = self
+            .routes
+            .values()
+            .map(|r| {
+                let actor = troupe_transport::ActorNode::of(
+                    &r.actor.actor().get_cell(),
+                    troupe_transport::ActorKind::Stream,
+                    r.actor.meter().view(),
+                );
+                let read = match r.read {
+                    ReadCredit::Open(n) => Some(n as u64),
+                    ReadCredit::Closed => None,
+                };
+                r.stats
+                    .tree_node(actor, read, self.settings.redact_paths)
+                    .with_blocked_for(r.blocked_since.map(|t| t.elapsed().as_secs_f64()))
+            })
+            .collect();
+        out.sort_by_key(|s| s.stream_id);
+        out
+    }
+
     fn before_flush(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
         self.try_send_goaway(cx);
         if let Side::Server(s) = &mut self.side {
             if std::mem::take(&mut s.drain_check_due) {
                 let _ = cx
-                    .myself
+                    .mailbox
                     .cast(troupe_transport::ConnMsg::App(H3Msg::DrainCheck));
             }
         }

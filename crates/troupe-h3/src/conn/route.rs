@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use ractor::ActorRef;
+use troupe_transport::Tracked;
 
 use super::msg::OutFrame;
 use crate::audit::StreamStats;
@@ -55,7 +55,8 @@ pub(super) enum AfterHeld {
 
 /// One routed stream.
 pub(super) struct Route {
-    pub(super) actor: ActorRef<StreamMsg>,
+    /// The stream actor, its sends counted in its meter.
+    pub(super) actor: Tracked<StreamMsg>,
     pub(super) read: ReadCredit,
     pub(super) write: Outbound,
     /// The scheduling key (RFC 9218): the handler's priority if it chose one, else the
@@ -66,6 +67,9 @@ pub(super) struct Route {
     pub(super) stats: StreamStats,
     /// Server: handle to the client's priority signal, watched by the handler.
     pub(super) signal: Option<Arc<PriorityCell>>,
+    /// Since when quiche has refused this stream's bytes for lack of flow-control room (they
+    /// wait in `Held`); `None` while it writes freely.
+    pub(super) blocked_since: Option<std::time::Instant>,
 }
 
 impl Route {

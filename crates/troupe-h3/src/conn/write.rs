@@ -264,6 +264,15 @@ impl H3App {
                     credit,
                 });
             }
+            // Bytes waiting (or wanting room) that quiche had no room for: flow control (or
+            // congestion) holds the stream; the live tree shows for how long.
+            let waiting =
+                admitted && matches!(route.write, Outbound::Held { .. } | Outbound::Wants);
+            match (waiting, route.blocked_since) {
+                (true, None) => route.blocked_since = Some(std::time::Instant::now()),
+                (false, Some(_)) => route.blocked_since = None,
+                _ => {}
+            }
             match route.write {
                 Outbound::Granted => {
                     gate.block(route.key);

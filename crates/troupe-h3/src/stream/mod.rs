@@ -21,7 +21,7 @@ use quiche::h3::Header;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 use tracing::{debug, info_span, trace, Instrument};
-use troupe_transport::ConnMsg;
+use troupe_transport::{ActorMeter, ConnMsg, Tracked};
 
 use crate::audit::{StreamEnd, StreamStats};
 use crate::body::{Body, BodyCancelled, BodyWriter, End, Frame, RecvBody};
@@ -104,11 +104,38 @@ pub enum StreamMsg {
     },
 }
 
+/// Names of the stream actor's messages, for its meter (indexed by `StreamMsg::code`).
+pub(crate) const STREAM_MESSAGES: &[&str] = &[
+    "body",
+    "headers",
+    "peer reset",
+    "peer stop sending",
+    "written",
+    "poll",
+    "body dropped",
+    "shutdown",
+];
+
+impl StreamMsg {
+    fn code(&self) -> u8 {
+        match self {
+            StreamMsg::Body { .. } => 0,
+            StreamMsg::Headers { .. } => 1,
+            StreamMsg::PeerReset(_) => 2,
+            StreamMsg::PeerStopSending(_) => 3,
+            StreamMsg::Written { .. } => 4,
+            StreamMsg::Poll => 5,
+            StreamMsg::RecvDropped => 6,
+            StreamMsg::Shutdown { .. } => 7,
+        }
+    }
+}
+
 /// Explicit control of one request stream by the application: found in a server request's
 /// extensions and in a client response's extensions.
 #[derive(Clone)]
 pub struct StreamControl {
-    actor: ActorRef<StreamMsg>,
+    actor: Tracked<StreamMsg>,
     stream_id: u64,
 }
 
@@ -149,7 +176,9 @@ type ReplyTx = oneshot::Sender<Result<Response<RecvBody>, RequestError>>;
 /// What a stream actor starts with.
 pub(crate) struct StreamArgs {
     pub(crate) stream_id: u64,
-    pub(crate) conn: ActorRef<ConnMsg<H3Msg>>,
+    pub(crate) conn: Tracked<ConnMsg<H3Msg>>,
+    /// This actor's meter (made by the connection, which keeps a counted reference).
+    pub(crate) meter: Arc<ActorMeter>,
     pub(crate) settings: Arc<H3Settings>,
     pub(crate) trace_id: String,
     pub(crate) role: Role,
@@ -240,7 +269,9 @@ pub(crate) struct StreamActor;
 pub(crate) struct StreamState {
     id: u64,
     kind: Kind,
-    conn: ActorRef<ConnMsg<H3Msg>>,
+    conn: Tracked<ConnMsg<H3Msg>>,
+    /// Counted references to this actor, for what it hands out (waker, body, control).
+    me: Tracked<StreamMsg>,
     settings: Arc<H3Settings>,
     send: SendState,
     recv: RecvState,
@@ -263,7 +294,32 @@ pub(crate) struct StreamState {
     stats: StreamStats,
     /// What was last copied into `stats` (sent, received, send state, receive state): the
     /// shared figures are only locked when something changed.
-    synced: (u64, u64, SendState, RecvState),
+    synced: Synced,
+}
+
+/// What a stream actor last copied into its shared figures: they are locked only when
+/// something changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Synced {
+    sent: u64,
+    received: u64,
+    send: SendState,
+    recv: RecvState,
+    credit: u64,
+    pending_out: u64,
+}
+
+impl Default for Synced {
+    fn default() -> Self {
+        Synced {
+            sent: 0,
+            received: 0,
+            send: SendState::Idle,
+            recv: RecvState::AwaitingHeaders,
+            credit: 0,
+            pending_out: 0,
+        }
+    }
 }
 
 /// Interim responses waiting in a stream actor.
@@ -321,7 +377,7 @@ impl Interim {
 
 /// Wakes the stream actor by casting it `Poll`, at most once until it is handled.
 struct ActorWaker {
-    actor: ActorRef<StreamMsg>,
+    actor: Tracked<StreamMsg>,
     scheduled: AtomicBool,
 }
 
@@ -350,14 +406,16 @@ impl Actor for StreamActor {
         // Runs inside the connection actor's handler (spawn_linked): keep it trivial (no user
         // code, no I/O; a few allocations).
         let span = info_span!(parent: None, "stream", conn_id = %args.trace_id, stream_id = args.stream_id);
+        let me = Tracked::new(myself.clone(), args.meter);
         let waker = Arc::new(ActorWaker {
-            actor: myself.clone(),
+            actor: me.clone(),
             scheduled: AtomicBool::new(false),
         });
         let mut st = StreamState {
             id: args.stream_id,
             kind: Kind::Client,
             conn: args.conn,
+            me,
             settings: args.settings,
             send: SendState::Idle,
             recv: RecvState::AwaitingHeaders,
@@ -372,7 +430,7 @@ impl Actor for StreamActor {
             body_received: 0,
             body_sent: 0,
             stats: args.stats,
-            synced: (0, 0, SendState::Idle, RecvState::AwaitingHeaders),
+            synced: Synced::default(),
         };
         match args.role {
             Role::Server {
@@ -383,17 +441,19 @@ impl Actor for StreamActor {
             } => {
                 st.kind = Kind::Server;
                 st.content_length = content_length(&head.headers);
-                let body = st.open_recv(&myself);
+                let body = st.open_recv();
                 let mut request = Request::from_parts(head, body);
                 request.extensions_mut().insert(StreamControl {
-                    actor: myself.clone(),
+                    actor: st.me.clone(),
                     stream_id: st.id,
                 });
                 request
                     .extensions_mut()
                     .insert(PrioritySignal::new(priority));
                 request.extensions_mut().insert(st.stats.clone());
-                request.extensions_mut().insert(ConnTag(st.conn.get_id()));
+                request
+                    .extensions_mut()
+                    .insert(ConnTag(st.conn.actor().get_id()));
                 st.producer = Producer::Call {
                     handler,
                     request: Box::new(request),
@@ -468,9 +528,11 @@ impl Actor for StreamActor {
         msg: StreamMsg,
         st: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
+        let meter = st.me.meter().clone();
+        let _busy = meter.begin(msg.code());
         let span = st.span.clone();
         async {
-            st.on_message(&myself, msg);
+            st.on_message(msg);
             st.drive(&myself);
             st.sync_audit();
         }
@@ -481,8 +543,9 @@ impl Actor for StreamActor {
 }
 
 impl StreamState {
-    fn open_recv(&mut self, myself: &ActorRef<StreamMsg>) -> RecvBody {
+    fn open_recv(&mut self) -> RecvBody {
         let (writer, shared) = BodyWriter::new();
+        self.stats.set_recv_buffer(shared.clone());
         self.consumer = Consumer::Body(writer);
         // The message head arrived; a FIN behind it is taken as its own event (`recv_fin`).
         let _ = self.recv.on_headers(false);
@@ -490,7 +553,7 @@ impl StreamState {
             shared,
             self.id,
             self.conn.clone(),
-            myself.clone(),
+            self.me.clone(),
             self.settings.recv_window,
         )
     }
@@ -516,11 +579,25 @@ impl StreamState {
 
     /// Copies the byte counts and how each direction ended into the shared audit figures.
     fn sync_audit(&mut self) {
-        let now = (self.body_sent, self.body_received, self.send, self.recv);
+        let credit = match self.credit {
+            WriteCredit::Has(n) | WriteCredit::Fresh(n) => n as u64,
+            WriteCredit::Asked => 0,
+        };
+        let pending_out =
+            self.carry.as_ref().map_or(0, |c| c.len() as u64) + self.send.inflight() as u64;
+        let now = Synced {
+            sent: self.body_sent,
+            received: self.body_received,
+            send: self.send,
+            recv: self.recv,
+            credit,
+            pending_out,
+        };
         if now == self.synced {
             return;
         }
         self.synced = now;
+        let (send_state, recv_state) = (self.send.name(), self.recv.name());
         let send_end = match self.send {
             SendState::FinSent => Some(StreamEnd::Fin),
             SendState::ResetSent(c) => Some(StreamEnd::ResetSent(c)),
@@ -539,6 +616,10 @@ impl StreamState {
             a.bytes_received = received;
             a.send_end = send_end;
             a.recv_end = recv_end;
+            a.send_state = send_state;
+            a.recv_state = recv_state;
+            a.write_credit = credit;
+            a.pending_out = pending_out;
         });
         // The end is stamped by the connection when it retires the route (one clock read
         // per stream, not two).
@@ -557,7 +638,7 @@ impl StreamState {
         let _ = self.conn.cast(ConnMsg::App(msg));
     }
 
-    fn on_message(&mut self, myself: &ActorRef<StreamMsg>, msg: StreamMsg) {
+    fn on_message(&mut self, msg: StreamMsg) {
         match msg {
             StreamMsg::Body { chunks, fin } => {
                 if self.recv.on_data().is_ok() {
@@ -584,7 +665,7 @@ impl StreamState {
                     self.recv_fin();
                 }
             }
-            StreamMsg::Headers { list, fin } => self.on_headers(myself, list, fin),
+            StreamMsg::Headers { list, fin } => self.on_headers(list, fin),
             StreamMsg::PeerReset(code) => {
                 if self.recv.on_reset(code).is_ok() {
                     debug!(code, "peer reset the stream");
@@ -675,7 +756,7 @@ impl StreamState {
         self.carry = None;
     }
 
-    fn on_headers(&mut self, myself: &ActorRef<StreamMsg>, list: Vec<Header>, fin: bool) {
+    fn on_headers(&mut self, list: Vec<Header>, fin: bool) {
         if self.recv == RecvState::AwaitingHeaders {
             // The first response byte: an interim or the final response.
             self.stats.first_headers(Instant::now(), None);
@@ -715,13 +796,13 @@ impl StreamState {
             else {
                 return;
             };
-            let body = self.open_recv(myself);
+            let body = self.open_recv();
             if fin {
                 self.recv_fin();
             }
             let mut resp = Response::from_parts(parts, body);
             resp.extensions_mut().insert(StreamControl {
-                actor: myself.clone(),
+                actor: self.me.clone(),
                 stream_id: self.id,
             });
             resp.extensions_mut().insert(self.stats.clone());

@@ -49,6 +49,19 @@ pub enum RecvState {
 pub struct Refused;
 
 impl SendState {
+    /// The state's name, for the live tree.
+    pub fn name(self) -> &'static str {
+        match self {
+            SendState::Idle => "idle",
+            SendState::Informational => "informational",
+            SendState::Open { .. } => "open",
+            SendState::FinQueued { .. } => "fin_queued",
+            SendState::FinSent => "fin_sent",
+            SendState::ResetSent(_) => "reset_sent",
+            SendState::Stopped(_) => "stopped",
+        }
+    }
+
     /// Whether the direction is finished.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -145,6 +158,17 @@ impl SendState {
 }
 
 impl RecvState {
+    /// The state's name, for the live tree.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecvState::AwaitingHeaders => "awaiting_headers",
+            RecvState::Open => "open",
+            RecvState::FinReceived => "fin_received",
+            RecvState::ResetReceived(_) => "reset_received",
+            RecvState::StopSendingSent(_) => "stop_sending_sent",
+        }
+    }
+
     /// Whether the direction is finished.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -1,0 +1,312 @@
+//! The live tree: endpoint -> connections -> streams, as plain serializable data.
+//!
+//! Taken by [`crate::Endpoint::snapshot`] while traffic runs: each connection actor answers
+//! one `Snapshot` message between two turns (its streams' figures are read from shared
+//! counters, never by messaging the stream actors); a connection too busy to answer within
+//! [`SNAPSHOT_CONNECTION_TIMEOUT`] still appears, from its meter, with `answered: false`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::observe::{ActorKind, MeterView};
+use crate::supervision::{BudgetView, Failure};
+
+/// How long a snapshot waits for one connection actor's answer. 100 ms: a connection turn
+/// takes microseconds; one that takes this long is stuck, and the snapshot says so rather
+/// than wait for it.
+pub const SNAPSHOT_CONNECTION_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// An actor's identity and figures, common to every node of the tree.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ActorNode {
+    /// What kind of actor.
+    pub kind: ActorKind,
+    /// ractor's actor id.
+    pub id: String,
+    /// ractor's status (`Running`, `Stopping`, ...).
+    pub status: String,
+    /// Mailbox, busy time, current handler, last error.
+    #[serde(flatten)]
+    pub meter: MeterView,
+}
+
+impl ActorNode {
+    /// The node of `cell`, with `meter`'s figures.
+    pub fn of(cell: &ractor::ActorCell, kind: ActorKind, meter: MeterView) -> Self {
+        ActorNode {
+            kind,
+            id: cell.get_id().to_string(),
+            status: format!("{:?}", cell.get_status()),
+            meter,
+        }
+    }
+}
+
+/// The whole tree under one endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct EndpointSnapshot {
+    /// When the snapshot was taken, seconds since the Unix epoch.
+    pub taken_at_unix_secs: f64,
+    /// The endpoint actor.
+    pub actor: ActorNode,
+    /// `"server"` or `"client"`.
+    pub role: &'static str,
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    /// The application's actor supervising the endpoint, if any.
+    pub supervisor: Option<String>,
+    /// The UDP receive loop: its restart budget.
+    pub receive_loop: ReceiveLoopNode,
+    /// The last failures under this endpoint (receive loop, connections, streams), oldest
+    /// first.
+    pub failures: Vec<Failure>,
+    /// Failures ever recorded, including those no longer in `failures`.
+    pub failures_total: u64,
+    /// The endpoint's counters.
+    pub counters: crate::stats::EndpointStatsSnapshot,
+    /// Every live connection.
+    pub connections: Vec<ConnectionSnapshot>,
+}
+
+/// The receive loop, a long-lived child of the endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ReceiveLoopNode {
+    /// Restarts ever.
+    pub restarts: u64,
+    /// Restarts used in the current window, and the policy.
+    pub budget: BudgetView,
+}
+
+/// Where a connection is, as a word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StageName {
+    /// Handshake in progress.
+    Handshake,
+    /// Established.
+    Established,
+    /// Draining after a CONNECTION_CLOSE.
+    Draining,
+    /// Closed; the actor is stopping.
+    Closing,
+}
+
+/// One connection and its streams.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ConnectionSnapshot {
+    /// The connection actor.
+    pub actor: ActorNode,
+    /// Whether the actor answered in time; if not, only `actor` is filled in.
+    pub answered: bool,
+    /// quiche's trace id.
+    pub trace_id: String,
+    /// Our connection ids (hex).
+    pub source_ids: Vec<String>,
+    /// The peer's connection id in use (hex).
+    pub destination_id: String,
+    /// The peer's address.
+    pub peer: Option<SocketAddr>,
+    /// Our address on the active path.
+    pub local: Option<SocketAddr>,
+    /// The negotiated ALPN (empty before the handshake completes).
+    pub alpn: String,
+    /// Where the connection is.
+    pub stage: Option<StageName>,
+    /// Smoothed RTT, ms.
+    pub rtt_ms: Option<f64>,
+    /// Minimum RTT, ms.
+    pub min_rtt_ms: Option<f64>,
+    /// Congestion window, bytes.
+    pub cwnd: Option<usize>,
+    /// Bytes sent and neither acknowledged nor declared lost (an estimate from quiche's
+    /// counters, which do not expose the congestion controller's own figure).
+    pub bytes_in_flight: u64,
+    /// Path MTU, bytes.
+    pub pmtu: Option<usize>,
+    /// Packets sent.
+    pub packets_sent: u64,
+    /// Packets received.
+    pub packets_received: u64,
+    /// Packets lost.
+    pub packets_lost: u64,
+    /// Bytes sent (UDP payload).
+    pub bytes_sent: u64,
+    /// Bytes received (UDP payload).
+    pub bytes_received: u64,
+    /// Flow control: DATA_BLOCKED and STREAM_DATA_BLOCKED frames sent (we were blocked by the
+    /// peer) and received (the peer was blocked by us).
+    pub blocked: BlockedCounts,
+    /// Streams open now (routed to a stream actor).
+    pub streams_open: usize,
+    /// Bidirectional streams the peer may open at once (our limit).
+    pub streams_limit_bidi: u64,
+    /// Bidirectional streams we may still open (the peer's limit).
+    pub peer_streams_left_bidi: u64,
+    /// Time until the idle timeout closes the connection if nothing arrives, seconds.
+    pub idle_timeout_left_secs: Option<f64>,
+    /// How it closed (set while draining or closing).
+    pub close: Option<String>,
+    /// The last failures of this connection's children, oldest first.
+    pub failures: Vec<Failure>,
+    /// Child failures ever.
+    pub failures_total: u64,
+    /// Its streams.
+    pub streams: Vec<StreamSnapshot>,
+}
+
+impl ConnectionSnapshot {
+    /// A connection that did not answer in time: its actor's figures only.
+    pub(crate) fn unanswered(actor: ActorNode) -> Self {
+        ConnectionSnapshot {
+            actor,
+            answered: false,
+            trace_id: String::new(),
+            source_ids: Vec::new(),
+            destination_id: String::new(),
+            peer: None,
+            local: None,
+            alpn: String::new(),
+            stage: None,
+            rtt_ms: None,
+            min_rtt_ms: None,
+            cwnd: None,
+            bytes_in_flight: 0,
+            pmtu: None,
+            packets_sent: 0,
+            packets_received: 0,
+            packets_lost: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            blocked: BlockedCounts::default(),
+            streams_open: 0,
+            streams_limit_bidi: 0,
+            peer_streams_left_bidi: 0,
+            idle_timeout_left_secs: None,
+            close: None,
+            failures: Vec::new(),
+            failures_total: 0,
+            streams: Vec::new(),
+        }
+    }
+}
+
+/// Flow-control blocked counts of one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BlockedCounts {
+    /// DATA_BLOCKED sent.
+    pub data_blocked_sent: u64,
+    /// STREAM_DATA_BLOCKED sent.
+    pub stream_data_blocked_sent: u64,
+    /// DATA_BLOCKED received.
+    pub data_blocked_received: u64,
+    /// STREAM_DATA_BLOCKED received.
+    pub stream_data_blocked_received: u64,
+}
+
+/// One stream (its actor and both directions).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct StreamSnapshot {
+    /// The stream actor.
+    pub actor: ActorNode,
+    /// The QUIC stream id.
+    pub stream_id: u64,
+    /// Request method, if known.
+    pub method: Option<String>,
+    /// Request path, if known (`"<redacted>"` when the settings say so).
+    pub path: Option<String>,
+    /// Our sending direction.
+    pub send: DirectionSnapshot,
+    /// Our receiving direction.
+    pub recv: DirectionSnapshot,
+    /// Body bytes the actor may still hand to the connection (write credit).
+    pub write_credit: u64,
+    /// Body bytes the connection may still read from quiche for the actor; `None` once the
+    /// receiving side is closed.
+    pub read_credit: Option<u64>,
+    /// Body bytes waiting: received and not yet taken by the application, plus produced and
+    /// not yet handed to the connection, plus handed and not yet taken by quiche.
+    pub buffered: u64,
+    /// Seconds the stream has been blocked by flow control with bytes to send, if it is.
+    pub blocked_for_secs: Option<f64>,
+}
+
+/// One direction of a stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct DirectionSnapshot {
+    /// Its state, as the stream actor's state machine names it.
+    pub state: &'static str,
+    /// Body bytes carried.
+    pub bytes: u64,
+    /// How it ended: `fin`, `reset_sent`, `reset_received`, `stop_sending_sent`,
+    /// `stop_sending_received`.
+    pub end: Option<&'static str>,
+    /// The error code of a reset or STOP_SENDING end.
+    pub code: Option<u64>,
+}
+
+impl StreamSnapshot {
+    /// A stream's node (for application layers building their streams' nodes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        actor: ActorNode,
+        stream_id: u64,
+        method: Option<String>,
+        path: Option<String>,
+        send: DirectionSnapshot,
+        recv: DirectionSnapshot,
+        write_credit: u64,
+        read_credit: Option<u64>,
+        buffered: u64,
+    ) -> Self {
+        StreamSnapshot {
+            actor,
+            stream_id,
+            method,
+            path,
+            send,
+            recv,
+            write_credit,
+            read_credit,
+            buffered,
+            blocked_for_secs: None,
+        }
+    }
+
+    /// Marks the stream blocked by flow control for `secs`.
+    pub fn with_blocked_for(mut self, secs: Option<f64>) -> Self {
+        self.blocked_for_secs = secs;
+        self
+    }
+}
+
+impl DirectionSnapshot {
+    /// One direction's node.
+    pub fn new(
+        state: &'static str,
+        bytes: u64,
+        end: Option<&'static str>,
+        code: Option<u64>,
+    ) -> Self {
+        DirectionSnapshot {
+            state,
+            bytes,
+            end,
+            code,
+        }
+    }
+}
+
+/// Renders a connection id as lowercase hex.
+pub(crate) fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}

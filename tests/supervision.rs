@@ -300,3 +300,73 @@ async fn a_snapshot_during_a_thousand_streams_lists_each_with_its_bytes() {
     );
     assert_eq!(after.counters.connections_closed, CONNS);
 }
+
+/// A handler that blocks its stream actor for 2 s (CPU-bound work in its poll) shows up while it
+/// runs: the stream's node says what it is handling and for how long, the warnings name it,
+/// and it is first in the top-N by busy time over the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_busy_for_two_seconds_is_warned_about_and_tops_busy() {
+    use troupe::transport::diagnose::{top, TopBy, WarningKind, Warnings};
+    init_tracing();
+    let server = Server::bind(
+        loopback(),
+        ServerConfig::default(),
+        |req: http::Request<RecvBody>| async move {
+            if req.uri().path() == "/busy" {
+                // Deliberately blocking: the stream actor is stuck in this poll.
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            http::Response::new(Body::from("done"))
+        },
+    )
+    .await
+    .unwrap();
+    let (_ep, client) = connect(&server).await;
+    // Some ordinary traffic first, so the window has other actors in it.
+    for _ in 0..5 {
+        let r = client.send(get(&server, "/")).await.unwrap();
+        r.into_body().collect().await.unwrap();
+    }
+    let older = server.snapshot().await;
+    let busy = {
+        let client = client.clone();
+        let req = get(&server, "/busy");
+        tokio::spawn(async move { client.send(req).await.unwrap().into_body().collect().await })
+    };
+    let mut warnings = Warnings::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (warning, snap) = loop {
+        let snap = server.snapshot().await;
+        let w = warnings.observe(&snap, std::time::Instant::now());
+        if let Some(hit) = w.into_iter().find(|w| w.kind == WarningKind::HandlerBusy) {
+            break (hit, snap);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning for the busy handler"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stream = snap.connections[0]
+        .streams
+        .iter()
+        .find(|s| s.path.as_deref() == Some("/busy"))
+        .expect("the busy stream is listed");
+    let handling = stream
+        .actor
+        .meter
+        .handling
+        .as_ref()
+        .expect("it is in a handler");
+    assert!(handling.for_secs >= 1.0, "{handling:?}");
+    assert_eq!(warning.actor.as_deref(), Some(stream.actor.id.as_str()));
+    assert!(
+        warning.message.contains("busy handling"),
+        "{}",
+        warning.message
+    );
+    let ranked = top(Some(&older), &snap, TopBy::Busy, 3);
+    assert_eq!(ranked[0].actor, stream.actor.id, "{ranked:?}");
+    assert!(ranked[0].value >= 1.0);
+    assert_eq!(&busy.await.unwrap().unwrap()[..], b"done");
+}

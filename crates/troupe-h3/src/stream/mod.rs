@@ -114,6 +114,7 @@ pub(crate) const STREAM_MESSAGES: &[&str] = &[
     "poll",
     "body dropped",
     "shutdown",
+    "start",
 ];
 
 impl StreamMsg {
@@ -487,6 +488,9 @@ impl Actor for StreamActor {
         myself: ActorRef<StreamMsg>,
         st: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
+        // The handler's first poll runs here: busy time, and a handler stuck in it, count.
+        let meter = st.me.meter().clone();
+        let _busy = meter.begin_event(8);
         let span = st.span.clone();
         let _g = span.enter();
         match std::mem::replace(&mut st.producer, Producer::Done) {

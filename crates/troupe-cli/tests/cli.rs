@@ -73,29 +73,16 @@ fn serve_at(ips: &[&str], extra: &[&str]) -> (Reaped, u16, PathBuf) {
 #[test]
 fn serve_then_get_with_the_printed_certificate() {
     let (_server, port, cert) = serve(&[]);
-    let out = troupe()
-        .args(["get", &format!("https://localhost:{port}/"), "--ca"])
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let greeting = troupe::service::GREETING.as_bytes();
+    assert_eq!(
+        get_ok(&[&format!("https://localhost:{port}/")], &cert),
+        greeting
     );
-    assert_eq!(out.stdout, troupe::service::GREETING.as_bytes());
     // Named by its IP address: verified against the certificate's IP address entry.
-    let out = troupe()
-        .args(["get", &format!("https://127.0.0.1:{port}/"), "--ca"])
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        get_ok(&[&format!("https://127.0.0.1:{port}/")], &cert),
+        greeting
     );
-    assert_eq!(out.stdout, troupe::service::GREETING.as_bytes());
 
     let dir = std::env::temp_dir().join(format!("troupe-cli-get-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

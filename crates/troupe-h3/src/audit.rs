@@ -50,6 +50,9 @@ struct Inner {
     /// The request's method and path, for the live tree.
     request: Option<(http::Method, String)>,
     /// The received body's buffer, once there is one (its fill level is in the tree).
+    /// Since when quiche has refused this stream's bytes for lack of room (stamped by the
+    /// connection's write pass); `None` while it writes freely.
+    blocked_since: Option<Instant>,
     /// Weak: the figures may outlive the stream (in the application's hands) and must not
     /// keep unread chunks alive.
     recv_buffer: Option<std::sync::Weak<crate::body::Shared>>,
@@ -90,6 +93,7 @@ impl StreamStats {
             opened,
             ended: None,
             request: None,
+            blocked_since: None,
             recv_buffer: None,
         })))
     }
@@ -97,6 +101,16 @@ impl StreamStats {
     /// Records the request's method and path (shown in the live tree).
     pub(crate) fn set_request(&self, method: http::Method, path: String) {
         self.lock().request = Some((method, path));
+    }
+
+    /// The connection's write pass: whether this stream's bytes wait for quiche's room now.
+    pub(crate) fn set_blocked(&self, blocked: bool) {
+        let mut g = self.lock();
+        match (blocked, g.blocked_since) {
+            (true, None) => g.blocked_since = Some(Instant::now()),
+            (false, Some(_)) => g.blocked_since = None,
+            _ => {}
+        }
     }
 
     /// Records the received body's buffer (its fill level is shown in the live tree).
@@ -139,6 +153,7 @@ impl StreamStats {
             read_credit,
             a.pending_out + received_waiting,
         )
+        .with_blocked_for(g.blocked_since.map(|t| t.elapsed().as_secs_f64()))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -100,7 +100,7 @@ pub trait ConnectionApp: Send + 'static {
 
     /// The application's children (streams) for the live tree. Runs inside the connection
     /// actor between turns: read shared figures, never message a child. Default: none.
-    fn streams_snapshot(&self, _conn: &quiche::Connection) -> Vec<crate::snapshot::StreamSnapshot> {
+    fn streams_snapshot(&self) -> Vec<crate::snapshot::StreamSnapshot> {
         Vec::new()
     }
 }

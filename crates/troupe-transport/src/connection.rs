@@ -738,7 +738,7 @@ impl<A: ConnectionApp> ConnState<A> {
         let path = self.conn.path_stats().find(|p| p.active);
         let stats = self.conn.stats();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let streams = self.app.streams_snapshot(&self.conn);
+        let streams = self.app.streams_snapshot();
         let peer_idle = self
             .conn
             .peer_transport_params()

@@ -585,6 +585,7 @@ impl<A: ConnectionApp> Endpoint<A> {
         let (budget, failures, failures_total): (BudgetView, _, _) = self
             .stats
             .supervision(|s| (s.budget.view(now), s.failures.entries(), s.failures.total()));
+        let counters = self.stats.snapshot();
         let mut connections: Vec<ConnectionSnapshot> = answers;
         connections.sort_by(|a, b| a.trace_id.cmp(&b.trace_id));
         EndpointSnapshot {
@@ -600,12 +601,12 @@ impl<A: ConnectionApp> Endpoint<A> {
             local_addr: self.local_addr,
             supervisor: self.supervisor.clone(),
             receive_loop: ReceiveLoopNode {
-                restarts: self.stats.snapshot().receive_loop_restarts,
+                restarts: counters.receive_loop_restarts,
                 budget,
             },
             failures,
             failures_total,
-            counters: self.stats.snapshot(),
+            counters,
             connections,
         }
     }

@@ -174,7 +174,6 @@ impl H3App {
                     stream_id,
                     Route {
                         actor: troupe_transport::Tracked::new(actor, meter),
-                        blocked_since: None,
                         read,
                         write,
                         key,
@@ -436,10 +435,7 @@ impl ConnectionApp for H3App {
         Ok(())
     }
 
-    fn streams_snapshot(
-        &self,
-        _conn: &quiche::Connection,
-    ) -> Vec<troupe_transport::StreamSnapshot> {
+    fn streams_snapshot(&self) -> Vec<troupe_transport::StreamSnapshot> {
         let mut out: Vec<_> = self
             .routes
             .values()
@@ -453,9 +449,7 @@ impl ConnectionApp for H3App {
                     ReadCredit::Open(n) => Some(n as u64),
                     ReadCredit::Closed => None,
                 };
-                r.stats
-                    .tree_node(actor, read, self.settings.redact_paths)
-                    .with_blocked_for(r.blocked_since.map(|t| t.elapsed().as_secs_f64()))
+                r.stats.tree_node(actor, read, self.settings.redact_paths)
             })
             .collect();
         out.sort_by_key(|s| s.stream_id);

@@ -67,9 +67,6 @@ pub(super) struct Route {
     pub(super) stats: StreamStats,
     /// Server: handle to the client's priority signal, watched by the handler.
     pub(super) signal: Option<Arc<PriorityCell>>,
-    /// Since when quiche has refused this stream's bytes for lack of flow-control room (they
-    /// wait in `Held`); `None` while it writes freely.
-    pub(super) blocked_since: Option<std::time::Instant>,
 }
 
 impl Route {

@@ -268,11 +268,7 @@ impl H3App {
             // congestion) holds the stream; the live tree shows for how long.
             let waiting =
                 admitted && matches!(route.write, Outbound::Held { .. } | Outbound::Wants);
-            match (waiting, route.blocked_since) {
-                (true, None) => route.blocked_since = Some(std::time::Instant::now()),
-                (false, Some(_)) => route.blocked_since = None,
-                _ => {}
-            }
+            route.stats.set_blocked(waiting);
             match route.write {
                 Outbound::Granted => {
                     gate.block(route.key);

@@ -13,7 +13,8 @@
 //! ```
 //!
 //! The layers: [`transport`] (UDP endpoint, connection actors), [`h3`] (stream actors, server,
-//! client), and [`service`] (the built-in routes `troupe serve` answers).
+//! client), [`admin`] (the admin endpoint), and [`service`] (the built-in routes `troupe serve`
+//! answers).
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -25,3 +26,7 @@ pub use troupe_transport as transport;
 
 /// HTTP/3: stream actors, server, client, bodies.
 pub use troupe_h3 as h3;
+
+/// The admin endpoint: the live tree as JSON, text and a page, `/metrics`, warnings, top-N,
+/// and operator actions.
+pub use troupe_admin as admin;

@@ -204,6 +204,27 @@ async fn a_panicking_handler_resets_only_its_stream() {
         text.lines().any(|l| l == "troupe_stream_failures_total 1"),
         "{text}"
     );
+    // And as an operator reads it: the admin endpoint's /metrics, which adds the failures by
+    // kind of child to the server's counters.
+    let server = std::sync::Arc::new(server);
+    let mut ac = troupe::admin::AdminConfig::new(loopback_tcp());
+    ac.metrics = Some(metrics.clone());
+    let admin = troupe::admin::Admin::serve_servers(ac, std::slice::from_ref(&server))
+        .await
+        .unwrap();
+    let text = troupe::admin::AdminClient::new(admin.local_addr(), None)
+        .get("/metrics")
+        .await
+        .unwrap();
+    for want in [
+        "troupe_stream_failures_total 1",
+        r#"troupe_failures_total{child="stream",outcome="failed"} 1"#,
+        r#"troupe_actors_live{kind="connection"} 1.0"#,
+        r#"troupe_actors_live{kind="stream"} 0.0"#,
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want} missing:\n{text}");
+    }
+    admin.shutdown().await;
 }
 
 /// The handler's producer drops its body sender without finishing: the stream is reset with

@@ -307,26 +307,10 @@ async fn a_snapshot_during_a_thousand_streams_lists_each_with_its_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_busy_for_two_seconds_is_warned_about_and_tops_busy() {
     use troupe::transport::diagnose::{top, TopBy, WarningKind, Warnings};
-    init_tracing();
-    let server = Server::bind(
-        loopback(),
-        ServerConfig::default(),
-        |req: http::Request<RecvBody>| async move {
-            if req.uri().path() == "/busy" {
-                // Deliberately blocking: the stream actor is stuck in this poll.
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            http::Response::new(Body::from("done"))
-        },
-    )
-    .await
-    .unwrap();
+    let server = busy_server().await;
     let (_ep, client) = connect(&server).await;
     // Some ordinary traffic first, so the window has other actors in it.
-    for _ in 0..5 {
-        let r = client.send(get(&server, "/")).await.unwrap();
-        r.into_body().collect().await.unwrap();
-    }
+    ordinary_requests(&server, &client, 5).await;
     let older = server.snapshot().await;
     let busy = {
         let client = client.clone();

@@ -27,6 +27,11 @@ pub fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// A loopback TCP address with a free port (for the admin endpoint).
+pub fn loopback_tcp() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
 pub async fn builtin_server(config: ServerConfig) -> Server {
     init_tracing();
     let svc = Builtin::new();
@@ -92,6 +97,33 @@ pub async fn one_stream_gated_server() -> (Server, std::sync::Arc<tokio::sync::S
     .await
     .unwrap();
     (server, release)
+}
+
+/// A server whose `/busy` handler blocks its stream actor for 2 s (CPU-bound work in its poll,
+/// as a buggy handler would); every other path answers "done" at once.
+pub async fn busy_server() -> Server {
+    init_tracing();
+    Server::bind(
+        loopback(),
+        ServerConfig::default(),
+        |req: http::Request<troupe::h3::RecvBody>| async move {
+            if req.uri().path() == "/busy" {
+                // Deliberately blocking: the stream actor is stuck in this poll.
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            http::Response::new(troupe::h3::Body::from("done"))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Sends `n` requests to `/` one after another, reading each response whole.
+pub async fn ordinary_requests(server: &Server, client: &Client, n: usize) {
+    for _ in 0..n {
+        let r = client.send(get(server, "/")).await.unwrap();
+        r.into_body().collect().await.unwrap();
+    }
 }
 
 /// Sends `n` requests concurrently; then waits until one is at the server and `waiting` wait

@@ -117,12 +117,7 @@ fn ensure_system_deps() -> Result<(), String> {
         "xtask: quiche's BoringSSL build needs {}; installing with apt-get",
         missing.join(", ")
     );
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false);
-    if !is_root {
+    if !is_root() {
         return Err(format!(
             "missing {}: run `sudo apt-get install -y {}` (or run xtask as root)",
             missing.join(", "),
@@ -159,8 +154,35 @@ fn run(extra: &[String]) -> Result<(), String> {
     step("troupe serve", &mut cmd)
 }
 
+/// The admin page's browser test needs Debian's Chromium (and a font to draw the screenshot
+/// with); installs them when missing (apt-get, as root).
+fn ensure_chromium() -> Result<(), String> {
+    if Path::new("/usr/bin/chromium").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: the admin page's test drives headless Chromium; installing chromium and fonts-liberation with apt-get"
+    );
+    if !is_root() {
+        return Err(
+            "missing chromium: run `sudo apt-get install -y chromium fonts-liberation` (or run xtask as root)"
+                .into(),
+        );
+    }
+    apt_install(&["chromium", "fonts-liberation"])
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
 fn test() -> Result<(), String> {
     ensure_system_deps()?;
+    ensure_chromium()?;
     step(
         "cargo fmt --all --check",
         cargo().args(["fmt", "--all", "--check"]),
@@ -200,7 +222,9 @@ fn test() -> Result<(), String> {
     if nextest {
         step(
             "cargo nextest run --workspace",
-            cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]),
+            cargo()
+                .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                .env("TROUPE_REQUIRE_CHROMIUM", "1"),
         )?;
         // nextest does not run doctests.
         step(
@@ -210,7 +234,9 @@ fn test() -> Result<(), String> {
     } else {
         step(
             "cargo test --workspace",
-            cargo().args(["test", "--workspace", "--no-fail-fast"]),
+            cargo()
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .env("TROUPE_REQUIRE_CHROMIUM", "1"),
         )
     }
 }

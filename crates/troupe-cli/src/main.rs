@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -35,6 +36,8 @@ enum Cmd {
     Serve(ServeArgs),
     /// Send one request and write the response body to stdout.
     Get(GetArgs),
+    /// Print the live actor tree (or the top actors) of a server started with --admin.
+    Tree(TreeArgs),
 }
 
 #[derive(Args)]
@@ -76,6 +79,50 @@ struct ServeArgs {
     /// Default: one per core this process may use.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Serve the admin endpoint (live tree, /metrics, warnings, top-N, actions) on this TCP
+    /// address, e.g. 127.0.0.1:9901. Loopback only, unless --admin-token is set.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Token every admin request must carry (`Authorization: Bearer TOKEN`); needed to bind
+    /// the admin endpoint to a non-loopback address.
+    #[arg(
+        long,
+        env = "TROUPE_ADMIN_TOKEN",
+        requires = "admin",
+        value_name = "TOKEN"
+    )]
+    admin_token: Option<String>,
+    /// A host name the admin endpoint accepts in `Host` besides IP addresses and localhost
+    /// (e.g. the name of an SSH tunnel's end); repeatable.
+    #[arg(long, requires = "admin", value_name = "NAME")]
+    admin_host: Vec<String>,
+    /// Directory where the admin endpoint's qlog action writes. Default: troupe-qlog in the
+    /// system's temporary directory.
+    #[arg(long, requires = "admin", value_name = "DIR")]
+    admin_qlog_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TreeArgs {
+    /// The admin endpoint of the server (`troupe serve --admin ADDR`).
+    #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR")]
+    admin: SocketAddr,
+    /// The admin endpoint's token, if it has one.
+    #[arg(long, env = "TROUPE_ADMIN_TOKEN", value_name = "TOKEN")]
+    token: Option<String>,
+    /// Print the tree as JSON (the snapshot types, serialized) instead of text.
+    #[arg(long, conflicts_with = "top")]
+    json: bool,
+    /// Print again every SECS seconds until interrupted.
+    #[arg(long, value_name = "SECS")]
+    watch: Option<f64>,
+    /// Print the N actors ranking highest by --by over the server's sampling window instead
+    /// of the tree.
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
+    /// What --top ranks by: busy, mailbox, bytes or lost.
+    #[arg(long, default_value = "busy", requires = "top", value_name = "KEY")]
+    by: troupe::admin::TopBy,
 }
 
 #[derive(Args)]
@@ -165,6 +212,8 @@ fn main() -> ExitCode {
     let workers = match &cli.cmd {
         Cmd::Serve(a) => a.workers,
         Cmd::Get(_) => None,
+        // A client of one HTTP/1.1 endpoint: one thread is plenty.
+        Cmd::Tree(_) => Some(0),
     };
     let mut builder = match workers {
         Some(0) => tokio::runtime::Builder::new_current_thread(),
@@ -186,6 +235,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Serve(a) => serve(a).await.map(|_| ExitCode::SUCCESS),
             Cmd::Get(a) => get(a).await,
+            Cmd::Tree(a) => tree(a).await.map(|_| ExitCode::SUCCESS),
         }
     });
     let code = match r {
@@ -235,7 +285,25 @@ async fn serve(a: ServeArgs) -> Result<()> {
         let svc = svc.clone();
         async move { svc.handle(req).await }
     };
-    let mut servers: Vec<Server> = Vec::with_capacity(listen.len());
+    // The admin endpoint's access rules are checked before anything listens.
+    let admin_config = match a.admin {
+        Some(addr) => {
+            let mut c = troupe::admin::AdminConfig::new(addr);
+            c.token = a.admin_token.clone();
+            c.hosts = a.admin_host.clone();
+            if let Some(d) = &a.admin_qlog_dir {
+                c.qlog_dir = d.clone();
+            }
+            troupe::admin::AccessPolicy::new(addr, c.token.as_deref(), &c.hosts)
+                .with_context(|| format!("--admin {addr}"))?;
+            let metrics = troupe::transport::PrometheusMetrics::new();
+            config.quic.metrics = metrics.shared();
+            c.metrics = Some(metrics);
+            Some(c)
+        }
+        None => None,
+    };
+    let mut servers: Vec<Arc<Server>> = Vec::with_capacity(listen.len());
     for (i, mut addr) in listen.into_iter().enumerate() {
         if addr.port() == 0 {
             if let Some(first) = servers.first() {
@@ -243,7 +311,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             }
         }
         match Server::bind(addr, config.clone(), handler.clone()).await {
-            Ok(s) => servers.push(s),
+            Ok(s) => servers.push(Arc::new(s)),
             Err(e) if defaulted && i > 0 => {
                 eprintln!("troupe: not serving on {addr} ({e}); serving IPv4 only");
             }
@@ -292,6 +360,19 @@ async fn serve(a: ServeArgs) -> Result<()> {
         );
         println!("try:  {me} get {url}");
     }
+    let admin = match admin_config {
+        Some(c) => {
+            let addr = c.addr;
+            let admin = troupe::admin::Admin::serve_servers(c, &servers)
+                .await
+                .with_context(|| format!("--admin {addr}"))?;
+            let at = admin.local_addr();
+            println!("admin endpoint: http://{at}/ (live tree; /tree, /tree.txt, /metrics, /warnings, /top)");
+            println!("      {me} tree --admin {at}");
+            Some(admin)
+        }
+        None => None,
+    };
     use std::io::Write;
     let _ = std::io::stdout().flush();
     signals.next().await;
@@ -299,6 +380,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
         "troupe: shutting down: GOAWAY sent, finishing requests in flight (up to {} s); signal again to exit now",
         a.drain_timeout
     );
+    // The admin endpoint stays up while the servers drain: the drain is worth watching.
+    let _admin = admin;
     tokio::select! {
         drained = futures::future::join_all(
             servers
@@ -315,6 +398,90 @@ async fn serve(a: ServeArgs) -> Result<()> {
             std::process::exit(130);
         }
     }
+}
+
+/// `troupe tree`: the tree (text or JSON) or the top-N, once or every --watch seconds.
+async fn tree(a: TreeArgs) -> Result<()> {
+    use std::io::IsTerminal;
+    let client = troupe::admin::AdminClient::new(a.admin, a.token.clone());
+    let watch = match a.watch {
+        Some(s) if !(s.is_finite() && s >= 0.1) => {
+            bail!("--watch {s}: give a number of seconds, at least 0.1")
+        }
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let text = match a.top {
+            Some(n) => {
+                let body = client
+                    .get(&format!("/top?by={}&n={n}", by_name(a.by)))
+                    .await?;
+                top_table(&body)?
+            }
+            None if a.json => client.get("/tree").await? + "\n",
+            None => client.get("/tree.txt").await?,
+        };
+        let Some(every) = watch else {
+            print!("{text}");
+            return Ok(());
+        };
+        if tty {
+            // Clear the screen and home the cursor, like watch(1).
+            print!("\x1b[2J\x1b[H");
+        } else {
+            println!("--- {}", chrono_now());
+        }
+        print!("{text}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn by_name(by: troupe::admin::TopBy) -> &'static str {
+    use troupe::admin::TopBy;
+    match by {
+        TopBy::Mailbox => "mailbox",
+        TopBy::Bytes => "bytes",
+        TopBy::Lost => "lost",
+        _ => "busy",
+    }
+}
+
+/// Seconds since the Unix epoch, for --watch's separator lines.
+fn chrono_now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    format!("{t:.3}")
+}
+
+/// `/top`'s JSON as a table: value, kind, name, actor id.
+fn top_table(json: &str) -> Result<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).context("the admin endpoint sent malformed JSON")?;
+    let by = v["by"].as_str().unwrap_or("?");
+    let window = match v["window_secs"].as_f64() {
+        Some(w) => format!("over the last {w:.1} s"),
+        None => "since each actor started".to_string(),
+    };
+    let mut out = format!("top by {by} {window}\n");
+    let rows = v["entries"].as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        out.push_str("(no actor has a non-zero figure)\n");
+    }
+    for r in rows {
+        out.push_str(&format!(
+            "{:>12.3}  {:<10}  {}  [actor {}]\n",
+            r["value"].as_f64().unwrap_or(0.0),
+            r["kind"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or(""),
+            r["actor"].as_str().unwrap_or("")
+        ));
+    }
+    Ok(out)
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, as one stream of "please stop" events.

@@ -27,15 +27,14 @@ fn serve_on(ip: &str, extra: &[&str]) -> (Reaped, u16, PathBuf) {
     serve_at(&[ip], extra)
 }
 
-/// Starts `troupe serve` listening on each of `ips`, port 0 (so all on one free port).
-fn serve_at(ips: &[&str], extra: &[&str]) -> (Reaped, u16, PathBuf) {
-    let mut cmd = troupe();
-    cmd.arg("serve");
-    for ip in ips {
-        cmd.args(["--listen", &format!("{ip}:0")]);
-    }
+type Lines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// Runs `troupe ARGS` (a `serve`); returns the process, its stdout's lines after the first, and
+/// the addresses the first line says it serves on.
+fn spawn_serve(args: &[String]) -> (Reaped, Lines, Vec<std::net::SocketAddr>) {
     let mut child = Reaped(
-        cmd.args(extra)
+        troupe()
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -43,19 +42,30 @@ fn serve_at(ips: &[&str], extra: &[&str]) -> (Reaped, u16, PathBuf) {
     );
     let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    let listening: Vec<std::net::SocketAddr> = first
+    let listening = first
         .strip_prefix("troupe serving HTTP/3 on ")
         .and_then(|r| r.strip_suffix(" (UDP)"))
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .split(", ")
         .map(|a| a.parse().unwrap())
         .collect();
+    (child, lines, listening)
+}
+
+/// Starts `troupe serve` listening on each of `ips`, port 0 (so all on one free port).
+fn serve_at(ips: &[&str], extra: &[&str]) -> (Reaped, u16, PathBuf) {
+    let mut args = vec!["serve".to_string()];
+    for ip in ips {
+        args.extend(["--listen".to_string(), format!("{ip}:0")]);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let (child, mut lines, listening) = spawn_serve(&args);
     let port = listening[0].port();
     let expected: Vec<std::net::SocketAddr> = ips
         .iter()
         .map(|ip| format!("{ip}:{port}").parse().unwrap())
         .collect();
-    assert_eq!(listening, expected, "{first}");
+    assert_eq!(listening, expected);
     let second = lines.next().unwrap().unwrap();
     let cert = second
         .strip_prefix("self-signed certificate for localhost: ")
@@ -68,6 +78,145 @@ fn serve_at(ips: &[&str], extra: &[&str]) -> (Reaped, u16, PathBuf) {
     assert_eq!(third.rsplit(' ').next().unwrap().len(), 44);
     std::thread::spawn(move || for _ in lines {});
     (child, port, PathBuf::from(cert))
+}
+
+/// Starts `troupe serve --listen 127.0.0.1:0 EXTRA...` whose EXTRA has `--admin`; returns the
+/// process, the QUIC port and the admin endpoint's address as printed.
+fn serve_with_admin(extra: &[&str]) -> (Reaped, u16, String) {
+    let mut args: Vec<String> = ["serve", "--listen", "127.0.0.1:0"]
+        .map(String::from)
+        .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let (child, mut lines, listening) = spawn_serve(&args);
+    let port = listening[0].port();
+    let admin = loop {
+        let line = lines
+            .next()
+            .expect("serve printed the admin endpoint")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("admin endpoint: http://") {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, port, admin)
+}
+
+#[test]
+fn tree_prints_the_live_tree_as_text_json_and_top() {
+    let (_server, port, admin) = serve_with_admin(&["--admin", "127.0.0.1:0"]);
+    let out = troupe().args(["tree", "--admin", &admin]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("endpoint 127.0.0.1:{port} server")),
+        "{text}"
+    );
+    assert!(text.contains("unsupervised"), "{text}");
+    let out = troupe()
+        .args(["tree", "--admin", &admin, "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["endpoints"][0]["local_addr"], format!("127.0.0.1:{port}"));
+    assert_eq!(v["endpoints"][0]["role"], "server");
+    let out = troupe()
+        .args(["tree", "--admin", &admin, "--top", "3", "--by", "mailbox"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let top = String::from_utf8(out.stdout).unwrap();
+    assert!(top.starts_with("top by mailbox "), "{top}");
+    // --watch prints again and again until stopped.
+    let mut watch = Reaped(
+        troupe()
+            .args(["tree", "--admin", &admin, "--watch", "0.2"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(watch.0.stdout.take().unwrap()).lines();
+    let mut rounds = 0;
+    while rounds < 3 {
+        let line = lines.next().expect("watch keeps printing").unwrap();
+        if line.starts_with(&format!("endpoint 127.0.0.1:{port}")) {
+            rounds += 1;
+        }
+    }
+    drop(watch);
+}
+
+#[test]
+fn admin_mistakes_are_clear() {
+    // Refused at start, before anything listens.
+    let out = troupe()
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--admin 0.0.0.0:0")
+            && err.contains("without a token")
+            && err.contains("--admin-token"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing served: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A token given: every request needs it.
+    let (_server, _port, admin) =
+        serve_with_admin(&["--admin", "127.0.0.1:0", "--admin-token", "t0ken"]);
+    let out = troupe()
+        .args(["tree", "--admin", &admin])
+        .env_remove("TROUPE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401") && err.contains("Bearer"), "{err}");
+    let out = troupe()
+        .args(["tree", "--admin", &admin])
+        .env("TROUPE_ADMIN_TOKEN", "t0ken")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nothing there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = troupe().args(["tree", "--admin", &addr]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot reach the admin endpoint at {addr}")),
+        "{err}"
+    );
+    for (args, needle) in [
+        (vec!["tree", "--watch", "0"], "--watch"),
+        (vec!["tree", "--by", "busy"], "--top"),
+        (
+            vec!["tree", "--top", "3", "--by", "cpu"],
+            "busy, mailbox, bytes or lost",
+        ),
+        (vec!["serve", "--admin-token", "x"], "--admin"),
+    ] {
+        let out = troupe().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -27,3 +27,27 @@ pub enum RequestError {
     )]
     GoingAway,
 }
+
+/// Why an operator's action on a live connection or stream (see [`crate::Server::goaway`],
+/// [`crate::Server::cancel_stream`], [`crate::Server::start_qlog`]) was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActionError {
+    /// No live connection has this trace id or actor id.
+    #[error("no live connection is named {0:?} (the tree lists each connection's trace id)")]
+    NoSuchConnection(String),
+    /// The connection is live but routes no such stream (never opened, or already ended).
+    #[error("connection {connection} has no live stream {stream_id}")]
+    NoSuchStream {
+        /// The connection, as named.
+        connection: String,
+        /// The stream.
+        stream_id: u64,
+    },
+    /// The connection ended before it answered.
+    #[error("connection {0} ended before it answered")]
+    Gone(String),
+    /// The action could not be carried out (the reason says why).
+    #[error("{0}")]
+    Failed(String),
+}

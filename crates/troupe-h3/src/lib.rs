@@ -31,7 +31,7 @@ pub use body::{
 };
 pub use client::{Client, ClientEndpoint};
 pub use conn::{H3App, H3Msg, OutFrame, PendingRequest, Section};
-pub use error::RequestError;
+pub use error::{ActionError, RequestError};
 pub use events::{ConnectionEvent, EventSink};
 pub use peer_settings::*;
 pub use priority::{Priority, PrioritySignal};

@@ -16,6 +16,7 @@ use crate::body::{Body, RecvBody};
 use crate::budget::{FairBudget, FairPermit};
 use crate::codes::{H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED};
 use crate::conn::{H3App, H3Msg};
+use crate::error::ActionError;
 use crate::events::EventSink;
 use crate::settings::H3Settings;
 use crate::stream::StreamControl;
@@ -123,6 +124,72 @@ impl Server {
             }
         }
         out
+    }
+
+    /// Sends GOAWAY on the live connection named `connection` (its trace id, as the snapshot
+    /// and the logs show it, or its actor id): requests in flight finish, later ones are
+    /// refused with H3_REQUEST_REJECTED, and the connection closes once none is left. The rest
+    /// of the server carries on.
+    pub fn goaway(&self, connection: &str) -> Result<(), ActionError> {
+        let conn = self
+            .endpoint
+            .find_connection(connection)
+            .ok_or_else(|| ActionError::NoSuchConnection(connection.to_string()))?;
+        conn.cast(troupe_transport::ConnMsg::App(H3Msg::GoAway))
+            .map_err(|_| ActionError::Gone(connection.to_string()))
+    }
+
+    /// Cancels one request stream of the live connection named `connection`: both directions
+    /// still open are shut with H3_REQUEST_CANCELLED (STOP_SENDING, RESET_STREAM), exactly as
+    /// if its handler had shut them; the connection and its other streams carry on.
+    ///
+    /// Cancel safety: cancel-safe; the stream is cancelled if the connection got the request.
+    pub async fn cancel_stream(&self, connection: &str, stream_id: u64) -> Result<(), ActionError> {
+        let conn = self
+            .endpoint
+            .find_connection(connection)
+            .ok_or_else(|| ActionError::NoSuchConnection(connection.to_string()))?;
+        conn.meter().on_send();
+        let r = conn
+            .actor()
+            .call(
+                |reply| {
+                    troupe_transport::ConnMsg::App(H3Msg::Cancel {
+                        stream_id,
+                        code: H3_REQUEST_CANCELLED,
+                        reply,
+                    })
+                },
+                Some(std::time::Duration::from_secs(5)),
+            )
+            .await;
+        match r {
+            Ok(ractor::rpc::CallResult::Success(true)) => Ok(()),
+            Ok(ractor::rpc::CallResult::Success(false)) => Err(ActionError::NoSuchStream {
+                connection: connection.to_string(),
+                stream_id,
+            }),
+            _ => Err(ActionError::Gone(connection.to_string())),
+        }
+    }
+
+    /// Starts a qlog of the live connection named `connection`, written line by line into a
+    /// new file in `dir` (which must exist); returns its path. A connection writes at most
+    /// one qlog.
+    ///
+    /// Cancel safety: cancel-safe; the qlog starts if the connection got the request.
+    pub async fn start_qlog(
+        &self,
+        connection: &str,
+        dir: &std::path::Path,
+    ) -> Result<std::path::PathBuf, ActionError> {
+        if self.endpoint.find_connection(connection).is_none() {
+            return Err(ActionError::NoSuchConnection(connection.to_string()));
+        }
+        self.endpoint
+            .start_qlog(connection, dir)
+            .await
+            .map_err(ActionError::Failed)
     }
 
     /// Endpoint counters.

@@ -27,12 +27,13 @@ pub struct ConnCx<'a, M: Send + 'static> {
 }
 
 impl<M: Send + 'static> ConnCx<'_, M> {
-    /// Records that a child (`who`, e.g. `"stream 4"`) failed (`why`): in this connection's
-    /// failure ring and in the endpoint's, both shown by the snapshot.
-    pub fn record_child_failure(&mut self, who: &str, why: &str) {
-        self.failures.record(who, FailureKind::Failed, why);
+    /// Records that a child (`who`, e.g. `"stream 4"`, of kind `child`) failed (`why`): in
+    /// this connection's failure ring and in the endpoint's, both shown by the snapshot.
+    pub fn record_child_failure(&mut self, child: crate::ActorKind, who: &str, why: &str) {
+        self.failures.record(who, child, FailureKind::Failed, why);
         self.endpoint.record_failure(
             format!("{who} on connection {}", self.trace_id),
+            child,
             FailureKind::Failed,
             why,
         );

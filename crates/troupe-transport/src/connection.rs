@@ -215,6 +215,14 @@ pub enum ConnMsg<M> {
     Info(RpcReplyPort<ConnectionInfo>),
     /// Ask for this connection's node of the live tree (with its streams).
     Snapshot(RpcReplyPort<crate::snapshot::ConnectionSnapshot>),
+    /// Start writing a qlog of this live connection into `dir` (one `.sqlog` file named after
+    /// the trace id); the reply is the file's path, or why not.
+    StartQlog {
+        /// The directory (must exist).
+        dir: std::path::PathBuf,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Result<std::path::PathBuf, String>>,
+    },
 }
 
 /// Names of the connection actor's messages, for its meter (indexed by [`ConnMsg::code`]).
@@ -227,6 +235,7 @@ pub(crate) const CONN_MESSAGES: &[&str] = &[
     "info",
     "snapshot",
     "child event",
+    "start qlog",
 ];
 
 impl<M> ConnMsg<M> {
@@ -239,6 +248,7 @@ impl<M> ConnMsg<M> {
             ConnMsg::Close { .. } => 4,
             ConnMsg::Info(_) => 5,
             ConnMsg::Snapshot(_) => 6,
+            ConnMsg::StartQlog { .. } => 8,
         }
     }
 }
@@ -246,8 +256,24 @@ impl<M> ConnMsg<M> {
 /// The live connection actors of one endpoint, by actor id, with counted mailboxes. Each
 /// connection actor registers itself when it starts and leaves when it stops; the endpoint
 /// removes one that failed (a failed actor skips its `post_stop`).
-pub(crate) type Registry<M> =
-    Arc<dashmap::DashMap<ractor::ActorId, crate::observe::Tracked<ConnMsg<M>>>>;
+pub(crate) type Registry<M> = Arc<dashmap::DashMap<ractor::ActorId, Registered<M>>>;
+
+/// A live connection actor as the endpoint's registry holds it.
+pub(crate) struct Registered<M> {
+    /// Its counted mailbox.
+    pub(crate) mailbox: Tracked<ConnMsg<M>>,
+    /// quiche's trace id (how logs, the snapshot and admin actions name it).
+    pub(crate) trace_id: Arc<str>,
+}
+
+impl<M> Clone for Registered<M> {
+    fn clone(&self) -> Self {
+        Registered {
+            mailbox: self.mailbox.clone(),
+            trace_id: self.trace_id.clone(),
+        }
+    }
+}
 
 /// What a connection's closed-watch holds: nothing while it is open, then its final figures
 /// (with [`ConnectionInfo::close`] set).
@@ -404,6 +430,8 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     /// Key-log file and qlog directory, opened in `post_start` (off the receive loop, which
     /// awaits `pre_start`), before the first packet is processed.
     log_files: Option<(Option<std::path::PathBuf>, Option<std::path::PathBuf>)>,
+    /// Where this connection's qlog goes, once one was started.
+    qlog_path: Option<std::path::PathBuf>,
     timer: watch::Sender<Option<Instant>>,
     armed: Option<Instant>,
     flush_scheduled: bool,
@@ -503,8 +531,14 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             myself.get_id(),
             Box::new(move || me.cast(ConnMsg::PacketsReady).is_ok()),
         );
-        args.registry.insert(myself.get_id(), mailbox.clone());
         let trace_id = args.conn.trace_id().to_string();
+        args.registry.insert(
+            myself.get_id(),
+            Registered {
+                mailbox: mailbox.clone(),
+                trace_id: trace_id.as_str().into(),
+            },
+        );
         let span = info_span!("conn", conn_id = %trace_id, peer = %args.conn.path_stats().next().map(|p| p.peer_addr.to_string()).unwrap_or_default());
         let now = Instant::now();
         let batcher = GsoBatcher::new(
@@ -532,6 +566,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             session_cache: args.session_cache,
             log_files: (args.keylog.is_some() || args.qlog_dir.is_some())
                 .then(|| (args.keylog.clone(), args.qlog_dir.clone())),
+            qlog_path: None,
             timer: spawn_timer(mailbox.clone()),
             armed: None,
             flush_scheduled: false,
@@ -624,6 +659,11 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
                 let _ = reply.send(st.snapshot(&myself));
                 return Ok(());
             }
+            ConnMsg::StartQlog { dir, reply } => {
+                let r = st.start_qlog(dir).instrument(span).await;
+                let _ = reply.send(r);
+                return Ok(());
+            }
         };
         st.turn(&myself, ev).instrument(span).await;
         Ok(())
@@ -703,14 +743,49 @@ impl<A: ConnectionApp> ConnState<A> {
             None => {}
         }
         match qlog {
-            Some((_, Ok(f))) => self.conn.set_qlog(
-                Box::new(std::io::BufWriter::new(f)),
-                "troupe".into(),
-                format!("troupe {role} {}", self.trace_id),
-            ),
+            Some((path, Ok(f))) => {
+                self.conn.set_qlog(
+                    Box::new(std::io::BufWriter::new(f)),
+                    "troupe".into(),
+                    format!("troupe {role} {}", self.trace_id),
+                );
+                self.qlog_path = Some(path);
+            }
             Some((path, Err(e))) => warn!(path = %path.display(), "cannot create qlog file: {e}"),
             None => {}
         }
+    }
+
+    /// Starts a qlog of this live connection in `dir` (an operator's request, through the
+    /// admin endpoint). The file is written line by line, so it can be followed while the
+    /// connection runs. One qlog per connection: a second request names the first file.
+    async fn start_qlog(&mut self, dir: std::path::PathBuf) -> Result<std::path::PathBuf, String> {
+        if let Some(path) = &self.qlog_path {
+            return Err(format!(
+                "connection {} already writes its qlog to {}",
+                self.trace_id,
+                path.display()
+            ));
+        }
+        let role = if self.conn.is_server() {
+            "server"
+        } else {
+            "client"
+        };
+        let path = dir.join(format!("{role}-{}.sqlog", self.trace_id));
+        let p = path.clone();
+        let f = tokio::task::spawn_blocking(move || std::fs::File::create(&p))
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        self.conn.set_qlog(
+            Box::new(std::io::LineWriter::new(f)),
+            "troupe".into(),
+            format!("troupe {role} {} (started live)", self.trace_id),
+        );
+        tracing::info!(path = %path.display(), "qlog started");
+        self.qlog_path = Some(path.clone());
+        Ok(path)
     }
 
     fn info(&self) -> ConnectionInfo {

@@ -335,78 +335,8 @@ pub fn top(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::{Handling, MeterView};
-    use crate::snapshot::{ConnectionSnapshot, DirectionSnapshot, ReceiveLoopNode, StreamSnapshot};
-    use crate::supervision::BudgetView;
-
-    fn node(kind: ActorKind, id: &str, busy: f64, depth: u64) -> ActorNode {
-        ActorNode {
-            kind,
-            id: id.into(),
-            status: "Running".into(),
-            meter: MeterView {
-                age_secs: 1.0,
-                mailbox_depth: depth,
-                oldest_message_age_secs: (depth > 0).then_some(0.1),
-                messages_handled: 1,
-                busy_secs: busy,
-                handling: None,
-                last_error: None,
-            },
-        }
-    }
-
-    fn stream(id: &str, stream_id: u64, busy: f64, bytes: u64) -> StreamSnapshot {
-        StreamSnapshot::new(
-            node(ActorKind::Stream, id, busy, 0),
-            stream_id,
-            Some("GET".into()),
-            Some("/".into()),
-            DirectionSnapshot::new("open", bytes, None, None),
-            DirectionSnapshot::new("open", 0, None, None),
-            0,
-            Some(0),
-            0,
-        )
-    }
-
-    fn conn(
-        id: &str,
-        busy: f64,
-        bytes: u64,
-        lost: u64,
-        streams: Vec<StreamSnapshot>,
-    ) -> ConnectionSnapshot {
-        let mut c = ConnectionSnapshot::unanswered(node(ActorKind::Connection, id, busy, 0));
-        c.answered = true;
-        c.trace_id = format!("t-{id}");
-        c.bytes_sent = bytes;
-        c.packets_lost = lost;
-        c.streams = streams;
-        c
-    }
-
-    fn endpoint(conns: Vec<ConnectionSnapshot>) -> EndpointSnapshot {
-        EndpointSnapshot {
-            taken_at_unix_secs: 0.0,
-            actor: node(ActorKind::Endpoint, "e", 0.0, 0),
-            role: "server",
-            local_addr: "127.0.0.1:1".parse().unwrap(),
-            supervisor: Some("sup".into()),
-            receive_loop: ReceiveLoopNode {
-                restarts: 0,
-                budget: BudgetView {
-                    used: 0,
-                    max_restarts: 1,
-                    within_secs: 5.0,
-                },
-            },
-            failures: Vec::new(),
-            failures_total: 0,
-            counters: Default::default(),
-            connections: conns,
-        }
-    }
+    use crate::observe::Handling;
+    use crate::snapshot::fixtures::{conn, endpoint, stream};
 
     #[test]
     fn a_quiet_supervised_endpoint_has_no_warning() {

@@ -256,7 +256,8 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
                         Verdict::Restart => FailureKind::Restarted,
                         Verdict::Escalate => FailureKind::Escalated,
                     };
-                    s.failures.record("receive loop", kind, &reason);
+                    s.failures
+                        .record("receive loop", ActorKind::ReceiveLoop, kind, &reason);
                     (d, s.budget.policy())
                 });
                 if decision == Verdict::Escalate {
@@ -313,6 +314,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
                 bump(&st.routes.stats.connections_failed);
                 st.routes.stats.record_failure(
                     format!("connection actor {}", cell.get_id()),
+                    ActorKind::Connection,
                     crate::supervision::FailureKind::Failed,
                     &err.to_string(),
                 );
@@ -520,14 +522,14 @@ impl<A: ConnectionApp> Endpoint<A> {
     /// Sends an application message (made by `make`) to every live connection actor.
     pub fn broadcast(&self, make: impl Fn() -> A::Msg) {
         for conn in self.registry.iter() {
-            let _ = conn.value().cast(ConnMsg::App(make()));
+            let _ = conn.value().mailbox.cast(ConnMsg::App(make()));
         }
     }
 
     /// Closes every connection with an application error code.
     pub fn close_all(&self, code: u64, reason: &str) {
         for conn in self.registry.iter() {
-            let _ = conn.value().cast(ConnMsg::Close {
+            let _ = conn.value().mailbox.cast(ConnMsg::Close {
                 space: crate::connection::ErrorSpace::Application,
                 code,
                 reason: reason.as_bytes().to_vec(),
@@ -550,6 +552,43 @@ impl<A: ConnectionApp> Endpoint<A> {
             .collect()
     }
 
+    /// The live connection named `key`: its trace id (as logs and the snapshot show it) or its
+    /// actor id. `None` when no live connection has that name.
+    pub fn find_connection(&self, key: &str) -> Option<Tracked<ConnMsg<A::Msg>>> {
+        self.registry
+            .iter()
+            .find(|e| &*e.value().trace_id == key || e.key().to_string() == key)
+            .map(|e| e.value().mailbox.clone())
+    }
+
+    /// Starts a qlog of the live connection named `key` (see [`Endpoint::find_connection`])
+    /// in `dir`, and returns the file's path. Refused, with the reason, when no such
+    /// connection is live, when it already writes a qlog, or when the file cannot be created.
+    ///
+    /// Cancel safety: cancel-safe; the qlog starts if the connection got the request.
+    pub async fn start_qlog(
+        &self,
+        key: &str,
+        dir: &std::path::Path,
+    ) -> Result<std::path::PathBuf, String> {
+        let conn = self
+            .find_connection(key)
+            .ok_or_else(|| format!("no live connection is named {key:?}"))?;
+        conn.meter().on_send();
+        let dir = dir.to_path_buf();
+        match conn
+            .actor()
+            .call(
+                |reply| ConnMsg::StartQlog { dir, reply },
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            _ => Err(format!("connection {key} closed before it answered")),
+        }
+    }
+
     /// The live tree under this endpoint: its actor, receive loop and restart budget, its
     /// failure ring, and every connection with its streams. Taken while traffic runs: each
     /// connection answers one message between turns; one that does not answer within
@@ -560,8 +599,11 @@ impl<A: ConnectionApp> Endpoint<A> {
     pub async fn snapshot(&self) -> crate::snapshot::EndpointSnapshot {
         use crate::snapshot::{ActorNode, ConnectionSnapshot, EndpointSnapshot, ReceiveLoopNode};
         use crate::supervision::BudgetView;
-        let conns: Vec<Tracked<ConnMsg<A::Msg>>> =
-            self.registry.iter().map(|e| e.value().clone()).collect();
+        let conns: Vec<Tracked<ConnMsg<A::Msg>>> = self
+            .registry
+            .iter()
+            .map(|e| e.value().mailbox.clone())
+            .collect();
         let answers = futures::future::join_all(conns.iter().map(|c| async move {
             c.meter().on_send();
             let r = c
@@ -582,9 +624,15 @@ impl<A: ConnectionApp> Endpoint<A> {
         }))
         .await;
         let now = Instant::now();
-        let (budget, failures, failures_total): (BudgetView, _, _) = self
-            .stats
-            .supervision(|s| (s.budget.view(now), s.failures.entries(), s.failures.total()));
+        let (budget, failures, failures_total, failure_counts): (BudgetView, _, _, _) =
+            self.stats.supervision(|s| {
+                (
+                    s.budget.view(now),
+                    s.failures.entries(),
+                    s.failures.total(),
+                    s.failures.counts(),
+                )
+            });
         let counters = self.stats.snapshot();
         let mut connections: Vec<ConnectionSnapshot> = answers;
         connections.sort_by(|a, b| a.trace_id.cmp(&b.trace_id));
@@ -606,6 +654,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             },
             failures,
             failures_total,
+            failure_counts,
             counters,
             connections,
         }

@@ -16,6 +16,7 @@ pub mod eyeballs;
 mod gso;
 pub mod metrics;
 pub mod observe;
+pub mod render;
 mod retry;
 mod route;
 mod sessions;
@@ -44,7 +45,8 @@ pub use snapshot::{
 };
 pub use stats::{EndpointStats, EndpointStatsSnapshot};
 pub use supervision::{
-    BudgetView, Failure, FailureKind, FailureRing, RestartBudget, RestartPolicy, Verdict,
+    BudgetView, Failure, FailureCount, FailureKind, FailureRing, RestartBudget, RestartPolicy,
+    Verdict,
 };
 pub use tls::{Identity, TlsConfig, Verify, SELF_SIGNED_NAMES};
 

@@ -330,6 +330,13 @@ impl PrometheusMetrics {
         PrometheusMetrics { inner: Arc::new(p) }
     }
 
+    /// Writes every counter to `out` in the text exposition format, without the closing
+    /// `# EOF` line: for an exporter that appends series of its own (then `# EOF`).
+    pub fn encode_series(&self, out: &mut String) {
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode_registry(out, &self.inner.registry);
+    }
+
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -59,16 +59,20 @@ pub enum ActorKind {
     Stream,
     /// An HTTP datagram flow.
     Flow,
+    /// An endpoint's UDP receive loop: a supervised task, not an actor, restarted by its
+    /// endpoint within a budget.
+    ReceiveLoop,
 }
 
 impl ActorKind {
-    /// `"endpoint"`, `"connection"`, `"stream"`, `"flow"`.
+    /// `"endpoint"`, `"connection"`, `"stream"`, `"flow"`, `"receive_loop"`.
     pub fn as_str(self) -> &'static str {
         match self {
             ActorKind::Endpoint => "endpoint",
             ActorKind::Connection => "connection",
             ActorKind::Stream => "stream",
             ActorKind::Flow => "flow",
+            ActorKind::ReceiveLoop => "receive_loop",
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct EndpointSnapshot {
     pub failures: Vec<Failure>,
     /// Failures ever recorded, including those no longer in `failures`.
     pub failures_total: u64,
+    /// Failures ever recorded, by kind of child and outcome.
+    pub failure_counts: Vec<crate::supervision::FailureCount>,
     /// The endpoint's counters.
     pub counters: crate::stats::EndpointStatsSnapshot,
     /// Every live connection.
@@ -95,6 +97,18 @@ pub enum StageName {
     Draining,
     /// Closed; the actor is stopping.
     Closing,
+}
+
+impl StageName {
+    /// `handshake`, `established`, `draining` or `closing` (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageName::Handshake => "handshake",
+            StageName::Established => "established",
+            StageName::Draining => "draining",
+            StageName::Closing => "closing",
+        }
+    }
 }
 
 /// One connection and its streams.
@@ -309,4 +323,81 @@ impl DirectionSnapshot {
 /// Renders a connection id as lowercase hex.
 pub(crate) fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Snapshots built by hand, for the unit tests of what reads them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::supervision::BudgetView;
+
+    pub(crate) fn node(kind: ActorKind, id: &str, busy: f64, depth: u64) -> ActorNode {
+        ActorNode {
+            kind,
+            id: id.into(),
+            status: "Running".into(),
+            meter: MeterView {
+                age_secs: 1.0,
+                mailbox_depth: depth,
+                oldest_message_age_secs: (depth > 0).then_some(0.1),
+                messages_handled: 1,
+                busy_secs: busy,
+                handling: None,
+                last_error: None,
+            },
+        }
+    }
+
+    pub(crate) fn stream(id: &str, stream_id: u64, busy: f64, bytes: u64) -> StreamSnapshot {
+        StreamSnapshot::new(
+            node(ActorKind::Stream, id, busy, 0),
+            stream_id,
+            Some("GET".into()),
+            Some("/".into()),
+            DirectionSnapshot::new("open", bytes, None, None),
+            DirectionSnapshot::new("open", 0, None, None),
+            0,
+            Some(0),
+            0,
+        )
+    }
+
+    pub(crate) fn conn(
+        id: &str,
+        busy: f64,
+        bytes: u64,
+        lost: u64,
+        streams: Vec<StreamSnapshot>,
+    ) -> ConnectionSnapshot {
+        let mut c = ConnectionSnapshot::unanswered(node(ActorKind::Connection, id, busy, 0));
+        c.answered = true;
+        c.trace_id = format!("t-{id}");
+        c.bytes_sent = bytes;
+        c.packets_lost = lost;
+        c.streams = streams;
+        c
+    }
+
+    pub(crate) fn endpoint(conns: Vec<ConnectionSnapshot>) -> EndpointSnapshot {
+        EndpointSnapshot {
+            taken_at_unix_secs: 0.0,
+            actor: node(ActorKind::Endpoint, "e", 0.0, 0),
+            role: "server",
+            local_addr: "127.0.0.1:1".parse().unwrap(),
+            supervisor: Some("sup".into()),
+            receive_loop: ReceiveLoopNode {
+                restarts: 0,
+                budget: BudgetView {
+                    used: 0,
+                    max_restarts: 1,
+                    within_secs: 5.0,
+                },
+            },
+            failures: Vec::new(),
+            failures_total: 0,
+            failure_counts: Vec::new(),
+            counters: Default::default(),
+            connections: conns,
+        }
+    }
 }

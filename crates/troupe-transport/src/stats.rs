@@ -44,10 +44,11 @@ impl EndpointStats {
     pub(crate) fn record_failure(
         &self,
         who: impl Into<String>,
+        child: crate::observe::ActorKind,
         kind: crate::supervision::FailureKind,
         why: &str,
     ) {
-        self.supervision(|s| s.failures.record(who, kind, why));
+        self.supervision(|s| s.failures.record(who, child, kind, why));
     }
 }
 

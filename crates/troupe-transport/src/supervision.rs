@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::error::ConfigError;
+use crate::observe::ActorKind;
 
 /// How often a long-lived child (a UDP receive loop) may fail and be restarted: at most
 /// `max_restarts` times within any `within`; the next failure escalates (the supervisor fails
@@ -178,6 +179,8 @@ pub enum FailureKind {
 pub struct Failure {
     /// Which child: `"receive loop"`, `"connection <trace id>"`, `"stream <id> on <trace id>"`.
     pub who: String,
+    /// What kind of child it was.
+    pub child: ActorKind,
     /// What became of it.
     pub kind: FailureKind,
     /// When, as seconds since the Unix epoch.
@@ -197,6 +200,20 @@ pub struct FailureRing {
     entries: VecDeque<Failure>,
     /// Every failure ever recorded, including the forgotten ones.
     total: u64,
+    /// Every failure ever recorded, by kind of child and outcome (a handful of entries).
+    counts: Vec<FailureCount>,
+}
+
+/// How many failures of one kind of child had one outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct FailureCount {
+    /// The kind of child.
+    pub child: ActorKind,
+    /// What became of it.
+    pub outcome: FailureKind,
+    /// How many, ever.
+    pub total: u64,
 }
 
 /// Failures each ring keeps by default. 32: enough to see a pattern (one route, one peer),
@@ -216,12 +233,20 @@ impl FailureRing {
             capacity,
             entries: VecDeque::with_capacity(capacity.min(FAILURE_RING_LEN)),
             total: 0,
+            counts: Vec::new(),
         }
     }
 
-    /// Records a failure now.
-    pub fn record(&mut self, who: impl Into<String>, kind: FailureKind, why: &str) {
-        self.record_at(SystemTime::now(), who, kind, why);
+    /// Records a failure now: `who` (a `child` kind of actor or task) failed, `kind` says
+    /// what became of it, `why` is the reason.
+    pub fn record(
+        &mut self,
+        who: impl Into<String>,
+        child: ActorKind,
+        kind: FailureKind,
+        why: &str,
+    ) {
+        self.record_at(SystemTime::now(), who, child, kind, why);
     }
 
     /// Records a failure at `at`.
@@ -229,10 +254,23 @@ impl FailureRing {
         &mut self,
         at: SystemTime,
         who: impl Into<String>,
+        child: ActorKind,
         kind: FailureKind,
         why: &str,
     ) {
         self.total += 1;
+        match self
+            .counts
+            .iter_mut()
+            .find(|c| c.child == child && c.outcome == kind)
+        {
+            Some(c) => c.total += 1,
+            None => self.counts.push(FailureCount {
+                child,
+                outcome: kind,
+                total: 1,
+            }),
+        }
         if self.capacity == 0 {
             return;
         }
@@ -245,6 +283,7 @@ impl FailureRing {
         };
         self.entries.push_back(Failure {
             who: who.into(),
+            child,
             kind,
             at_unix_secs: at
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -261,6 +300,12 @@ impl FailureRing {
     /// Every failure recorded, including those no longer kept.
     pub fn total(&self) -> u64 {
         self.total
+    }
+
+    /// Every failure recorded, by kind of child and outcome, in the order each pair first
+    /// occurred.
+    pub fn counts(&self) -> Vec<FailureCount> {
+        self.counts.clone()
     }
 
     /// The most recent failure.
@@ -359,30 +404,52 @@ mod tests {
         assert!(r.entries().is_empty());
         assert_eq!(r.total(), 0);
         assert!(r.last().is_none());
+        assert!(r.counts().is_empty());
     }
 
     #[test]
     fn a_ring_keeps_one_then_several_in_order() {
         let mut r = FailureRing::new(4);
-        r.record("stream 0", FailureKind::Failed, "boom");
+        r.record("stream 0", ActorKind::Stream, FailureKind::Failed, "boom");
         assert_eq!(r.entries().len(), 1);
         assert_eq!(r.last().unwrap().why, "boom");
-        r.record("stream 4", FailureKind::Failed, "b");
-        r.record("receive loop", FailureKind::Restarted, "c");
+        r.record("stream 4", ActorKind::Stream, FailureKind::Failed, "b");
+        r.record(
+            "receive loop",
+            ActorKind::ReceiveLoop,
+            FailureKind::Restarted,
+            "c",
+        );
         let e = r.entries();
         assert_eq!(
             e.iter().map(|f| f.who.as_str()).collect::<Vec<_>>(),
             ["stream 0", "stream 4", "receive loop"]
         );
         assert_eq!(e[2].kind, FailureKind::Restarted);
+        assert_eq!(e[2].child, ActorKind::ReceiveLoop);
         assert!(e[0].at_unix_secs > 1.6e9);
+        let c = r.counts();
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(
+            (c[0].child, c[0].outcome, c[0].total),
+            (ActorKind::Stream, FailureKind::Failed, 2)
+        );
+        assert_eq!(
+            (c[1].child, c[1].outcome, c[1].total),
+            (ActorKind::ReceiveLoop, FailureKind::Restarted, 1)
+        );
     }
 
     #[test]
     fn a_full_ring_forgets_the_oldest_and_counts_everything() {
         let mut r = FailureRing::new(3);
         for i in 0..10 {
-            r.record(format!("stream {i}"), FailureKind::Failed, "x");
+            r.record(
+                format!("stream {i}"),
+                ActorKind::Stream,
+                FailureKind::Failed,
+                "x",
+            );
         }
         let e = r.entries();
         assert_eq!(
@@ -390,8 +457,10 @@ mod tests {
             ["stream 7", "stream 8", "stream 9"]
         );
         assert_eq!(r.total(), 10);
+        // Counts keep what the ring forgot.
+        assert_eq!(r.counts()[0].total, 10);
         let mut none = FailureRing::new(0);
-        none.record("a", FailureKind::Failed, "x");
+        none.record("a", ActorKind::Stream, FailureKind::Failed, "x");
         assert!(none.entries().is_empty());
         assert_eq!(none.total(), 1);
     }
@@ -400,7 +469,7 @@ mod tests {
     fn long_reasons_are_cut_on_a_character_boundary() {
         let mut r = FailureRing::new(1);
         let long = "é".repeat(MAX_REASON_CHARS + 10);
-        r.record("s", FailureKind::Failed, &long);
+        r.record("s", ActorKind::Stream, FailureKind::Failed, &long);
         let why = &r.last().unwrap().why;
         assert_eq!(why.chars().count(), MAX_REASON_CHARS + 1);
         assert!(why.ends_with('…'));

@@ -391,6 +391,24 @@ impl ConnectionApp for H3App {
                 ids.sort_unstable();
                 let _ = reply.send(ids);
             }
+            H3Msg::Cancel {
+                stream_id,
+                code,
+                reply,
+            } => {
+                // Through the actor, which owns both directions' states: it sends what each
+                // still-open direction needs and ends the same way a handler's shutdown does.
+                let live = self.routes.get(&stream_id).is_some_and(|route| {
+                    route
+                        .actor
+                        .cast(StreamMsg::Shutdown {
+                            read: Some(code),
+                            write: Some(code),
+                        })
+                        .is_ok()
+                });
+                let _ = reply.send(live);
+            }
             H3Msg::Request(req) => self.on_request(cx, *req).await,
         }
         Ok(())
@@ -416,7 +434,11 @@ impl ConnectionApp for H3App {
                 if let Some((id, route)) = self.unroute(cell.get_id()) {
                     let why = err.to_string();
                     route.actor.meter().failed(&why);
-                    cx.record_child_failure(&format!("stream {id}"), &why);
+                    cx.record_child_failure(
+                        troupe_transport::ActorKind::Stream,
+                        &format!("stream {id}"),
+                        &why,
+                    );
                     route.stats.update(|a| {
                         a.failed = true;
                         a.send_end

@@ -107,6 +107,17 @@ pub enum H3Msg {
     Request(Box<PendingRequest>),
     /// Inspection: the stream IDs this connection routes to a stream actor right now.
     RoutedStreams(ractor::RpcReplyPort<Vec<u64>>),
+    /// An operator cancels one stream: its actor shuts both directions with `code`
+    /// (STOP_SENDING and RESET_STREAM for what is still open). The reply says whether the
+    /// stream was routed here.
+    Cancel {
+        /// The stream.
+        stream_id: u64,
+        /// Error code.
+        code: u64,
+        /// Whether the stream was live.
+        reply: ractor::RpcReplyPort<bool>,
+    },
 }
 
 /// A client request not yet on the wire.

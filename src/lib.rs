@@ -27,6 +27,9 @@ pub use troupe_transport as transport;
 /// HTTP/3: stream actors, server, client, bodies.
 pub use troupe_h3 as h3;
 
+/// MASQUE: HTTP Datagrams, capsules, CONNECT-UDP proxy and client, one actor per flow.
+pub use troupe_masque as masque;
+
 /// The admin endpoint: the live tree as JSON, text and a page, `/metrics`, warnings, top-N,
 /// and operator actions.
 pub use troupe_admin as admin;

@@ -14,6 +14,8 @@ use troupe::h3::{Body, ClientEndpoint, H3Settings, Server, ServerConfig};
 use troupe::service::Builtin;
 use troupe::transport::{Identity, QuicSettings, TlsConfig, Verify};
 
+mod proxy;
+
 /// mimalloc: per-stream actors allocate and free small channel blocks at a high rate; the
 /// system allocator spent 17% of a server's CPU on them in the first profile.
 #[global_allocator]
@@ -38,6 +40,10 @@ enum Cmd {
     Get(GetArgs),
     /// Print the live actor tree (or the top actors) of a server started with --admin.
     Tree(TreeArgs),
+    /// Serve a CONNECT-UDP proxy (RFC 9298), refusing private and special ranges by default.
+    Proxy(proxy::ProxyArgs),
+    /// Forward a local UDP port through a CONNECT-UDP proxy to one target.
+    UdpTunnel(proxy::TunnelArgs),
 }
 
 #[derive(Args)]
@@ -213,7 +219,8 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => a.workers,
         Cmd::Get(_) => None,
         // A client of one HTTP/1.1 endpoint: one thread is plenty.
-        Cmd::Tree(_) => Some(0),
+        Cmd::Tree(_) | Cmd::UdpTunnel(_) => Some(0),
+        Cmd::Proxy(_) => None,
     };
     let mut builder = match workers {
         Some(0) => tokio::runtime::Builder::new_current_thread(),
@@ -236,6 +243,8 @@ fn main() -> ExitCode {
             Cmd::Serve(a) => serve(a).await.map(|_| ExitCode::SUCCESS),
             Cmd::Get(a) => get(a).await,
             Cmd::Tree(a) => tree(a).await.map(|_| ExitCode::SUCCESS),
+            Cmd::Proxy(a) => proxy::proxy(a).await.map(|_| ExitCode::SUCCESS),
+            Cmd::UdpTunnel(a) => proxy::udp_tunnel(a).await.map(|_| ExitCode::SUCCESS),
         }
     });
     let code = match r {
@@ -265,22 +274,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     config.quic.max_connections = a.max_connections;
     config.quic.idle_timeout = Duration::from_secs(a.idle_timeout);
     let generated = a.cert.is_none();
-    config.tls = TlsConfig {
-        identity: match (&a.cert, &a.key) {
-            (Some(c), Some(k)) => Some(Identity::from_pem_files(c, k)?),
-            _ => Some(Identity::self_signed()?),
-        },
-        verify: Verify::default(),
-    };
-    let defaulted = a.listen.is_empty();
-    let listen = if defaulted {
-        vec![
-            SocketAddr::from(([127, 0, 0, 1], 4433)),
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 4433)),
-        ]
-    } else {
-        a.listen.clone()
-    };
+    config.tls = server_tls(&a.cert, &a.key)?;
     let handler = move |req| {
         let svc = svc.clone();
         async move { svc.handle(req).await }
@@ -303,25 +297,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    let mut servers: Vec<Arc<Server>> = Vec::with_capacity(listen.len());
-    for (i, mut addr) in listen.into_iter().enumerate() {
-        if addr.port() == 0 {
-            if let Some(first) = servers.first() {
-                addr.set_port(first.local_addr().port());
-            }
-        }
-        match Server::bind(addr, config.clone(), handler.clone()).await {
-            Ok(s) => servers.push(Arc::new(s)),
-            Err(e) if defaulted && i > 0 => {
-                eprintln!("troupe: not serving on {addr} ({e}); serving IPv4 only");
-            }
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("--listen {addr}: cannot serve there"))
-                )
-            }
-        }
-    }
+    let servers = bind_servers(&a.listen, &config, handler).await?;
     let server = &servers[0];
     let addr = server.local_addr();
     let addrs = servers
@@ -485,13 +461,13 @@ fn top_table(json: &str) -> Result<String> {
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM, as one stream of "please stop" events.
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
@@ -499,7 +475,7 @@ impl Signals {
         })
     }
 
-    async fn next(&mut self) {
+    pub(crate) async fn next(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
@@ -530,15 +506,7 @@ async fn get(a: GetArgs) -> Result<ExitCode> {
         .iter()
         .find(|r| r.host.eq_ignore_ascii_case(&host) && r.port == port);
 
-    let verify = match (&a.ca, a.insecure) {
-        (Some(p), _) => {
-            std::fs::metadata(p)
-                .with_context(|| format!("--ca {}: cannot read the file", p.display()))?;
-            Verify::CaFile(p.clone())
-        }
-        (None, true) => Verify::Insecure,
-        (None, false) => Verify::SystemRoots,
-    };
+    let verify = verify_from(&a.ca, a.insecure)?;
     let method: http::Method = match (&a.method, &a.data) {
         (Some(m), _) => m
             .parse()
@@ -569,20 +537,7 @@ async fn get(a: GetArgs) -> Result<ExitCode> {
         identity: None,
         verify,
     };
-    // One dual-stack socket reaches both families; a host without IPv6 gets an IPv4 one.
-    let ep = match ClientEndpoint::bind(
-        "[::]:0".parse()?,
-        quic.clone(),
-        tls.clone(),
-        H3Settings::default(),
-    )
-    .await
-    {
-        Ok(ep) => ep,
-        Err(_) => {
-            ClientEndpoint::bind("0.0.0.0:0".parse()?, quic, tls, H3Settings::default()).await?
-        }
-    };
+    let ep = client_endpoint(quic, tls).await?;
     // Every address of the name is tried, IPv6 first, the Happy Eyeballs way.
     let client = match pinned {
         Some(r) => {
@@ -631,6 +586,87 @@ async fn get(a: GetArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The certificate to serve: the given PEM files, or a generated self-signed one for localhost.
+pub(crate) fn server_tls(cert: &Option<PathBuf>, key: &Option<PathBuf>) -> Result<TlsConfig> {
+    Ok(TlsConfig {
+        identity: match (cert, key) {
+            (Some(c), Some(k)) => Some(Identity::from_pem_files(c, k)?),
+            _ => Some(Identity::self_signed()?),
+        },
+        verify: Verify::default(),
+    })
+}
+
+/// How a client verifies its server: `--ca`, `--insecure`, or the system's roots.
+pub(crate) fn verify_from(ca: &Option<PathBuf>, insecure: bool) -> Result<Verify> {
+    Ok(match (ca, insecure) {
+        (Some(p), _) => {
+            std::fs::metadata(p)
+                .with_context(|| format!("--ca {}: cannot read the file", p.display()))?;
+            Verify::CaFile(p.clone())
+        }
+        (None, true) => Verify::Insecure,
+        (None, false) => Verify::SystemRoots,
+    })
+}
+
+/// A client endpoint on one dual-stack socket, which reaches both families (an IPv4 one on a
+/// host without IPv6).
+pub(crate) async fn client_endpoint(quic: QuicSettings, tls: TlsConfig) -> Result<ClientEndpoint> {
+    match ClientEndpoint::bind(
+        "[::]:0".parse()?,
+        quic.clone(),
+        tls.clone(),
+        H3Settings::default(),
+    )
+    .await
+    {
+        Ok(ep) => Ok(ep),
+        Err(_) => Ok(
+            ClientEndpoint::bind("0.0.0.0:0".parse()?, quic, tls, H3Settings::default()).await?,
+        ),
+    }
+}
+
+/// One server per `--listen` address, or on 127.0.0.1:4433 and [::1]:4433 (both addresses of
+/// localhost) when none was given; then the second is skipped, with a warning, on a host
+/// without IPv6. Later addresses with port 0 take the first one's port.
+pub(crate) async fn bind_servers<H: troupe::h3::Handler + Clone>(
+    given: &[SocketAddr],
+    config: &ServerConfig,
+    handler: H,
+) -> Result<Vec<Arc<Server>>> {
+    let defaulted = given.is_empty();
+    let listen = if defaulted {
+        vec![
+            SocketAddr::from(([127, 0, 0, 1], 4433)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 4433)),
+        ]
+    } else {
+        given.to_vec()
+    };
+    let mut servers: Vec<Arc<Server>> = Vec::with_capacity(listen.len());
+    for (i, mut addr) in listen.into_iter().enumerate() {
+        if addr.port() == 0 {
+            if let Some(first) = servers.first() {
+                addr.set_port(first.local_addr().port());
+            }
+        }
+        match Server::bind(addr, config.clone(), handler.clone()).await {
+            Ok(s) => servers.push(Arc::new(s)),
+            Err(e) if defaulted && i > 0 => {
+                eprintln!("troupe: not serving on {addr} ({e}); serving IPv4 only");
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("--listen {addr}: cannot serve there"))
+                )
+            }
+        }
+    }
+    Ok(servers)
 }
 
 /// A host as it goes into an authority: an IPv6 address in brackets.

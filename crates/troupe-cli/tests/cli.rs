@@ -619,3 +619,122 @@ fn second_signal_exits_at_once() {
     assert_eq!(exit.code(), Some(130));
     let _ = get.0.kill();
 }
+
+/// Reads lines from `child`'s stdout until one starts with `prefix`; returns the rest of it and
+/// leaves a thread draining the remaining output.
+fn line_starting(child: &mut Reaped, prefix: &str) -> String {
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let found = loop {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("no line starting {prefix:?}; saw {seen:?}");
+        };
+        if let Some(rest) = line.strip_prefix(prefix) {
+            break rest.to_string();
+        }
+        seen.push(line);
+    };
+    std::thread::spawn(move || for _ in lines {});
+    found
+}
+
+#[test]
+fn proxy_and_udp_tunnel_carry_datagrams_to_an_allowed_target_only() {
+    // The target: a UDP echo server on loopback.
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let mut proxy = Reaped(
+        troupe()
+            .args(["proxy", "--listen", "127.0.0.1:0", "--allow"])
+            .arg(echo_addr.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(proxy.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let port: u16 = first
+        .strip_prefix("troupe proxy serving CONNECT-UDP on 127.0.0.1:")
+        .and_then(|r| r.strip_suffix(" (UDP)"))
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .parse()
+        .unwrap();
+    let second = lines.next().unwrap().unwrap();
+    let cert = second
+        .strip_prefix("self-signed certificate for localhost: ")
+        .unwrap_or_else(|| panic!("unexpected second line {second:?}"))
+        .to_string();
+    std::thread::spawn(move || for _ in lines {});
+    let proxy_url = format!("https://localhost:{port}/");
+
+    let mut tunnel = Reaped(
+        troupe()
+            .args(["udp-tunnel", "--proxy", &proxy_url, "--target"])
+            .arg(echo_addr.to_string())
+            .args(["--ca", &cert])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let rest = line_starting(&mut tunnel, "forwarding UDP ");
+    let local: std::net::SocketAddr = rest.split(' ').next().unwrap().parse().unwrap();
+    let app = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    app.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for i in 0..100u32 {
+        let msg = format!("datagram {i}");
+        app.send_to(msg.as_bytes(), local).unwrap();
+        let (n, _) = app.recv_from(&mut buf).expect("the echo comes back");
+        assert_eq!(&buf[..n], msg.as_bytes());
+    }
+    drop(tunnel);
+
+    // A target the proxy does not allow: refused with 403 and Proxy-Status, the tunnel exits.
+    let out = troupe()
+        .args([
+            "udp-tunnel",
+            "--proxy",
+            &proxy_url,
+            "--target",
+            "127.0.0.2:9",
+            "--ca",
+            &cert,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("403")
+            && err.contains("destination_ip_prohibited")
+            && err.contains("loopback"),
+        "{err}"
+    );
+    for (args, needle) in [
+        (vec!["proxy", "--allow", "nonsense"], "HOST:PORT"),
+        (vec!["proxy", "--deny", "10.0.0.0/33"], "CIDR"),
+        (vec!["proxy", "--template", "/no/variables"], "target_host"),
+        (
+            vec!["udp-tunnel", "--proxy", "http://x/", "--target", "a:1"],
+            "https://",
+        ),
+        (
+            vec!["udp-tunnel", "--proxy", "https://x/", "--target", "::1:53"],
+            "brackets",
+        ),
+    ] {
+        let out = troupe().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

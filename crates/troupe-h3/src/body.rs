@@ -243,8 +243,24 @@ impl From<RecvBody> for Body {
 #[error("the body's sender was dropped before finishing the body")]
 pub struct BodyCancelled;
 
+/// Why [`BodySender::try_send_data`] did not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrySend {
+    /// The channel is full now.
+    #[error("the body's channel is full")]
+    Full,
+    /// The stream is gone.
+    #[error("the body's stream is gone")]
+    Closed,
+}
+
 /// The sending end of a [`Body::channel`]. Sends wait while the channel is full, so a producer
 /// never runs ahead of the peer by more than the channel plus the stream's send window.
+///
+/// Clones share the body: it ends when every clone is gone, normally (FIN) if any of them
+/// called [`BodySender::finish`], else with a reset (H3_REQUEST_CANCELLED).
+#[derive(Clone)]
 pub struct BodySender {
     tx: tokio::sync::mpsc::Sender<Frame>,
     finished: Arc<std::sync::atomic::AtomicBool>,
@@ -279,6 +295,26 @@ impl BodySender {
                 Frame::Trailers(t) => t,
                 Frame::Data(_) => http::HeaderMap::new(),
             })
+    }
+
+    /// Sends body bytes if the channel has room now, without waiting: for producers that
+    /// would rather drop (and count) than wait, such as a datagram flow's capsules.
+    pub fn try_send_data(&self, data: Bytes) -> Result<(), TrySend> {
+        use tokio::sync::mpsc::error::TrySendError;
+        self.tx.try_send(Frame::Data(data)).map_err(|e| match e {
+            TrySendError::Full(_) => TrySend::Full,
+            TrySendError::Closed(_) => TrySend::Closed,
+        })
+    }
+
+    /// Whether nothing will take the body any more (the stream ended or was reset).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Resolves once nothing will take the body any more (the stream ended or was reset).
+    pub async fn closed(&self) {
+        self.tx.closed().await
     }
 
     /// Ends the body normally (FIN).

@@ -34,3 +34,5 @@ pub const H3_MESSAGE_ERROR: u64 = 0x10e;
 pub const H3_CONNECT_ERROR: u64 = 0x10f;
 /// Retry over HTTP/1.1.
 pub const H3_VERSION_FALLBACK: u64 = 0x110;
+/// A malformed HTTP Datagram or capsule (RFC 9297 §5.2).
+pub const H3_DATAGRAM_ERROR: u64 = 0x33;

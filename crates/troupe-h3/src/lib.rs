@@ -16,8 +16,10 @@ mod budget;
 mod client;
 pub mod codes;
 mod conn;
+pub mod datagram;
 mod error;
 mod events;
+pub mod flow;
 pub mod headers;
 mod peer_settings;
 mod priority;
@@ -27,12 +29,13 @@ mod stream;
 
 pub use audit::{StreamAudit, StreamEnd, StreamStats};
 pub use body::{
-    Body, BodyCancelled, BodyError, BodySender, BoxError, Frame, RecvBody, RecvBodyStats,
+    Body, BodyCancelled, BodyError, BodySender, BoxError, Frame, RecvBody, RecvBodyStats, TrySend,
 };
 pub use client::{Client, ClientEndpoint};
 pub use conn::{H3App, H3Msg, OutFrame, PendingRequest, Section};
 pub use error::{ActionError, RequestError};
 pub use events::{ConnectionEvent, EventSink};
+pub use flow::{DatagramFlow, DatagramSink, FlowEnd, PeerDatagrams};
 pub use peer_settings::*;
 pub use priority::{Priority, PrioritySignal};
 pub use server::{Handler, IncomingRequest, Responder, Server, ServerConfig};

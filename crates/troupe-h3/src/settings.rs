@@ -44,6 +44,10 @@ pub struct H3Settings {
     /// admin endpoint, `troupe tree`). Default off: an operator usually needs to see which
     /// request is stuck; turn it on where paths carry secrets (tokens in query strings).
     pub redact_paths: bool,
+    /// Advertise SETTINGS_ENABLE_CONNECT_PROTOCOL and accept extended CONNECT requests
+    /// (`:protocol`, RFC 9220), such as CONNECT-UDP. Default off: without it a request carrying
+    /// `:protocol` is malformed (H3_MESSAGE_ERROR), as RFC 9220 requires.
+    pub extended_connect: bool,
 }
 
 impl Default for H3Settings {
@@ -59,6 +63,7 @@ impl Default for H3Settings {
             max_pending_requests: 1024,
             max_unanswered_requests: 1024,
             redact_paths: false,
+            extended_connect: false,
         }
     }
 }

@@ -39,7 +39,7 @@ pub use metrics::{
 };
 pub use observe::{ActorKind, ActorMeter, MeterView, Tracked};
 pub use retry::TOKEN_LIFETIME;
-pub use settings::{CongestionControl, QuicSettings};
+pub use settings::{CongestionControl, QuicSettings, DATAGRAM_QUEUE_LEN};
 pub use snapshot::{
     ActorNode, ConnectionSnapshot, DirectionSnapshot, EndpointSnapshot, StreamSnapshot,
 };

@@ -138,9 +138,10 @@ impl Default for QuicSettings {
     }
 }
 
-/// Receive queue length for QUIC DATAGRAM frames inside quiche.
-/// 1024: bursts of small tunnelled packets fit; the flow actors drain it every loop turn.
-const DGRAM_QUEUE_LEN: usize = 1024;
+/// Length of quiche's receive and send queues for QUIC DATAGRAM frames, per connection.
+/// 1024: bursts of small tunnelled packets fit; the connection drains the receive queue every
+/// turn, and shares the send queue fairly among its flows.
+pub const DATAGRAM_QUEUE_LEN: usize = 1024;
 
 impl QuicSettings {
     /// Checks the settings for values quiche would reject or that cannot work.
@@ -231,7 +232,7 @@ impl QuicSettings {
         c.set_disable_active_migration(true);
         c.set_cc_algorithm(self.congestion_control.to_quiche());
         if self.datagrams {
-            c.enable_dgram(true, DGRAM_QUEUE_LEN, DGRAM_QUEUE_LEN);
+            c.enable_dgram(true, DATAGRAM_QUEUE_LEN, DATAGRAM_QUEUE_LEN);
         }
         if self.keylog_file.is_some() {
             c.log_keys();

@@ -89,6 +89,24 @@ impl H3App {
                 return;
             }
         };
+        let extended = head.extensions.get::<headers::Protocol>().is_some();
+        if extended && !self.settings.extended_connect {
+            // RFC 9220 §3: :protocol is only valid once we advertised the setting.
+            debug!(
+                stream_id,
+                ":protocol without SETTINGS_ENABLE_CONNECT_PROTOCOL: H3_MESSAGE_ERROR"
+            );
+            shutdown_both(cx.conn, stream_id, H3_MESSAGE_ERROR);
+            return;
+        }
+        let flow = extended.then(|| {
+            crate::flow::DatagramFlow::new(
+                stream_id,
+                cx.mailbox.clone(),
+                self.datagrams.clone(),
+                cx.trace_id.into(),
+            )
+        });
         // RFC 9218: the request's `priority` field, overridden by a PRIORITY_UPDATE that came
         // first; with neither, the response default applies to scheduling.
         let mut signalled = head
@@ -106,6 +124,7 @@ impl H3App {
             fin: !more_frames,
             handler,
             priority: signal.clone(),
+            flow,
         };
         let key = signalled.unwrap_or(Priority::RESPONSE_DEFAULT);
         if self

@@ -120,10 +120,24 @@ impl H3App {
                     super::accept::path_of(&req.head.uri),
                 );
                 stats.update(|a| a.headers_wait = Some(req.created.elapsed()));
+                let flow = req
+                    .head
+                    .extensions
+                    .get::<headers::Protocol>()
+                    .is_some()
+                    .then(|| {
+                        crate::flow::DatagramFlow::new(
+                            stream_id,
+                            cx.mailbox.clone(),
+                            self.datagrams.clone(),
+                            cx.trace_id.into(),
+                        )
+                    });
                 let role = Role::Client {
                     body: req.body,
                     fin_sent: fin,
                     reply: req.reply,
+                    flow,
                 };
                 if self
                     .spawn_stream(cx, stream_id, role, stats, None, Priority::RESPONSE_DEFAULT)

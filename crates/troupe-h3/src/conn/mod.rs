@@ -17,6 +17,7 @@
 
 mod accept;
 mod client;
+mod datagrams;
 mod goaway;
 mod msg;
 mod read;
@@ -72,6 +73,8 @@ pub struct H3App {
     /// Streams to read again after the next `h3::poll` (see `read_stream`).
     rescan: Vec<u64>,
     trace_id: String,
+    /// HTTP datagram figures shared with this connection's flows.
+    datagrams: Arc<crate::flow::ConnDatagrams>,
 }
 
 fn internal(e: h3::Error) -> AppError {
@@ -117,6 +120,7 @@ impl H3App {
             read_buf: vec![0; read::MAX_READ],
             rescan: Vec::new(),
             trace_id: String::new(),
+            datagrams: Default::default(),
         }
     }
 
@@ -127,6 +131,7 @@ impl H3App {
         }
         c.set_qpack_max_table_capacity(self.settings.qpack_max_table_capacity);
         c.set_qpack_blocked_streams(self.settings.qpack_blocked_streams);
+        c.enable_extended_connect(self.settings.extended_connect);
         Ok(c)
     }
 
@@ -179,6 +184,7 @@ impl H3App {
                         key,
                         stats,
                         signal,
+                        flow: None,
                     },
                 );
                 cx.metrics.stream_opened();
@@ -237,6 +243,15 @@ impl H3App {
         };
         let settings = PeerSettings { raw: raw.to_vec() };
         debug!(?settings, "peer SETTINGS");
+        let dgram = self
+            .h3
+            .as_ref()
+            .is_some_and(|h3| h3.dgram_enabled_by_peer(cx.conn));
+        self.datagrams.set_peer(if dgram {
+            crate::flow::PeerDatagrams::Supported
+        } else {
+            crate::flow::PeerDatagrams::Unsupported
+        });
         match &mut self.side {
             Side::Server(s) => {
                 s.settings_seen = true;
@@ -340,6 +355,7 @@ impl ConnectionApp for H3App {
                     if let Side::Client(c) = &mut self.side {
                         c.on_goaway(stream_id);
                     }
+                    self.close_flows(crate::flow::FlowEnd::GoingAway);
                 }
             }
         }
@@ -347,6 +363,7 @@ impl ConnectionApp for H3App {
             self.read_stream(cx.conn, id);
         }
         self.check_peer_settings(cx);
+        self.read_datagrams(cx)?;
         self.notice_stopped_streams(cx.conn);
         self.start_waiting_requests(cx).await;
         // While draining, ACKs may have completed the last streams.
@@ -408,6 +425,26 @@ impl ConnectionApp for H3App {
                         .is_ok()
                 });
                 let _ = reply.send(live);
+            }
+            H3Msg::AttachFlow { stream_id, sink } => match self.routes.get_mut(&stream_id) {
+                Some(route) => route.flow = Some(sink),
+                // The stream ended first: the flow is over before it began.
+                None => sink.close(crate::flow::FlowEnd::StreamEnded),
+            },
+            H3Msg::SendDatagrams {
+                stream_id,
+                payloads,
+            } => self.send_datagrams(cx, stream_id, payloads),
+            H3Msg::ChildFailed {
+                stream_id,
+                who,
+                why,
+            } => {
+                cx.record_child_failure(
+                    troupe_transport::ActorKind::Flow,
+                    &format!("{who} of stream {stream_id}"),
+                    &why,
+                );
             }
             H3Msg::Request(req) => self.on_request(cx, *req).await,
         }
@@ -480,6 +517,8 @@ impl ConnectionApp for H3App {
 
     fn before_flush(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
         self.try_send_goaway(cx);
+        self.datagrams
+            .set_max_frame(cx.conn.dgram_max_writable_len().unwrap_or(0));
         if let Side::Server(s) = &mut self.side {
             if std::mem::take(&mut s.drain_check_due) {
                 let _ = cx
@@ -516,6 +555,7 @@ impl ConnectionApp for H3App {
                     .send(Err(RequestError::ConnectionClosed(reason.to_string())));
             }
         }
+        self.close_flows(crate::flow::FlowEnd::ConnectionClosed);
         // The actors are drained, not supervised, from here: report the streams now.
         self.by_actor.clear();
         for (_, route) in self.routes.drain() {

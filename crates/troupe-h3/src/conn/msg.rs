@@ -103,6 +103,29 @@ pub enum H3Msg {
     /// After GOAWAY: close the connection if no stream is left (sent to itself, so the close
     /// happens in a later turn than the GOAWAY and never keeps it off the wire).
     DrainCheck,
+    /// Route the stream's HTTP datagrams to `sink` (see [`crate::DatagramFlow::attach`]).
+    AttachFlow {
+        /// The stream.
+        stream_id: u64,
+        /// Where they go.
+        sink: std::sync::Arc<dyn crate::flow::DatagramSink>,
+    },
+    /// Send HTTP datagrams for the stream in QUIC DATAGRAM frames.
+    SendDatagrams {
+        /// The stream.
+        stream_id: u64,
+        /// HTTP Datagram payloads (each goes behind the stream's Quarter Stream ID).
+        payloads: Vec<Bytes>,
+    },
+    /// A stream actor's child (a datagram flow) failed: record it where operators look.
+    ChildFailed {
+        /// The stream whose child it was.
+        stream_id: u64,
+        /// What failed (`"flow"`).
+        who: String,
+        /// Why.
+        why: String,
+    },
     /// Client: start a request (boxed: a request head is large, the other messages small).
     Request(Box<PendingRequest>),
     /// Inspection: the stream IDs this connection routes to a stream actor right now.

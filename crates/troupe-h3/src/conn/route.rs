@@ -67,6 +67,8 @@ pub(super) struct Route {
     pub(super) stats: StreamStats,
     /// Server: handle to the client's priority signal, watched by the handler.
     pub(super) signal: Option<Arc<PriorityCell>>,
+    /// Where the stream's HTTP datagrams go, once a flow is attached.
+    pub(super) flow: Option<Arc<dyn crate::flow::DatagramSink>>,
 }
 
 impl Route {
@@ -83,6 +85,9 @@ impl Route {
         metrics.stream_closed(&self.stats.summary());
         if let Some(p) = &self.signal {
             p.close();
+        }
+        if let Some(f) = &self.flow {
+            f.close(crate::flow::FlowEnd::StreamEnded);
         }
     }
 }

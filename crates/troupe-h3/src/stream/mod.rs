@@ -18,9 +18,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Request, Response};
 use quiche::h3::Header;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
-use tracing::{debug, info_span, trace, Instrument};
+use tracing::{debug, info_span, trace, warn, Instrument};
 use troupe_transport::{ActorMeter, ConnMsg, Tracked};
 
 use crate::audit::{StreamEnd, StreamStats};
@@ -169,6 +169,13 @@ impl StreamControl {
     pub fn shutdown(&self, read: Option<u64>, write: Option<u64>) {
         let _ = self.actor.cast(StreamMsg::Shutdown { read, write });
     }
+
+    /// The stream actor, to link children under (a CONNECT-UDP stream's flow actor, say). A
+    /// child that fails resets the stream both ways with H3_INTERNAL_ERROR and is recorded in
+    /// the failure rings; a child that stops leaves the stream as it is.
+    pub fn actor_cell(&self) -> ractor::ActorCell {
+        self.actor.actor().get_cell()
+    }
 }
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
@@ -197,6 +204,8 @@ pub(crate) enum Role {
         handler: Arc<dyn Handler>,
         /// The client's priority signal for this stream.
         priority: Arc<crate::priority::PriorityCell>,
+        /// An extended CONNECT's access to HTTP datagrams.
+        flow: Option<crate::flow::DatagramFlow>,
     },
     /// A client stream: the request headers are on the wire; send the body, await the reply.
     Client {
@@ -204,6 +213,8 @@ pub(crate) enum Role {
         /// The request headers carried FIN.
         fin_sent: bool,
         reply: ReplyTx,
+        /// An extended CONNECT's access to HTTP datagrams, put in the response.
+        flow: Option<crate::flow::DatagramFlow>,
     },
 }
 
@@ -268,6 +279,8 @@ enum WriteCredit {
 pub(crate) struct StreamActor;
 
 pub(crate) struct StreamState {
+    /// Client: an extended CONNECT's datagram flow, until the response carries it.
+    flow: Option<crate::flow::DatagramFlow>,
     id: u64,
     kind: Kind,
     conn: Tracked<ConnMsg<H3Msg>>,
@@ -432,6 +445,7 @@ impl Actor for StreamActor {
             body_sent: 0,
             stats: args.stats,
             synced: Synced::default(),
+            flow: None,
         };
         match args.role {
             Role::Server {
@@ -439,6 +453,7 @@ impl Actor for StreamActor {
                 fin,
                 handler,
                 priority,
+                flow,
             } => {
                 st.kind = Kind::Server;
                 st.content_length = content_length(&head.headers);
@@ -455,6 +470,9 @@ impl Actor for StreamActor {
                 request
                     .extensions_mut()
                     .insert(ConnTag(st.conn.actor().get_id()));
+                if let Some(flow) = flow {
+                    request.extensions_mut().insert(flow);
+                }
                 st.producer = Producer::Call {
                     handler,
                     request: Box::new(request),
@@ -465,7 +483,9 @@ impl Actor for StreamActor {
                 body,
                 fin_sent,
                 reply,
+                flow,
             } => {
+                st.flow = flow;
                 st.consumer = Consumer::AwaitingResponse {
                     reply,
                     interim: Vec::new(),
@@ -542,6 +562,30 @@ impl Actor for StreamActor {
         }
         .instrument(span)
         .await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        evt: SupervisionEvent,
+        st: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A child (a datagram flow) never stops its stream by exiting; a failed one resets it,
+        // as a panicking handler would, and is recorded where operators look.
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let why = err.to_string();
+            let _g = st.span.clone().entered();
+            warn!(child = %cell.get_id(), "child of the stream failed, resetting the stream: {why}");
+            let _ = st.conn.cast(ConnMsg::App(H3Msg::ChildFailed {
+                stream_id: st.id,
+                who: format!("flow {}", cell.get_id()),
+                why,
+            }));
+            st.abort_both(H3_INTERNAL_ERROR);
+            st.drive(&myself);
+            st.sync_audit();
+        }
         Ok(())
     }
 }
@@ -810,6 +854,9 @@ impl StreamState {
                 stream_id: self.id,
             });
             resp.extensions_mut().insert(self.stats.clone());
+            if let Some(flow) = self.flow.take() {
+                resp.extensions_mut().insert(flow);
+            }
             if !interim.is_empty() {
                 resp.extensions_mut().insert(InterimResponses(interim));
             }

@@ -1,0 +1,583 @@
+//! The flow actor: one per accepted CONNECT-UDP stream, linked under that stream's actor. It
+//! owns the flow's UDP socket (connected to the one target address that was checked), its
+//! bounded queues, its rate limits and its counters, and forwards both ways:
+//!
+//! - client -> target: HTTP datagrams the connection routes to the flow's [`FlowHandle`]
+//!   (QUIC DATAGRAM frames) and DATAGRAM capsules read from the CONNECT stream's body; context
+//!   id 0 carries UDP payloads, any other is dropped and counted;
+//! - target -> client: a receive task reads the socket and sends each payload as an HTTP
+//!   datagram when the peer takes them and it fits in a DATAGRAM frame, else as a DATAGRAM
+//!   capsule on the response body.
+//!
+//! The flow ends when its stream ends (the client's FIN or reset, the connection closing or
+//! going away) or after [`FlowLimits::idle_timeout`] without traffic; ending, it finishes the
+//! response (FIN) and stops reading the request, so the CONNECT stream ends too.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::net::UdpSocket;
+use tracing::{debug, info_span, trace};
+use troupe_h3::datagram::{split_context, UDP_PAYLOAD_CONTEXT};
+use troupe_h3::{
+    BodySender, DatagramFlow, DatagramSink, FlowEnd, PeerDatagrams, RecvBody, TrySend,
+};
+
+use crate::capsule::{datagram_header, CapsuleReader};
+use crate::rate::{Admit, FlowRate, RateGate};
+
+/// A flow's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlowLimits {
+    /// A flow with no datagram either way for this long ends. Default 30 s, RFC 9298's
+    /// suggestion for UDP bindings without keepalives being at least 2 minutes for NATs; a
+    /// proxy that holds a socket per flow wants shorter, and clients that need longer send.
+    pub idle_timeout: Duration,
+    /// Client-to-target rate limits. Default none.
+    pub rate: FlowRate,
+    /// Datagrams handed to the flow actor and not yet forwarded, at most. Default 1024: one
+    /// full quiche receive queue; past it the connection's deliveries are dropped and counted
+    /// instead of growing the actor's mailbox.
+    pub queue: usize,
+    /// Datagrams kept from before the flow is ready (the target being resolved and checked),
+    /// at most. Default 64: RFC 9298 lets clients send before the response; a handful covers
+    /// a handshake's first flight.
+    pub early: usize,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        FlowLimits {
+            idle_timeout: Duration::from_secs(30),
+            rate: FlowRate::default(),
+            queue: 1024,
+            early: 64,
+        }
+    }
+}
+
+/// Counters of one flow. Every datagram the flow was given is either forwarded or counted in
+/// exactly one drop counter.
+#[derive(Debug, Default)]
+pub struct FlowStats {
+    /// HTTP datagrams received from the client (frames and capsules).
+    pub from_client: AtomicU64,
+    /// Of those, DATAGRAM capsules.
+    pub from_client_capsules: AtomicU64,
+    /// UDP payloads sent to the target.
+    pub to_target: AtomicU64,
+    /// UDP payload bytes sent to the target.
+    pub to_target_bytes: AtomicU64,
+    /// UDP payloads received from the target.
+    pub from_target: AtomicU64,
+    /// UDP payload bytes received from the target.
+    pub from_target_bytes: AtomicU64,
+    /// Payloads sent to the client as QUIC DATAGRAM frames.
+    pub to_client_datagrams: AtomicU64,
+    /// Payloads sent to the client as DATAGRAM capsules.
+    pub to_client_capsules: AtomicU64,
+    /// Dropped: arrived before the flow was ready, past [`FlowLimits::early`].
+    pub drop_early: AtomicU64,
+    /// Dropped: held from before the flow was ready, and the request was refused.
+    pub drop_refused: AtomicU64,
+    /// Dropped: the flow's queue was full.
+    pub drop_queue_full: AtomicU64,
+    /// Dropped: over the rate limit.
+    pub drop_rate: AtomicU64,
+    /// Dropped: a context id other than 0, or a payload too short for one.
+    pub drop_context: AtomicU64,
+    /// Dropped: the socket would not take it (buffer full, or an ICMP error reported).
+    pub drop_socket: AtomicU64,
+    /// Dropped: from the target, but the capsule channel to the client was full.
+    pub drop_to_client: AtomicU64,
+    /// Dropped: arrived after the flow ended.
+    pub drop_after_end: AtomicU64,
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+fn add(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+impl FlowStats {
+    /// Every drop counter, by name.
+    pub fn drops(&self) -> [(&'static str, u64); 8] {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("early", g(&self.drop_early)),
+            ("refused", g(&self.drop_refused)),
+            ("queue_full", g(&self.drop_queue_full)),
+            ("rate", g(&self.drop_rate)),
+            ("context", g(&self.drop_context)),
+            ("socket", g(&self.drop_socket)),
+            ("to_client", g(&self.drop_to_client)),
+            ("after_end", g(&self.drop_after_end)),
+        ]
+    }
+
+    /// All drops together.
+    pub fn dropped(&self) -> u64 {
+        self.drops().iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Messages to a flow actor.
+pub enum FlowMsg {
+    /// HTTP datagram payloads from the client (context id still in front).
+    FromClient(Vec<Bytes>),
+    /// The client's half of the CONNECT stream ended (FIN, reset) or a capsule was malformed
+    /// (the code to reset with).
+    ClientEnded(Option<u64>),
+    /// The connection is done with the flow.
+    End(FlowEnd),
+    /// Check whether the flow has been idle too long.
+    IdleCheck,
+}
+
+/// Where the handle sends: nowhere yet (buffering), the live actor, or nowhere any more.
+enum Target {
+    Pending(VecDeque<Bytes>),
+    Live(ActorRef<FlowMsg>),
+    Closed,
+}
+
+/// The flow's face to the connection: attached as the stream's [`DatagramSink`] as soon as the
+/// request is accepted, it keeps early datagrams (bounded) until the actor starts, then hands
+/// them over and forwards, never letting the actor's mailbox hold more than
+/// [`FlowLimits::queue`] datagrams.
+pub struct FlowHandle {
+    target: Mutex<Target>,
+    /// Datagrams cast to the actor and not yet handled.
+    queued: AtomicUsize,
+    limits: FlowLimits,
+    stats: Arc<FlowStats>,
+    /// Gives the connection's flow place back when the flow is over.
+    conn: Arc<troupe_h3::flow::ConnDatagrams>,
+}
+
+impl FlowHandle {
+    /// A handle buffering early datagrams, holding one of the connection's flow places.
+    pub(crate) fn new(
+        limits: FlowLimits,
+        stats: Arc<FlowStats>,
+        conn: Arc<troupe_h3::flow::ConnDatagrams>,
+    ) -> Arc<FlowHandle> {
+        Arc::new(FlowHandle {
+            target: Mutex::new(Target::Pending(VecDeque::new())),
+            queued: AtomicUsize::new(0),
+            limits,
+            stats,
+            conn,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Target> {
+        self.target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The actor started: from now on datagrams go to it; returns those kept until now.
+    fn go_live(&self, actor: ActorRef<FlowMsg>) -> Vec<Bytes> {
+        let mut t = self.lock();
+        match std::mem::replace(&mut *t, Target::Live(actor)) {
+            Target::Pending(early) => early.into(),
+            // Closed before it started: stay closed.
+            other => {
+                *t = other;
+                Vec::new()
+            }
+        }
+    }
+
+    /// The request was refused, or the flow ended: nothing more is taken; what was kept is
+    /// dropped and counted. Gives the flow place back (once).
+    pub(crate) fn shut(&self) {
+        let mut t = self.lock();
+        if let Target::Pending(early) = &*t {
+            add(&self.stats.drop_refused, early.len() as u64);
+        }
+        if !matches!(*t, Target::Closed) {
+            *t = Target::Closed;
+            self.conn.release_flow();
+        }
+    }
+
+    /// The actor handled `n` datagrams.
+    fn took(&self, n: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
+    /// Hands client datagrams (from frames or capsules) to the flow, within its queue.
+    fn offer(&self, mut batch: Vec<Bytes>) -> bool {
+        let t = self.lock();
+        match &*t {
+            Target::Closed => {
+                add(&self.stats.drop_after_end, batch.len() as u64);
+                false
+            }
+            Target::Pending(_) => {
+                drop(t);
+                let mut t = self.lock();
+                if let Target::Pending(early) = &mut *t {
+                    for d in batch {
+                        if early.len() < self.limits.early {
+                            early.push_back(d);
+                        } else {
+                            bump(&self.stats.drop_early);
+                        }
+                    }
+                }
+                true
+            }
+            Target::Live(actor) => {
+                let room = self
+                    .limits
+                    .queue
+                    .saturating_sub(self.queued.load(Ordering::Acquire));
+                if batch.len() > room {
+                    add(&self.stats.drop_queue_full, (batch.len() - room) as u64);
+                    batch.truncate(room);
+                }
+                if batch.is_empty() {
+                    return true;
+                }
+                self.queued.fetch_add(batch.len(), Ordering::AcqRel);
+                actor.cast(FlowMsg::FromClient(batch)).is_ok()
+            }
+        }
+    }
+}
+
+impl DatagramSink for FlowHandle {
+    fn deliver(&self, batch: Vec<Bytes>) -> bool {
+        add(&self.stats.from_client, batch.len() as u64);
+        self.offer(batch)
+    }
+
+    fn close(&self, why: FlowEnd) {
+        let t = self.lock();
+        match &*t {
+            Target::Live(actor) => {
+                let _ = actor.cast(FlowMsg::End(why));
+            }
+            Target::Pending(_) if why != FlowEnd::GoingAway => {
+                drop(t);
+                self.shut();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a flow actor starts with.
+pub(crate) struct FlowArgs {
+    pub(crate) flow: DatagramFlow,
+    pub(crate) handle: Arc<FlowHandle>,
+    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) target: SocketAddr,
+    pub(crate) request: RecvBody,
+    pub(crate) response: BodySender,
+    pub(crate) limits: FlowLimits,
+    pub(crate) stats: Arc<FlowStats>,
+    pub(crate) trace_id: String,
+    /// The CONNECT stream, to reset it on a malformed capsule.
+    pub(crate) control: troupe_h3::StreamControl,
+}
+
+/// The flow actor.
+pub(crate) struct FlowActor;
+
+pub(crate) struct FlowState {
+    handle: Arc<FlowHandle>,
+    socket: Arc<UdpSocket>,
+    stats: Arc<FlowStats>,
+    rate: RateGate<governor::clock::QuantaClock>,
+    limits: FlowLimits,
+    /// Milliseconds since `started` of the last datagram either way.
+    last_activity: Arc<AtomicU64>,
+    started: Instant,
+    /// Taken by `post_start`.
+    io: Option<(DatagramFlow, RecvBody, BodySender)>,
+    response: Option<BodySender>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    control: troupe_h3::StreamControl,
+    span: tracing::Span,
+}
+
+impl Actor for FlowActor {
+    type Msg = FlowMsg;
+    type State = FlowState;
+    type Arguments = FlowArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<FlowMsg>,
+        a: FlowArgs,
+    ) -> Result<FlowState, ActorProcessingErr> {
+        // Runs inside the stream actor's handler: trivial, no I/O.
+        let span = info_span!(parent: None, "flow", conn_id = %a.trace_id, stream_id = a.flow.stream_id(), target = %a.target);
+        let response = a.response;
+        Ok(FlowState {
+            handle: a.handle,
+            socket: a.socket,
+            rate: RateGate::new(a.limits.rate, governor::clock::QuantaClock::default()),
+            stats: a.stats,
+            limits: a.limits,
+            last_activity: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+            io: Some((a.flow, a.request, response.clone())),
+            response: Some(response),
+            tasks: Vec::new(),
+            control: a.control,
+            span,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<FlowMsg>,
+        st: &mut FlowState,
+    ) -> Result<(), ActorProcessingErr> {
+        let _g = st.span.clone().entered();
+        let Some((flow, request, response)) = st.io.take() else {
+            return Ok(());
+        };
+        st.tasks.push(tokio::spawn(target_to_client(
+            st.socket.clone(),
+            flow,
+            response,
+            st.stats.clone(),
+            st.last_activity.clone(),
+            st.started,
+        )));
+        st.tasks.push(tokio::spawn(read_capsules(
+            request,
+            st.handle.clone(),
+            myself.clone(),
+        )));
+        let every = (st.limits.idle_timeout / 4).max(Duration::from_millis(10));
+        st.tasks.push(tokio::spawn({
+            let me = myself.clone();
+            async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if me.cast(FlowMsg::IdleCheck).is_err() {
+                        return;
+                    }
+                }
+            }
+        }));
+        let early = st.handle.go_live(myself.clone());
+        if !early.is_empty() {
+            trace!(
+                n = early.len(),
+                "forwarding datagrams kept from before the flow was ready"
+            );
+            st.forward(early, false);
+        }
+        debug!("flow open");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<FlowMsg>,
+        msg: FlowMsg,
+        st: &mut FlowState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            FlowMsg::FromClient(batch) => st.forward(batch, true),
+            FlowMsg::ClientEnded(code) => {
+                let _g = st.span.clone().entered();
+                match code {
+                    Some(code) => {
+                        // A malformed capsule: the stream is reset both ways, not finished.
+                        debug!(code, "malformed capsule: resetting the stream");
+                        st.response = None;
+                        st.control.shutdown(Some(code), Some(code));
+                    }
+                    None => debug!("the client's half of the stream ended: flow over"),
+                }
+                myself.stop(Some("client ended".into()));
+            }
+            FlowMsg::End(why) => {
+                let _g = st.span.clone().entered();
+                debug!(?why, "flow over");
+                myself.stop(Some(format!("{why:?}")));
+            }
+            FlowMsg::IdleCheck => {
+                let last = Duration::from_millis(st.last_activity.load(Ordering::Relaxed));
+                let idle = st.started.elapsed().saturating_sub(last);
+                if idle >= st.limits.idle_timeout {
+                    let _g = st.span.clone().entered();
+                    debug!(idle_secs = idle.as_secs_f64(), "flow idle: closing");
+                    myself.stop(Some("idle".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cleanup runs when the state is dropped: after `post_stop` on an orderly stop, and also when
+/// ractor kills the flow (its stream actor stopped: ractor kills a stopping actor's children,
+/// skipping their `post_stop`).
+impl Drop for FlowState {
+    fn drop(&mut self) {
+        let _g = self.span.clone().entered();
+        debug!(tasks = self.tasks.len(), "flow state dropped");
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.handle.shut();
+        // Finish the response: FIN once the target task's clone of the sender is dropped too.
+        // The request body is dropped with its reader task, which stops reading it
+        // (STOP_SENDING with H3_NO_ERROR once the response started): the CONNECT stream ends
+        // both ways.
+        if let Some(r) = self.response.take() {
+            r.finish();
+        }
+    }
+}
+
+impl FlowState {
+    /// Sends client datagrams on to the target: context 0 only, within the rate limits.
+    fn forward(&mut self, batch: Vec<Bytes>, counted: bool) {
+        if counted {
+            self.handle.took(batch.len());
+        }
+        for d in batch {
+            let Ok((ctx, payload)) = split_context(d) else {
+                bump(&self.stats.drop_context);
+                continue;
+            };
+            if ctx != UDP_PAYLOAD_CONTEXT {
+                bump(&self.stats.drop_context);
+                continue;
+            }
+            if self.rate.admit(payload.len()) != Admit::Yes {
+                bump(&self.stats.drop_rate);
+                continue;
+            }
+            match self.socket.try_send(&payload) {
+                Ok(_) => {
+                    bump(&self.stats.to_target);
+                    add(&self.stats.to_target_bytes, payload.len() as u64);
+                }
+                Err(e) => {
+                    trace!("send to target: {e}");
+                    bump(&self.stats.drop_socket);
+                }
+            }
+        }
+        self.touch();
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Most datagrams read from the target before they are sent on together.
+const TARGET_BATCH: usize = 64;
+
+/// Reads the target's datagrams and sends each to the client: in a QUIC DATAGRAM frame when
+/// the peer takes them and it fits, else in a DATAGRAM capsule on the response.
+async fn target_to_client(
+    socket: Arc<UdpSocket>,
+    flow: DatagramFlow,
+    response: BodySender,
+    stats: Arc<FlowStats>,
+    last_activity: Arc<AtomicU64>,
+    started: Instant,
+) {
+    // Room for the largest UDP payload behind a one-byte context id (0).
+    let mut buf = vec![0u8; 1 + 65_535];
+    loop {
+        let mut batch = Vec::new();
+        match socket.recv(&mut buf[1..]).await {
+            Ok(n) => batch.push(Bytes::copy_from_slice(&buf[..1 + n])),
+            Err(e) => {
+                // An ICMP error (port unreachable) is reported on the next call: count it
+                // against the datagram it answered, and carry on.
+                trace!("receive from target: {e}");
+                bump(&stats.drop_socket);
+                if response.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        }
+        while batch.len() < TARGET_BATCH {
+            match socket.try_recv(&mut buf[1..]) {
+                Ok(n) => batch.push(Bytes::copy_from_slice(&buf[..1 + n])),
+                Err(_) => break,
+            }
+        }
+        add(&stats.from_target, batch.len() as u64);
+        add(
+            &stats.from_target_bytes,
+            batch.iter().map(|b| b.len() as u64 - 1).sum(),
+        );
+        last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let frames = flow.connection().peer() == PeerDatagrams::Supported;
+        let max = if frames { flow.max_payload() } else { 0 };
+        let (fit, big): (Vec<Bytes>, Vec<Bytes>) = batch.into_iter().partition(|d| d.len() <= max);
+        if !fit.is_empty() {
+            add(&stats.to_client_datagrams, fit.len() as u64);
+            if !flow.send(fit) {
+                return;
+            }
+        }
+        for d in big {
+            let mut c = BytesMut::with_capacity(9 + d.len());
+            c.extend_from_slice(&datagram_header(d.len()));
+            c.extend_from_slice(&d);
+            match response.try_send_data(c.freeze()) {
+                Ok(()) => bump(&stats.to_client_capsules),
+                Err(TrySend::Full) => bump(&stats.drop_to_client),
+                Err(_) => {
+                    bump(&stats.drop_to_client);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the request body (the client's half of the CONNECT stream) as capsules and hands
+/// their DATAGRAM values to the flow; tells the flow when the body ends.
+async fn read_capsules(mut body: RecvBody, handle: Arc<FlowHandle>, flow: ActorRef<FlowMsg>) {
+    let mut reader = CapsuleReader::new();
+    let end = loop {
+        match body.chunk().await {
+            Some(Ok(chunk)) => match reader.push(chunk) {
+                Ok(values) if values.is_empty() => {}
+                Ok(values) => {
+                    add(&handle.stats.from_client, values.len() as u64);
+                    add(&handle.stats.from_client_capsules, values.len() as u64);
+                    handle.offer(values);
+                }
+                Err(e) => break Some(e.code()),
+            },
+            Some(Err(_)) => break None,
+            None => break reader.finish().err().map(|e| e.code()),
+        }
+    };
+    let _ = flow.cast(FlowMsg::ClientEnded(end));
+}

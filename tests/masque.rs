@@ -345,3 +345,308 @@ async fn an_idle_flow_closes_its_stream() {
         .is_none());
     let _ = Arc::new(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_is_a_node_under_its_stream_in_the_live_tree() {
+    let echo = echo_server().await;
+    let (server, _handler) = proxy(&[&echo.to_string()], true, |_| {}).await;
+    let (_ep, client) = client_to(&server, true).await;
+    let mut t = tunnel(&server, &client, echo).await.unwrap();
+    for i in 0..10u8 {
+        t.send(&[i; 100]).unwrap();
+        assert_eq!(t.recv().await.unwrap().len(), 100);
+    }
+    let snap = server.snapshot().await;
+    let stream = &snap.connections[0].streams[0];
+    assert_eq!(stream.method.as_deref(), Some("CONNECT"));
+    assert_eq!(stream.flows.len(), 1, "{stream:?}");
+    let f = &stream.flows[0];
+    assert_eq!(f.target, echo.to_string());
+    assert_eq!(f.actor.kind, troupe::transport::ActorKind::Flow);
+    assert_eq!(
+        (f.from_client, f.to_target, f.from_target, f.to_client),
+        (10, 10, 10, 10)
+    );
+    assert_eq!((f.to_target_bytes, f.from_target_bytes), (1000, 1000));
+    assert!(f.actor.meter.messages_handled >= 1);
+    let text = troupe::transport::render::tree_text(std::slice::from_ref(&snap));
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&format!("└─ flow to {echo}"))),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_ends_the_flows_and_the_drain_completes() {
+    let echo = echo_server().await;
+    let (server, handler) = proxy(&[&echo.to_string()], true, |_| {}).await;
+    let (_ep, client) = client_to(&server, true).await;
+    let mut t = tunnel(&server, &client, echo).await.unwrap();
+    t.send(b"before").unwrap();
+    assert_eq!(&t.recv().await.unwrap()[..], b"before");
+    assert!(
+        server.shutdown_gracefully(Duration::from_secs(5)).await,
+        "a tunnel must not hold a graceful shutdown until its deadline"
+    );
+    assert!(handler.stats().live_flows().is_empty());
+    assert!(tokio::time::timeout(Duration::from_secs(2), t.recv())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// The connection's datagram drops, from the snapshot.
+async fn drops(server: &Server) -> Vec<(String, u64)> {
+    let snap = server.snapshot().await;
+    snap.connections
+        .iter()
+        .flat_map(|c| {
+            c.datagram_drops
+                .iter()
+                .map(|d| (d.reason.to_string(), d.count))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_for_no_connect_udp_stream_create_nothing_and_are_counted() {
+    // Plain requests read their whole body first, so a GET whose body never ends stays open.
+    let (server, handler) = proxy(&[], true, |c| {
+        c.fallback = Some(Arc::new(
+            |req: http::Request<troupe::h3::RecvBody>| async move {
+                let _ = req.into_body().collect().await;
+                http::Response::new(troupe::h3::Body::from("done"))
+            },
+        ));
+    })
+    .await;
+    let mut raw = common::raw::RawClient::connect_with_datagrams(server.local_addr()).await;
+    // A stream never opened.
+    for _ in 0..3 {
+        raw.send_datagram(8, b"\x00hello");
+    }
+    // An open stream that is not CONNECT-UDP (a GET whose body never ends).
+    let get = raw.request_open(&[
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/"),
+    ]);
+    raw.exchange().await;
+    eventually(Duration::from_secs(5), "the GET is routed", || async {
+        routed_count(&server).await == 1
+    })
+    .await;
+    for _ in 0..2 {
+        raw.send_datagram(get, b"\x00hello");
+    }
+    let want = vec![
+        ("unknown_stream".to_string(), 3),
+        ("no_flow".to_string(), 2),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        raw.exchange().await;
+        let got = drops(&server).await;
+        if got == want {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "drops {got:?}");
+    }
+    assert!(handler.stats().live_flows().is_empty());
+    assert_eq!(handler.stats().flows_opened.load(Ordering::Relaxed), 0);
+    // No flow actor was made for anything.
+    let snap = server.snapshot().await;
+    assert!(snap.connections[0]
+        .streams
+        .iter()
+        .all(|s| s.flows.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarter_stream_id_past_every_stream_closes_the_connection_with_h3_datagram_error() {
+    let (server, _handler) = proxy(&[], true, |_| {}).await;
+    let mut raw = common::raw::RawClient::connect_with_datagrams(server.local_addr()).await;
+    // 2^62 - 1 in eight bytes: as a Quarter Stream ID it names no possible stream.
+    raw.send_raw_datagram(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while raw.conn.peer_error().is_none() {
+        assert!(std::time::Instant::now() < deadline, "no CONNECTION_CLOSE");
+        raw.exchange().await;
+    }
+    let e = raw.conn.peer_error().unwrap();
+    assert!(e.is_app);
+    assert_eq!(e.error_code, troupe::h3::codes::H3_DATAGRAM_ERROR);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_capsule_resets_the_stream_with_h3_datagram_error() {
+    let echo = echo_server().await;
+    let (server, handler) = proxy(&[&echo.to_string()], true, |_| {}).await;
+    let mut raw = common::raw::RawClient::connect_with_datagrams(server.local_addr()).await;
+    let path = template().expand(&TargetHost::Ip(echo.ip()), echo.port());
+    let s = raw.request_open(&[
+        (":method", "CONNECT"),
+        (":protocol", "connect-udp"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", &path),
+        ("capsule-protocol", "?1"),
+    ]);
+    raw.exchange().await;
+    eventually(Duration::from_secs(5), "the flow opens", || async {
+        handler.stats().flows_opened.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // A DATAGRAM capsule claiming 100,000 bytes: more than any UDP payload.
+    raw.send_body(s, &[0x00, 0x80, 0x01, 0x86, 0xa0], false);
+    let code = raw.wait_stopped(s).await;
+    assert_eq!(code, troupe::h3::codes::H3_DATAGRAM_ERROR);
+    eventually(Duration::from_secs(5), "the flow ends", || async {
+        handler.stats().live_flows().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_per_connection_are_capped_and_the_rate_limit_drops_and_counts() {
+    let echo = echo_server().await;
+    let (server, handler) = proxy(&[&echo.to_string()], true, |c| {
+        c.max_flows_per_connection = 2;
+        c.flow.rate.packets_per_sec = Some(10);
+    })
+    .await;
+    let (_ep, client) = client_to(&server, true).await;
+    let mut a = tunnel(&server, &client, echo).await.unwrap();
+    let _b = tunnel(&server, &client, echo).await.unwrap();
+    match tunnel(&server, &client, echo).await {
+        Err(TunnelError::Refused {
+            status,
+            proxy_status,
+            ..
+        }) => {
+            assert_eq!(status, 429);
+            assert!(proxy_status.unwrap().contains("connection_limit_reached"));
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    // 100 datagrams at once against 10 per second: the burst of 10 passes, 90 are dropped
+    // and counted.
+    for i in 0..100u8 {
+        a.send(&[i]).unwrap();
+    }
+    let mut back = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), a.recv()).await {
+        back += 1;
+    }
+    let flow = handler
+        .stats()
+        .live_flows()
+        .into_iter()
+        .find(|f| f.from_client.load(Ordering::Relaxed) == 100)
+        .expect("the flow that got the burst");
+    let rate = flow.drop_rate.load(Ordering::Relaxed);
+    assert!(
+        (89..=90).contains(&rate),
+        "{rate} dropped by the rate limit"
+    );
+    assert_eq!(back + rate, 100, "every datagram came back or was counted");
+}
+
+/// Downloads `/bytes/N` on `client` and returns how long it took, checking every byte.
+async fn download(server: &Server, client: &troupe::h3::Client, n: usize) -> Duration {
+    let start = std::time::Instant::now();
+    let resp = client
+        .send(get(server, &format!("/bytes/{n}")))
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap();
+    let took = start.elapsed();
+    check_pattern(&body, n);
+    took
+}
+
+/// A client floods one flow (its target never reads, and the flow is limited to 1,000
+/// datagrams a second) while a 10 MiB download runs on the same connection: the download
+/// completes, every flooded datagram is forwarded or counted, and the speeds with and without
+/// the flood are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_into_one_slow_flow_does_not_stall_a_download_on_the_same_connection() {
+    const N: usize = 10 << 20;
+    // A target that never reads: its socket buffer fills, then the kernel drops.
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = sink.local_addr().unwrap();
+    let (server, handler) = proxy(&[&target.to_string()], true, |c| {
+        c.flow.rate.packets_per_sec = Some(1000);
+        let routes = troupe::service::Builtin::new();
+        c.fallback = Some(Arc::new(move |req| {
+            let routes = routes.clone();
+            async move { routes.handle(req).await }
+        }));
+    })
+    .await;
+    let (_ep, client) = client_to(&server, true).await;
+    let quiet = download(&server, &client, N).await;
+
+    let t = tunnel(&server, &client, target).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let payload = [7u8; 1200];
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    t.send(&payload).unwrap();
+                    sent += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            (t, sent)
+        })
+    };
+    let flooded = tokio::time::timeout(Duration::from_secs(60), download(&server, &client, N))
+        .await
+        .expect("the download completes during the flood");
+    stop.store(true, Ordering::Relaxed);
+    let (t, sent) = flood.await.unwrap();
+    let mb = |d: Duration| N as f64 / (1 << 20) as f64 / d.as_secs_f64();
+    eprintln!(
+        "10 MiB download: {:.1} MiB/s quiet, {:.1} MiB/s during a flood of {sent} datagrams into one flow",
+        mb(quiet),
+        mb(flooded)
+    );
+    // Every datagram the client sent is accounted for: it reached the flow, or the client's
+    // connection dropped it (its fair share of the send queue) and counted it.
+    let client_drops: u64 = t.connection().drops.counts().iter().map(|(_, n)| n).sum();
+    let flow_seen = eventually_settled(&handler, sent - client_drops).await;
+    let flows = handler.stats().live_flows();
+    let f = &flows[0];
+    let forwarded = f.to_target.load(Ordering::Relaxed);
+    assert_eq!(
+        forwarded + f.dropped(),
+        flow_seen,
+        "the flow forwarded or counted every datagram it got"
+    );
+    assert!(
+        f.drop_rate.load(Ordering::Relaxed) > 0,
+        "the flood was rate limited"
+    );
+}
+
+/// Waits until the flow has seen `at_most` datagrams or stopped counting (the rest were lost in
+/// the network: QUIC DATAGRAM frames are not retransmitted); returns what it saw.
+async fn eventually_settled(handler: &ConnectUdp, at_most: u64) -> u64 {
+    let mut last = u64::MAX;
+    loop {
+        let seen = handler.stats().live_flows()[0]
+            .from_client
+            .load(Ordering::Relaxed);
+        if seen >= at_most || seen == last {
+            return seen;
+        }
+        last = seen;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

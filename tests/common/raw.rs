@@ -58,7 +58,37 @@ impl RawClient {
         c
     }
 
+    /// With QUIC DATAGRAM frames on (so HTTP datagrams can be sent by hand).
+    pub async fn connect_with_datagrams(peer: SocketAddr) -> RawClient {
+        let mut c = Self::unstarted_with(peer, 1 << 20, 10 << 20, true);
+        c.complete_handshake().await;
+        c
+    }
+
+    /// Sends an HTTP datagram for `stream_id` with `payload` as is (behind its Quarter Stream
+    /// ID).
+    pub fn send_datagram(&mut self, stream_id: u64, payload: &[u8]) {
+        let mut b = vec![0u8; 8 + payload.len()];
+        let n = {
+            let mut o = octets::OctetsMut::with_slice(&mut b);
+            o.put_varint(stream_id / 4).unwrap();
+            o.off()
+        };
+        b.truncate(n);
+        b.extend_from_slice(payload);
+        self.conn.dgram_send(&b).unwrap();
+    }
+
+    /// Sends a QUIC DATAGRAM frame with exactly these bytes.
+    pub fn send_raw_datagram(&mut self, bytes: &[u8]) {
+        self.conn.dgram_send(bytes).unwrap();
+    }
+
     fn unstarted(peer: SocketAddr, stream: u64, conn: u64) -> RawClient {
+        Self::unstarted_with(peer, stream, conn, false)
+    }
+
+    fn unstarted_with(peer: SocketAddr, stream: u64, conn: u64, datagrams: bool) -> RawClient {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
         let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
@@ -73,6 +103,9 @@ impl RawClient {
         config.set_initial_max_stream_data_uni(1 << 20);
         config.set_initial_max_streams_bidi(100);
         config.set_initial_max_streams_uni(100);
+        if datagrams {
+            config.enable_dgram(true, 1024, 1024);
+        }
         let scid = quiche::ConnectionId::from_vec(vec![9u8; 16]);
         let conn = quiche::connect(Some("localhost"), &scid, local, peer, &mut config).unwrap();
         RawClient {

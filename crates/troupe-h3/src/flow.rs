@@ -35,6 +35,11 @@ pub trait DatagramSink: Send + Sync + 'static {
     fn deliver(&self, batch: Vec<Bytes>) -> bool;
     /// The connection is done with this flow (see [`FlowEnd`]).
     fn close(&self, why: FlowEnd);
+    /// The flow's node of the live tree, read from shared figures (never by messaging the
+    /// flow). Default: none.
+    fn snapshot(&self) -> Option<troupe_transport::FlowSnapshot> {
+        None
+    }
 }
 
 /// What the peer said about HTTP datagrams, as far as the connection knows.
@@ -63,11 +68,14 @@ pub struct DatagramDrops {
     pub too_large: AtomicU64,
     /// To send, but quiche's send queue held this flow's fair share already.
     pub queue_full: AtomicU64,
+    /// To send, but the flow already had [`MAX_PENDING_DATAGRAMS`] on their way to the
+    /// connection actor (a sender faster than the connection).
+    pub send_backlog: AtomicU64,
 }
 
 impl DatagramDrops {
     /// The counts, in the order of the fields.
-    pub fn counts(&self) -> [(&'static str, u64); 5] {
+    pub fn counts(&self) -> [(&'static str, u64); 6] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("unknown_stream", g(&self.unknown_stream)),
@@ -75,6 +83,7 @@ impl DatagramDrops {
             ("not_negotiated", g(&self.not_negotiated)),
             ("too_large", g(&self.too_large)),
             ("queue_full", g(&self.queue_full)),
+            ("send_backlog", g(&self.send_backlog)),
         ]
     }
 }
@@ -154,14 +163,23 @@ impl ConnDatagrams {
     }
 }
 
+/// Most datagrams one flow may have on their way to its connection actor (sent and not yet
+/// put into quiche). 256: a quarter of quiche's send queue, which one connection turn empties
+/// into quiche; past it [`DatagramFlow::send`] drops and counts instead of growing the
+/// connection's (unbounded) mailbox, so a flood in one flow never delays the connection's
+/// packets, its streams or its other flows.
+pub const MAX_PENDING_DATAGRAMS: usize = 256;
+
 /// One request stream's access to HTTP datagrams, found in an extended CONNECT request's
-/// extensions.
+/// extensions (server) or an extended CONNECT response's (client).
 #[derive(Clone)]
 pub struct DatagramFlow {
     stream_id: u64,
     conn: Tracked<ConnMsg<H3Msg>>,
     shared: Arc<ConnDatagrams>,
     trace_id: Arc<str>,
+    /// Datagrams sent and not yet taken by the connection actor (shared by clones).
+    pending: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for DatagramFlow {
@@ -184,6 +202,7 @@ impl DatagramFlow {
             conn,
             shared,
             trace_id,
+            pending: Arc::default(),
         }
     }
 
@@ -214,13 +233,28 @@ impl DatagramFlow {
     }
 
     /// Sends HTTP datagrams (payloads, each sent behind this stream's Quarter Stream ID) in
-    /// QUIC DATAGRAM frames. Those the peer cannot take are dropped and counted in
-    /// [`DatagramFlow::connection`]'s drops. Returns `false` if the connection is gone.
-    pub fn send(&self, payloads: Vec<Bytes>) -> bool {
+    /// QUIC DATAGRAM frames. Those past [`MAX_PENDING_DATAGRAMS`] on their way, and those the
+    /// peer cannot take, are dropped and counted in [`DatagramFlow::connection`]'s drops.
+    /// Returns `false` if the connection is gone.
+    pub fn send(&self, mut payloads: Vec<Bytes>) -> bool {
+        let room = MAX_PENDING_DATAGRAMS.saturating_sub(self.pending.load(Ordering::Acquire));
+        if payloads.len() > room {
+            let excess = (payloads.len() - room) as u64;
+            self.shared
+                .drops
+                .send_backlog
+                .fetch_add(excess, Ordering::Relaxed);
+            payloads.truncate(room);
+        }
+        if payloads.is_empty() {
+            return true;
+        }
+        self.pending.fetch_add(payloads.len(), Ordering::AcqRel);
         self.conn
             .cast(ConnMsg::App(H3Msg::SendDatagrams {
                 stream_id: self.stream_id,
                 payloads,
+                pending: self.pending.clone(),
             }))
             .is_ok()
     }

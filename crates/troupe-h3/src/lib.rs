@@ -35,7 +35,7 @@ pub use client::{Client, ClientEndpoint};
 pub use conn::{H3App, H3Msg, OutFrame, PendingRequest, Section};
 pub use error::{ActionError, RequestError};
 pub use events::{ConnectionEvent, EventSink};
-pub use flow::{DatagramFlow, DatagramSink, FlowEnd, PeerDatagrams};
+pub use flow::{DatagramFlow, DatagramSink, FlowEnd, PeerDatagrams, MAX_PENDING_DATAGRAMS};
 pub use peer_settings::*;
 pub use priority::{Priority, PrioritySignal};
 pub use server::{Handler, IncomingRequest, Responder, Server, ServerConfig};

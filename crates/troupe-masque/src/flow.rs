@@ -28,6 +28,8 @@ use troupe_h3::{
     BodySender, DatagramFlow, DatagramSink, FlowEnd, PeerDatagrams, RecvBody, TrySend,
 };
 
+use troupe_transport::{ActorKind, ActorMeter, ActorNode, Tracked};
+
 use crate::capsule::{datagram_header, CapsuleReader};
 use crate::rate::{Admit, FlowRate, RateGate};
 
@@ -146,8 +148,22 @@ pub enum FlowMsg {
 /// Where the handle sends: nowhere yet (buffering), the live actor, or nowhere any more.
 enum Target {
     Pending(VecDeque<Bytes>),
-    Live(ActorRef<FlowMsg>),
+    Live(Tracked<FlowMsg>),
     Closed,
+}
+
+/// Names of the flow actor's messages, for its meter (indexed by [`FlowMsg::code`]).
+pub(crate) const FLOW_MESSAGES: &[&str] = &["from client", "client ended", "end", "idle check"];
+
+impl FlowMsg {
+    fn code(&self) -> u8 {
+        match self {
+            FlowMsg::FromClient(_) => 0,
+            FlowMsg::ClientEnded(_) => 1,
+            FlowMsg::End(_) => 2,
+            FlowMsg::IdleCheck => 3,
+        }
+    }
 }
 
 /// The flow's face to the connection: attached as the stream's [`DatagramSink`] as soon as the
@@ -156,6 +172,8 @@ enum Target {
 /// [`FlowLimits::queue`] datagrams.
 pub struct FlowHandle {
     target: Mutex<Target>,
+    /// Where the flow sends, once it is live.
+    to: Mutex<Option<SocketAddr>>,
     /// Datagrams cast to the actor and not yet handled.
     queued: AtomicUsize,
     limits: FlowLimits,
@@ -173,6 +191,7 @@ impl FlowHandle {
     ) -> Arc<FlowHandle> {
         Arc::new(FlowHandle {
             target: Mutex::new(Target::Pending(VecDeque::new())),
+            to: Mutex::new(None),
             queued: AtomicUsize::new(0),
             limits,
             stats,
@@ -185,7 +204,8 @@ impl FlowHandle {
     }
 
     /// The actor started: from now on datagrams go to it; returns those kept until now.
-    fn go_live(&self, actor: ActorRef<FlowMsg>) -> Vec<Bytes> {
+    fn go_live(&self, actor: Tracked<FlowMsg>, to: SocketAddr) -> Vec<Bytes> {
+        *self.to.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
         let mut t = self.lock();
         match std::mem::replace(&mut *t, Target::Live(actor)) {
             Target::Pending(early) => early.into(),
@@ -279,6 +299,33 @@ impl DatagramSink for FlowHandle {
             _ => {}
         }
     }
+
+    fn snapshot(&self) -> Option<troupe_transport::FlowSnapshot> {
+        let actor = match &*self.lock() {
+            Target::Live(a) => {
+                ActorNode::of(&a.actor().get_cell(), ActorKind::Flow, a.meter().view())
+            }
+            _ => return None,
+        };
+        let to = self
+            .to
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or_else(String::new, |a| a.to_string());
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stats;
+        Some(
+            troupe_transport::FlowSnapshot::new(actor, to)
+                .with_datagrams(
+                    g(&s.from_client),
+                    g(&s.to_target),
+                    g(&s.from_target),
+                    g(&s.to_client_datagrams) + g(&s.to_client_capsules),
+                )
+                .with_bytes(g(&s.to_target_bytes), g(&s.from_target_bytes))
+                .with_drops(s.drops()),
+        )
+    }
 }
 
 /// What a flow actor starts with.
@@ -294,12 +341,17 @@ pub(crate) struct FlowArgs {
     pub(crate) trace_id: String,
     /// The CONNECT stream, to reset it on a malformed capsule.
     pub(crate) control: troupe_h3::StreamControl,
+    /// The flow actor's meter.
+    pub(crate) meter: Arc<ActorMeter>,
 }
 
 /// The flow actor.
 pub(crate) struct FlowActor;
 
 pub(crate) struct FlowState {
+    me: Option<Tracked<FlowMsg>>,
+    meter: Arc<ActorMeter>,
+    target: SocketAddr,
     handle: Arc<FlowHandle>,
     socket: Arc<UdpSocket>,
     stats: Arc<FlowStats>,
@@ -330,6 +382,9 @@ impl Actor for FlowActor {
         let span = info_span!(parent: None, "flow", conn_id = %a.trace_id, stream_id = a.flow.stream_id(), target = %a.target);
         let response = a.response;
         Ok(FlowState {
+            me: None,
+            meter: a.meter,
+            target: a.target,
             handle: a.handle,
             socket: a.socket,
             rate: RateGate::new(a.limits.rate, governor::clock::QuantaClock::default()),
@@ -354,6 +409,8 @@ impl Actor for FlowActor {
         let Some((flow, request, response)) = st.io.take() else {
             return Ok(());
         };
+        let me = Tracked::new(myself.clone(), st.meter.clone());
+        st.me = Some(me.clone());
         st.tasks.push(tokio::spawn(target_to_client(
             st.socket.clone(),
             flow,
@@ -365,11 +422,12 @@ impl Actor for FlowActor {
         st.tasks.push(tokio::spawn(read_capsules(
             request,
             st.handle.clone(),
-            myself.clone(),
+            me.clone(),
+            st.control.clone(),
         )));
         let every = (st.limits.idle_timeout / 4).max(Duration::from_millis(10));
         st.tasks.push(tokio::spawn({
-            let me = myself.clone();
+            let me = me.clone();
             async move {
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
@@ -381,7 +439,7 @@ impl Actor for FlowActor {
                 }
             }
         }));
-        let early = st.handle.go_live(myself.clone());
+        let early = st.handle.go_live(me, st.target);
         if !early.is_empty() {
             trace!(
                 n = early.len(),
@@ -399,16 +457,18 @@ impl Actor for FlowActor {
         msg: FlowMsg,
         st: &mut FlowState,
     ) -> Result<(), ActorProcessingErr> {
+        let meter = st.meter.clone();
+        let _busy = meter.begin(msg.code());
         match msg {
             FlowMsg::FromClient(batch) => st.forward(batch, true),
             FlowMsg::ClientEnded(code) => {
                 let _g = st.span.clone().entered();
                 match code {
                     Some(code) => {
-                        // A malformed capsule: the stream is reset both ways, not finished.
-                        debug!(code, "malformed capsule: resetting the stream");
+                        // A malformed capsule: the reader reset the stream both ways; the
+                        // response is not finished.
+                        debug!(code, "malformed capsule: stream reset");
                         st.response = None;
-                        st.control.shutdown(Some(code), Some(code));
                     }
                     None => debug!("the client's half of the stream ended: flow over"),
                 }
@@ -473,15 +533,17 @@ impl FlowState {
                 bump(&self.stats.drop_rate);
                 continue;
             }
-            match self.socket.try_send(&payload) {
-                Ok(_) => {
-                    bump(&self.stats.to_target);
-                    add(&self.stats.to_target_bytes, payload.len() as u64);
-                }
-                Err(e) => {
-                    trace!("send to target: {e}");
-                    bump(&self.stats.drop_socket);
-                }
+            // Counted before the send: the target's answer may be counted (on another thread)
+            // before this one returns, and a reader must never see more answers than sends.
+            bump(&self.stats.to_target);
+            add(&self.stats.to_target_bytes, payload.len() as u64);
+            if let Err(e) = self.socket.try_send(&payload) {
+                trace!("send to target: {e}");
+                self.stats.to_target.fetch_sub(1, Ordering::Relaxed);
+                self.stats
+                    .to_target_bytes
+                    .fetch_sub(payload.len() as u64, Ordering::Relaxed);
+                bump(&self.stats.drop_socket);
             }
         }
         self.touch();
@@ -562,7 +624,12 @@ async fn target_to_client(
 
 /// Reads the request body (the client's half of the CONNECT stream) as capsules and hands
 /// their DATAGRAM values to the flow; tells the flow when the body ends.
-async fn read_capsules(mut body: RecvBody, handle: Arc<FlowHandle>, flow: ActorRef<FlowMsg>) {
+async fn read_capsules(
+    mut body: RecvBody,
+    handle: Arc<FlowHandle>,
+    flow: Tracked<FlowMsg>,
+    control: troupe_h3::StreamControl,
+) {
     let mut reader = CapsuleReader::new();
     let end = loop {
         match body.chunk().await {
@@ -579,5 +646,11 @@ async fn read_capsules(mut body: RecvBody, handle: Arc<FlowHandle>, flow: ActorR
             None => break reader.finish().err().map(|e| e.code()),
         }
     };
+    if let Some(code) = end {
+        // Reset before the body is dropped here: dropping it unread would stop the stream
+        // with H3_NO_ERROR first.
+        control.shutdown(Some(code), Some(code));
+    }
+    drop(body);
     let _ = flow.cast(FlowMsg::ClientEnded(end));
 }

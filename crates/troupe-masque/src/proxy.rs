@@ -360,6 +360,10 @@ impl ConnectUdp {
             limits: c.flow,
             stats: stats.clone(),
             control: control.clone(),
+            meter: troupe_transport::ActorMeter::new(
+                troupe_transport::ActorKind::Flow,
+                crate::flow::FLOW_MESSAGES,
+            ),
         };
         if let Err(e) = Actor::spawn_linked(None, FlowActor, args, control.actor_cell()).await {
             return refused(refuse(

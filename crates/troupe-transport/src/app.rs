@@ -104,4 +104,10 @@ pub trait ConnectionApp: Send + 'static {
     fn streams_snapshot(&self) -> Vec<crate::snapshot::StreamSnapshot> {
         Vec::new()
     }
+
+    /// Datagrams the application dropped on this connection, by reason, for the live tree.
+    /// Default: none.
+    fn datagram_drops(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

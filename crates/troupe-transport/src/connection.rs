@@ -871,6 +871,13 @@ impl<A: ConnectionApp> ConnState<A> {
                 .then(|| close_reason(&self.conn).to_string()),
             failures: self.failures.entries(),
             failures_total: self.failures.total(),
+            datagram_drops: self
+                .app
+                .datagram_drops()
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(reason, count)| crate::snapshot::DropCount { reason, count })
+                .collect(),
             streams,
         }
     }

@@ -151,6 +151,13 @@ impl Warnings {
             for s in &c.streams {
                 let what = format!("stream {} on connection {}", s.stream_id, c.trace_id);
                 actor(&s.actor, what.clone(), &mut out);
+                for f in &s.flows {
+                    actor(
+                        &f.actor,
+                        format!("flow of {what} to {}", f.target),
+                        &mut out,
+                    );
+                }
                 if let Some(b) = s.blocked_for_secs {
                     if b >= t.stream_blocked_for.as_secs_f64() {
                         out.push(Warning {
@@ -284,6 +291,22 @@ fn figures(snap: &EndpointSnapshot) -> HashMap<String, Figures> {
                     lost: 0.0,
                 },
             );
+            for f in &s.flows {
+                m.insert(
+                    f.actor.id.clone(),
+                    Figures {
+                        kind: ActorKind::Flow,
+                        name: format!(
+                            "flow of stream {} on {} to {}",
+                            s.stream_id, c.trace_id, f.target
+                        ),
+                        busy: f.actor.meter.busy_secs,
+                        mailbox: f.actor.meter.mailbox_depth as f64,
+                        bytes: (f.to_target_bytes + f.from_target_bytes) as f64,
+                        lost: 0.0,
+                    },
+                );
+            }
         }
     }
     m

@@ -41,7 +41,8 @@ pub use observe::{ActorKind, ActorMeter, MeterView, Tracked};
 pub use retry::TOKEN_LIFETIME;
 pub use settings::{CongestionControl, QuicSettings, DATAGRAM_QUEUE_LEN};
 pub use snapshot::{
-    ActorNode, ConnectionSnapshot, DirectionSnapshot, EndpointSnapshot, StreamSnapshot,
+    ActorNode, ConnectionSnapshot, DirectionSnapshot, DropCount, EndpointSnapshot, FlowSnapshot,
+    StreamSnapshot,
 };
 pub use stats::{EndpointStats, EndpointStatsSnapshot};
 pub use supervision::{

@@ -38,9 +38,17 @@ pub fn tree_text(snaps: &[EndpointSnapshot]) -> String {
             let indent = if last { "   " } else { "│  " };
             let m = c.streams.len();
             for (j, s) in c.streams.iter().enumerate() {
+                let last_stream = j + 1 == m;
                 out.push_str(indent);
-                out.push_str(if j + 1 == m { "└─ " } else { "├─ " });
+                out.push_str(if last_stream { "└─ " } else { "├─ " });
                 stream_line(&mut out, s);
+                let below = format!("{indent}{}", if last_stream { "   " } else { "│  " });
+                let k = s.flows.len();
+                for (f_i, f) in s.flows.iter().enumerate() {
+                    out.push_str(&below);
+                    out.push_str(if f_i + 1 == k { "└─ " } else { "├─ " });
+                    flow_line(&mut out, f);
+                }
             }
         }
     }
@@ -149,6 +157,28 @@ fn stream_line(out: &mut String, s: &StreamSnapshot) {
     out.push('\n');
 }
 
+fn flow_line(out: &mut String, f: &crate::snapshot::FlowSnapshot) {
+    let _ = write!(
+        out,
+        "flow to {}  client->target {} ({}B)  target->client {} ({}B)  in {} out {}",
+        f.target,
+        f.to_target,
+        f.to_target_bytes,
+        f.from_target,
+        f.from_target_bytes,
+        f.from_client,
+        f.to_client
+    );
+    if !f.drops.is_empty() {
+        out.push_str("  dropped");
+        for d in &f.drops {
+            let _ = write!(out, " {}={}", d.reason, d.count);
+        }
+    }
+    actor_part(out, &f.actor);
+    out.push('\n');
+}
+
 fn actor_part(out: &mut String, a: &ActorNode) {
     let m: &MeterView = &a.meter;
     let _ = write!(
@@ -249,6 +279,9 @@ pub fn kind_totals(snaps: &[EndpointSnapshot]) -> Vec<KindTotals> {
             add(&c.actor);
             for s in &c.streams {
                 add(&s.actor);
+                for f in &s.flows {
+                    add(&f.actor);
+                }
             }
         }
     }
@@ -398,6 +431,38 @@ mod tests {
         assert_eq!(f.len(), 2);
         assert_eq!((f[0].child, f[0].total), (ActorKind::Stream, 10));
         assert_eq!((f[1].child, f[1].total), (ActorKind::ReceiveLoop, 2));
+    }
+
+    #[test]
+    fn a_flow_hangs_under_its_stream_and_counts_as_a_flow() {
+        let flow = crate::snapshot::FlowSnapshot::new(
+            crate::snapshot::fixtures::node(ActorKind::Flow, "f1", 0.0, 0),
+            "192.0.2.1:53".into(),
+        )
+        .with_datagrams(5, 4, 3, 3)
+        .with_drops([("rate", 1), ("context", 0)]);
+        let s1 = stream("s1", 0, 0.0, 0).with_flows(vec![flow]);
+        let e = endpoint(vec![conn(
+            "c1",
+            0.0,
+            0,
+            0,
+            vec![s1, stream("s2", 4, 0.0, 0)],
+        )]);
+        let t = tree_text(std::slice::from_ref(&e));
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        assert!(lines[3].starts_with("   │  └─ flow to 192.0.2.1:53"), "{t}");
+        assert!(
+            lines[3].contains("dropped rate=1") && !lines[3].contains("context"),
+            "{t}"
+        );
+        assert!(lines[4].starts_with("   └─ stream 4"), "{t}");
+        let k = kind_totals(&[e]);
+        assert_eq!(
+            k.iter().find(|t| t.kind == ActorKind::Flow).unwrap().live,
+            1
+        );
     }
 
     #[test]

@@ -171,6 +171,8 @@ pub struct ConnectionSnapshot {
     pub failures: Vec<Failure>,
     /// Child failures ever.
     pub failures_total: u64,
+    /// HTTP datagrams dropped on this connection, by reason (reasons with none left out).
+    pub datagram_drops: Vec<DropCount>,
     /// Its streams.
     pub streams: Vec<StreamSnapshot>,
 }
@@ -206,6 +208,7 @@ impl ConnectionSnapshot {
             close: None,
             failures: Vec::new(),
             failures_total: 0,
+            datagram_drops: Vec::new(),
             streams: Vec::new(),
         }
     }
@@ -251,6 +254,91 @@ pub struct StreamSnapshot {
     pub buffered: u64,
     /// Seconds the stream has been blocked by flow control with bytes to send, if it is.
     pub blocked_for_secs: Option<f64>,
+    /// Its datagram flows (MASQUE: a CONNECT-UDP stream has one).
+    pub flows: Vec<FlowSnapshot>,
+}
+
+/// One HTTP datagram flow (MASQUE), under its CONNECT stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct FlowSnapshot {
+    /// The flow actor.
+    pub actor: ActorNode,
+    /// Where it sends (the resolved address that passed the egress check).
+    pub target: String,
+    /// HTTP datagrams from the client (frames and capsules).
+    pub from_client: u64,
+    /// UDP payloads sent to the target.
+    pub to_target: u64,
+    /// UDP payloads received from the target.
+    pub from_target: u64,
+    /// Payloads sent to the client (frames and capsules).
+    pub to_client: u64,
+    /// UDP payload bytes sent to the target.
+    pub to_target_bytes: u64,
+    /// UDP payload bytes received from the target.
+    pub from_target_bytes: u64,
+    /// Datagrams dropped, by reason (reasons with none left out).
+    pub drops: Vec<DropCount>,
+}
+
+/// How many datagrams were dropped for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DropCount {
+    /// The reason (`rate`, `queue_full`, `context`, ...).
+    pub reason: &'static str,
+    /// How many.
+    pub count: u64,
+}
+
+impl FlowSnapshot {
+    /// A flow's node: its actor and target, no traffic yet.
+    pub fn new(actor: ActorNode, target: String) -> Self {
+        FlowSnapshot {
+            actor,
+            target,
+            from_client: 0,
+            to_target: 0,
+            from_target: 0,
+            to_client: 0,
+            to_target_bytes: 0,
+            from_target_bytes: 0,
+            drops: Vec::new(),
+        }
+    }
+
+    /// Datagrams each way: from the client, to the target, from the target, to the client.
+    pub fn with_datagrams(
+        mut self,
+        from_client: u64,
+        to_target: u64,
+        from_target: u64,
+        to_client: u64,
+    ) -> Self {
+        self.from_client = from_client;
+        self.to_target = to_target;
+        self.from_target = from_target;
+        self.to_client = to_client;
+        self
+    }
+
+    /// Payload bytes to and from the target.
+    pub fn with_bytes(mut self, to_target: u64, from_target: u64) -> Self {
+        self.to_target_bytes = to_target;
+        self.from_target_bytes = from_target;
+        self
+    }
+
+    /// Drops by reason; zero counts are left out.
+    pub fn with_drops(mut self, drops: impl IntoIterator<Item = (&'static str, u64)>) -> Self {
+        self.drops = drops
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, count)| DropCount { reason, count })
+            .collect();
+        self
+    }
 }
 
 /// One direction of a stream.
@@ -293,7 +381,14 @@ impl StreamSnapshot {
             read_credit,
             buffered,
             blocked_for_secs: None,
+            flows: Vec::new(),
         }
+    }
+
+    /// Adds the stream's datagram flows.
+    pub fn with_flows(mut self, flows: Vec<FlowSnapshot>) -> Self {
+        self.flows = flows;
+        self
     }
 
     /// Marks the stream blocked by flow control for `secs`.

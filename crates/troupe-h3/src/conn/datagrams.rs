@@ -7,7 +7,7 @@ use tracing::debug;
 use troupe_transport::{AppError, ConnCx};
 
 use super::{H3App, H3Msg};
-use crate::codes::{H3_DATAGRAM_ERROR, H3_ID_ERROR};
+use crate::codes::H3_DATAGRAM_ERROR;
 use crate::flow::FlowEnd;
 
 /// Most datagrams read from quiche in one turn: quiche's receive queue holds at most this many
@@ -38,22 +38,16 @@ pub(super) fn fair_share(free: usize, flows: usize, wanted: usize) -> usize {
 
 impl H3App {
     /// Reads every datagram quiche holds and hands each flow its batch. A Quarter Stream ID
-    /// past the largest stream id, or one naming a stream that cannot carry a request, closes
-    /// the connection (RFC 9297 §2.1); one naming a stream that is not open or has no flow is
-    /// dropped and counted.
+    /// past the largest stream id closes the connection with H3_DATAGRAM_ERROR (RFC 9297
+    /// §2.1); one naming a stream that is not open or has no flow is dropped and counted.
     pub(super) fn read_datagrams(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
         let mut got = Vec::new();
         for _ in 0..MAX_READ_PER_TURN {
             let Ok(buf) = cx.conn.dgram_recv_buf() else {
                 break;
             };
+            // A Quarter Stream ID names a client-initiated bidirectional stream by construction.
             match crate::datagram::parse(Bytes::from(buf)) {
-                Ok((id, _)) if id % 4 != 0 => {
-                    return Err(AppError {
-                        code: H3_ID_ERROR,
-                        reason: format!("HTTP datagram for stream {id}, not a request stream"),
-                    })
-                }
                 Ok((id, payload)) => got.push((id, payload)),
                 Err(e) => {
                     return Err(AppError {

@@ -400,7 +400,11 @@ impl ConnectionApp for H3App {
                     .stream_shutdown(stream_id, quiche::Shutdown::Write, code);
                 self.close_write(stream_id);
             }
-            H3Msg::GoAway => self.start_goaway(cx),
+            H3Msg::GoAway => {
+                self.start_goaway(cx);
+                // Tunnels never finish on their own: GOAWAY tells their flows to end.
+                self.close_flows(crate::flow::FlowEnd::GoingAway);
+            }
             H3Msg::PostAcceptTimeout => self.on_post_accept_timeout(cx),
             H3Msg::DrainCheck => self.drain_check(cx),
             H3Msg::RoutedStreams(reply) => {
@@ -434,7 +438,11 @@ impl ConnectionApp for H3App {
             H3Msg::SendDatagrams {
                 stream_id,
                 payloads,
-            } => self.send_datagrams(cx, stream_id, payloads),
+                pending,
+            } => {
+                pending.fetch_sub(payloads.len(), std::sync::atomic::Ordering::AcqRel);
+                self.send_datagrams(cx, stream_id, payloads)
+            }
             H3Msg::ChildFailed {
                 stream_id,
                 who,
@@ -494,6 +502,10 @@ impl ConnectionApp for H3App {
         Ok(())
     }
 
+    fn datagram_drops(&self) -> Vec<(&'static str, u64)> {
+        self.datagrams.drops.counts().to_vec()
+    }
+
     fn streams_snapshot(&self) -> Vec<troupe_transport::StreamSnapshot> {
         let mut out: Vec<_> = self
             .routes
@@ -508,7 +520,11 @@ impl ConnectionApp for H3App {
                     ReadCredit::Open(n) => Some(n as u64),
                     ReadCredit::Closed => None,
                 };
-                r.stats.tree_node(actor, read, self.settings.redact_paths)
+                let node = r.stats.tree_node(actor, read, self.settings.redact_paths);
+                match r.flow.as_ref().and_then(|f| f.snapshot()) {
+                    Some(f) => node.with_flows(vec![f]),
+                    None => node,
+                }
             })
             .collect();
         out.sort_by_key(|s| s.stream_id);

@@ -116,6 +116,8 @@ pub enum H3Msg {
         stream_id: u64,
         /// HTTP Datagram payloads (each goes behind the stream's Quarter Stream ID).
         payloads: Vec<Bytes>,
+        /// The sender's count of datagrams on their way, lowered as these are taken.
+        pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     },
     /// A stream actor's child (a datagram flow) failed: record it where operators look.
     ChildFailed {

@@ -375,6 +375,24 @@ async fn a_flow_is_a_node_under_its_stream_in_the_live_tree() {
             .any(|l| l.contains(&format!("└─ flow to {echo}"))),
         "{text}"
     );
+    // Operators see it through the admin endpoint: in /tree.txt, and counted in /metrics.
+    let server = Arc::new(server);
+    let admin = troupe::admin::Admin::serve_servers(
+        troupe::admin::AdminConfig::new(loopback_tcp()),
+        std::slice::from_ref(&server),
+    )
+    .await
+    .unwrap();
+    let ac = troupe::admin::AdminClient::new(admin.local_addr(), None);
+    assert!(ac.get("/tree.txt").await.unwrap().contains("flow to "));
+    let metrics = ac.get("/metrics").await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"troupe_actors_live{kind="flow"} 1.0"#),
+        "{metrics}"
+    );
+    admin.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -621,14 +639,13 @@ async fn a_flood_into_one_slow_flow_does_not_stall_a_download_on_the_same_connec
     // connection dropped it (its fair share of the send queue) and counted it.
     let client_drops: u64 = t.connection().drops.counts().iter().map(|(_, n)| n).sum();
     let flow_seen = eventually_settled(&handler, sent - client_drops).await;
-    let flows = handler.stats().live_flows();
-    let f = &flows[0];
-    let forwarded = f.to_target.load(Ordering::Relaxed);
-    assert_eq!(
-        forwarded + f.dropped(),
-        flow_seen,
-        "the flow forwarded or counted every datagram it got"
-    );
+    let f = handler.stats().live_flows().remove(0);
+    eventually(
+        Duration::from_secs(5),
+        "the flow forwarded or counted every datagram it got",
+        || async { f.to_target.load(Ordering::Relaxed) + f.dropped() == flow_seen },
+    )
+    .await;
     assert!(
         f.drop_rate.load(Ordering::Relaxed) > 0,
         "the flood was rate limited"
@@ -648,5 +665,172 @@ async fn eventually_settled(handler: &ConnectUdp, at_most: u64) -> u64 {
         }
         last = seen;
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs the calling test again inside a network namespace that has only loopback (as root,
+/// with `unshare -n`), so a proxy under test can send nothing off this machine even if it
+/// were wrong. Returns `true` in the child (run the body), `false` in the parent (done).
+fn in_loopback_only_netns(test: &str) -> bool {
+    if std::env::var_os("TROUPE_IN_NETNS").is_some() {
+        return true;
+    }
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        assert!(
+            std::env::var_os("TROUPE_REQUIRE_NETNS").is_none(),
+            "{test} needs root to make a network namespace"
+        );
+        eprintln!("skipped: {test} needs root (unshare -n)");
+        return false;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .env("TROUPE_IN_NETNS", "1")
+        .output()
+        .expect("run unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "in the namespace:\n{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the test ran in the namespace:\n{text}"
+    );
+    false
+}
+
+async fn refused(
+    server: &Server,
+    client: &troupe::h3::Client,
+    host: TargetHost,
+    port: u16,
+) -> (http::StatusCode, String) {
+    match UdpTunnel::open(
+        client,
+        &format!("localhost:{}", server.local_addr().port()),
+        &template(),
+        &host,
+        port,
+        None,
+    )
+    .await
+    {
+        Err(TunnelError::Refused {
+            status,
+            proxy_status,
+            ..
+        }) => (status, proxy_status.unwrap_or_default()),
+        other => panic!("expected a refusal for {host}:{port}, got {other:?}"),
+    }
+}
+
+/// Targets off this machine, inside a namespace with only loopback: private and metadata
+/// addresses are refused by policy (403) before any socket exists; a public address that
+/// passes the policy but has no route gets 502 `destination_ip_unroutable`; a name that does
+/// not resolve gets `dns_error` (or `dns_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_machine_targets_are_refused_with_the_right_proxy_status() {
+    if !in_loopback_only_netns("off_machine_targets_are_refused_with_the_right_proxy_status") {
+        return;
+    }
+    let (server, handler) = proxy(&[], true, |c| {
+        c.resolve_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let (_ep, client) = client_to(&server, true).await;
+    let ip = |s: &str| TargetHost::Ip(s.parse().unwrap());
+    for (host, says) in [
+        (ip("10.0.0.1"), "private"),
+        (ip("169.254.169.254"), "cloud metadata"),
+        (ip("100.64.1.1"), "CGNAT"),
+        (ip("fd00::1"), "unique local"),
+        (ip("64:ff9b::a00:1"), "NAT64 10.0.0.1"),
+    ] {
+        let (status, ps) = refused(&server, &client, host.clone(), 53).await;
+        assert_eq!(status, 403, "{host}");
+        assert!(
+            ps.contains("destination_ip_prohibited") && ps.contains(says),
+            "{host}: {ps}"
+        );
+    }
+    assert_eq!(handler.stats().flows_opened.load(Ordering::Relaxed), 0);
+    // Allowed by policy, but this namespace has no route off loopback.
+    let (status, ps) = refused(&server, &client, ip("8.8.8.8"), 53).await;
+    assert_eq!(status, 502);
+    assert!(ps.contains("destination_ip_unroutable"), "{ps}");
+    // No resolver is reachable here.
+    let (status, ps) = refused(
+        &server,
+        &client,
+        TargetHost::Name("no-such-host.invalid".into()),
+        53,
+    )
+    .await;
+    assert!(status == 502 || status == 504, "{status}");
+    assert!(
+        ps.contains("dns_error") || ps.contains("dns_timeout"),
+        "{ps}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_protocols_get_501_and_other_contexts_are_dropped_and_counted() {
+    let echo = echo_server().await;
+    let (server, handler) = proxy(&[&echo.to_string()], true, |_| {}).await;
+    let mut raw = common::raw::RawClient::connect_with_datagrams(server.local_addr()).await;
+    let ws = raw.request(&[
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/chat"),
+    ]);
+    let out = raw.outcome(ws).await;
+    assert_eq!(out.status.as_deref(), Some("501"));
+    assert!(out
+        .header("proxy-status")
+        .unwrap()
+        .contains("http_request_error"));
+
+    let path = template().expand(&TargetHost::Ip(echo.ip()), echo.port());
+    let s = raw.request_open(&[
+        (":method", "CONNECT"),
+        (":protocol", "connect-udp"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", &path),
+        ("capsule-protocol", "?1"),
+    ]);
+    raw.exchange().await;
+    eventually(Duration::from_secs(5), "the flow opens", || async {
+        handler.stats().flows_opened.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    raw.send_datagram(s, b"\x00udp payload");
+    raw.send_datagram(s, b"\x05context five");
+    raw.send_datagram(s, b"\x40");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        raw.exchange().await;
+        let f = handler.stats().live_flows().remove(0);
+        let (to_target, context) = (
+            f.to_target.load(Ordering::Relaxed),
+            f.drop_context.load(Ordering::Relaxed),
+        );
+        if (to_target, context) == (1, 2) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "to target {to_target}, context drops {context}"
+        );
     }
 }

@@ -261,6 +261,10 @@ pub(crate) async fn udp_tunnel(a: TunnelArgs) -> Result<()> {
             }
             d = tunnel.recv() => {
                 let Some(d) = d else {
+                    // Close the connection before leaving, so the proxy need not wait for it
+                    // to time out.
+                    client.close();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), client.closed()).await;
                     bail!("the proxy closed the tunnel");
                 };
                 if let Some(p) = peer {
@@ -270,6 +274,7 @@ pub(crate) async fn udp_tunnel(a: TunnelArgs) -> Result<()> {
             _ = signals.next() => {
                 tunnel.close();
                 client.close();
+                let _ = tokio::time::timeout(Duration::from_secs(1), client.closed()).await;
                 return Ok(());
             }
         }

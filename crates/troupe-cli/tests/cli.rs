@@ -620,6 +620,22 @@ fn second_signal_exits_at_once() {
     let _ = get.0.kill();
 }
 
+trait WaitRef {
+    /// Waits for the process and returns its status and stderr.
+    fn wait_with_output_ref(&mut self) -> (std::process::ExitStatus, String);
+}
+
+impl WaitRef for Child {
+    fn wait_with_output_ref(&mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let mut err = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (self.wait().unwrap(), err)
+    }
+}
+
 /// Reads lines from `child`'s stdout until one starts with `prefix`; returns the rest of it and
 /// leaves a thread draining the remaining output.
 fn line_starting(child: &mut Reaped, prefix: &str) -> String {
@@ -696,6 +712,67 @@ fn proxy_and_udp_tunnel_carry_datagrams_to_an_allowed_target_only() {
         let (n, _) = app.recv_from(&mut buf).expect("the echo comes back");
         assert_eq!(&buf[..n], msg.as_bytes());
     }
+
+    // A second proxy, drained with SIGTERM while a tunnel runs: its flows end (GOAWAY), it
+    // exits 0 well before its drain deadline, and the tunnel learns the proxy closed it.
+    let mut draining = Reaped(
+        troupe()
+            .args([
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--drain-timeout",
+                "30",
+                "--allow",
+            ])
+            .arg(echo_addr.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rest = line_starting(
+        &mut draining,
+        "troupe proxy serving CONNECT-UDP on 127.0.0.1:",
+    );
+    let dport: u16 = rest.strip_suffix(" (UDP)").unwrap().parse().unwrap();
+    let mut t2 = Reaped(
+        troupe()
+            .args([
+                "udp-tunnel",
+                "--proxy",
+                &format!("https://localhost:{dport}/"),
+                "-k",
+                "--target",
+            ])
+            .arg(echo_addr.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let rest = line_starting(&mut t2, "forwarding UDP ");
+    let local2: std::net::SocketAddr = rest.split(' ').next().unwrap().parse().unwrap();
+    app.send_to(b"before the drain", local2).unwrap();
+    let (n, _) = app.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"before the drain");
+    let started = std::time::Instant::now();
+    let pid = draining.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = draining.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "drained in {:?}, not at the deadline",
+        started.elapsed()
+    );
+    let out = t2.0.wait_with_output_ref();
+    assert!(!out.0.success());
+    assert!(out.1.contains("closed the tunnel"), "{}", out.1);
     drop(tunnel);
 
     // A target the proxy does not allow: refused with 403 and Proxy-Status, the tunnel exits.

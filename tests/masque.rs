@@ -414,6 +414,31 @@ async fn goaway_ends_the_flows_and_the_drain_completes() {
         .is_none());
 }
 
+/// Opens a CONNECT-UDP stream to `target` by hand on `raw` and waits for its flow; returns the
+/// stream id.
+async fn raw_connect_udp(
+    raw: &mut common::raw::RawClient,
+    target: SocketAddr,
+    handler: &ConnectUdp,
+) -> u64 {
+    let before = handler.stats().flows_opened.load(Ordering::Relaxed);
+    let path = template().expand(&TargetHost::Ip(target.ip()), target.port());
+    let s = raw.request_open(&[
+        (":method", "CONNECT"),
+        (":protocol", "connect-udp"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", &path),
+        ("capsule-protocol", "?1"),
+    ]);
+    raw.exchange().await;
+    eventually(Duration::from_secs(5), "the flow opens", || async {
+        handler.stats().flows_opened.load(Ordering::Relaxed) == before + 1
+    })
+    .await;
+    s
+}
+
 /// The connection's datagram drops, from the snapshot.
 async fn drops(server: &Server) -> Vec<(String, u64)> {
     let snap = server.snapshot().await;
@@ -503,20 +528,7 @@ async fn a_malformed_capsule_resets_the_stream_with_h3_datagram_error() {
     let echo = echo_server().await;
     let (server, handler) = proxy(&[&echo.to_string()], true, |_| {}).await;
     let mut raw = common::raw::RawClient::connect_with_datagrams(server.local_addr()).await;
-    let path = template().expand(&TargetHost::Ip(echo.ip()), echo.port());
-    let s = raw.request_open(&[
-        (":method", "CONNECT"),
-        (":protocol", "connect-udp"),
-        (":scheme", "https"),
-        (":authority", "localhost"),
-        (":path", &path),
-        ("capsule-protocol", "?1"),
-    ]);
-    raw.exchange().await;
-    eventually(Duration::from_secs(5), "the flow opens", || async {
-        handler.stats().flows_opened.load(Ordering::Relaxed) == 1
-    })
-    .await;
+    let s = raw_connect_udp(&mut raw, echo, &handler).await;
     // A DATAGRAM capsule claiming 100,000 bytes: more than any UDP payload.
     raw.send_body(s, &[0x00, 0x80, 0x01, 0x86, 0xa0], false);
     let code = raw.wait_stopped(s).await;
@@ -800,20 +812,7 @@ async fn other_protocols_get_501_and_other_contexts_are_dropped_and_counted() {
         .unwrap()
         .contains("http_request_error"));
 
-    let path = template().expand(&TargetHost::Ip(echo.ip()), echo.port());
-    let s = raw.request_open(&[
-        (":method", "CONNECT"),
-        (":protocol", "connect-udp"),
-        (":scheme", "https"),
-        (":authority", "localhost"),
-        (":path", &path),
-        ("capsule-protocol", "?1"),
-    ]);
-    raw.exchange().await;
-    eventually(Duration::from_secs(5), "the flow opens", || async {
-        handler.stats().flows_opened.load(Ordering::Relaxed) == 1
-    })
-    .await;
+    let s = raw_connect_udp(&mut raw, echo, &handler).await;
     raw.send_datagram(s, b"\x00udp payload");
     raw.send_datagram(s, b"\x05context five");
     raw.send_datagram(s, b"\x40");

@@ -30,6 +30,8 @@ pub(super) struct ServerSide {
     pub(super) goaway: Goaway,
     /// A drain check is to be requested at the next flush.
     pub(super) drain_check_due: bool,
+    /// A timed drain re-check is on its way.
+    pub(super) recheck_armed: bool,
     /// Streams whose actor ended while quiche may still hold their data unacknowledged; a
     /// graceful close waits for quiche to collect them. Pruned as it grows.
     pub(super) unacked: Vec<u64>,
@@ -46,6 +48,7 @@ impl ServerSide {
             requests_accepted: 0,
             goaway: Goaway::NotSent,
             drain_check_due: false,
+            recheck_armed: false,
             unacked: Vec::new(),
             settings_seen: false,
         }

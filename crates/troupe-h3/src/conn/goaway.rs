@@ -10,6 +10,13 @@ use super::{H3App, H3Msg, Side};
 /// concurrent stream limit: pruning is O(n), so it runs about once per hundreds of streams.
 pub(super) const UNACKED_PRUNE_AT: usize = 256;
 
+/// How soon a drain check that found bytes still unacknowledged looks again. 25 ms: a few
+/// loopback round trips, and a handful of wake-ups per second on a real path. The check is
+/// re-armed only while draining with no stream left, and the drain deadline bounds it; without
+/// it the close would wait for a packet that may never come (the last one may have arrived
+/// before the last stream actor ended).
+const DRAIN_RECHECK: std::time::Duration = std::time::Duration::from_millis(25);
+
 /// A server's GOAWAY: not asked for, waiting for stream capacity on the control stream, or sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Goaway {
@@ -67,7 +74,19 @@ impl H3App {
         let Side::Server(s) = &mut self.side else {
             return true;
         };
+        let mut scratch = [0u8; 4096];
         s.unacked.retain(|id| {
+            // A stream whose reading we stopped (STOP_SENDING) stays readable once the peer's
+            // RESET_STREAM (or late data) arrives, and quiche collects a readable stream only
+            // when it is read: read and discard what is left, so a complete stream is
+            // collected instead of holding the drain until its deadline. Bounded: at most
+            // 64 KiB per check.
+            for _ in 0..16 {
+                match conn.stream_recv(*id, &mut scratch) {
+                    Ok((_, false)) => {}
+                    Ok((_, true)) | Err(_) => break,
+                }
+            }
             !matches!(
                 conn.stream_capacity(*id),
                 Err(quiche::Error::InvalidStreamState(_))
@@ -103,9 +122,23 @@ impl H3App {
     /// ended stream's bytes are acknowledged.
     pub(super) fn drain_check(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
         let sent = matches!(&self.side, Side::Server(s) if matches!(s.goaway, Goaway::Sent(_)));
-        if sent && self.routes.is_empty() && self.all_delivered(cx.conn) {
+        if !sent || !self.routes.is_empty() {
+            return;
+        }
+        if self.all_delivered(cx.conn) {
             debug!("drained after GOAWAY: closing");
             let _ = cx.conn.close(true, crate::codes::H3_NO_ERROR, b"");
+            return;
+        }
+        if let Side::Server(s) = &mut self.side {
+            if !s.recheck_armed {
+                s.recheck_armed = true;
+                let me = cx.mailbox.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(DRAIN_RECHECK).await;
+                    let _ = me.cast(troupe_transport::ConnMsg::App(H3Msg::DrainRecheck));
+                });
+            }
         }
     }
 }

@@ -407,6 +407,12 @@ impl ConnectionApp for H3App {
             }
             H3Msg::PostAcceptTimeout => self.on_post_accept_timeout(cx),
             H3Msg::DrainCheck => self.drain_check(cx),
+            H3Msg::DrainRecheck => {
+                if let Side::Server(s) = &mut self.side {
+                    s.recheck_armed = false;
+                }
+                self.drain_check(cx)
+            }
             H3Msg::RoutedStreams(reply) => {
                 let mut ids: Vec<u64> = self.routes.keys().copied().collect();
                 ids.sort_unstable();

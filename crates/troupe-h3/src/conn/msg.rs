@@ -103,6 +103,8 @@ pub enum H3Msg {
     /// After GOAWAY: close the connection if no stream is left (sent to itself, so the close
     /// happens in a later turn than the GOAWAY and never keeps it off the wire).
     DrainCheck,
+    /// After GOAWAY: the timed re-check of a drain check that found bytes unacknowledged.
+    DrainRecheck,
     /// Route the stream's HTTP datagrams to `sink` (see [`crate::DatagramFlow::attach`]).
     AttachFlow {
         /// The stream.

@@ -87,6 +87,18 @@ async fn tunnel(
     .await
 }
 
+/// The status and Proxy-Status of a refused tunnel; panics on anything else.
+fn refusal(r: Result<UdpTunnel, TunnelError>) -> (http::StatusCode, String) {
+    match r {
+        Err(TunnelError::Refused {
+            status,
+            proxy_status,
+            ..
+        }) => (status, proxy_status.unwrap_or_default()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 /// A payload of `len` bytes (at least 4) carrying sequence number `seq`.
 fn payload(seq: u32, len: usize) -> Vec<u8> {
     let mut p = vec![0u8; len.max(4)];
@@ -247,17 +259,10 @@ async fn refusals_carry_status_and_proxy_status_and_open_nothing() {
     let authority = format!("localhost:{}", server.local_addr().port());
     let host = TargetHost::Ip(echo.ip());
     for token in [None, Some("wrong")] {
-        match UdpTunnel::open(&client, &authority, &template(), &host, echo.port(), token).await {
-            Err(TunnelError::Refused {
-                status,
-                proxy_status,
-                ..
-            }) => {
-                assert_eq!(status, 401);
-                assert!(proxy_status.unwrap().contains("http_request_denied"));
-            }
-            other => panic!("expected 401, got {other:?}"),
-        }
+        let r = UdpTunnel::open(&client, &authority, &template(), &host, echo.port(), token).await;
+        let (status, ps) = refusal(r);
+        assert_eq!(status, 401);
+        assert!(ps.contains("http_request_denied"), "{ps}");
     }
     let mut t = UdpTunnel::open(
         &client,
@@ -557,17 +562,9 @@ async fn flows_per_connection_are_capped_and_the_rate_limit_drops_and_counts() {
     let (_ep, client) = client_to(&server, true).await;
     let mut a = tunnel(&server, &client, echo).await.unwrap();
     let _b = tunnel(&server, &client, echo).await.unwrap();
-    match tunnel(&server, &client, echo).await {
-        Err(TunnelError::Refused {
-            status,
-            proxy_status,
-            ..
-        }) => {
-            assert_eq!(status, 429);
-            assert!(proxy_status.unwrap().contains("connection_limit_reached"));
-        }
-        other => panic!("expected 429, got {other:?}"),
-    }
+    let (status, ps) = refusal(tunnel(&server, &client, echo).await);
+    assert_eq!(status, 429);
+    assert!(ps.contains("connection_limit_reached"), "{ps}");
     // 100 datagrams at once against 10 per second: the burst of 10 passes, 90 are dropped
     // and counted.
     for i in 0..100u8 {
@@ -732,23 +729,8 @@ async fn refused(
     host: TargetHost,
     port: u16,
 ) -> (http::StatusCode, String) {
-    match UdpTunnel::open(
-        client,
-        &format!("localhost:{}", server.local_addr().port()),
-        &template(),
-        &host,
-        port,
-        None,
-    )
-    .await
-    {
-        Err(TunnelError::Refused {
-            status,
-            proxy_status,
-            ..
-        }) => (status, proxy_status.unwrap_or_default()),
-        other => panic!("expected a refusal for {host}:{port}, got {other:?}"),
-    }
+    let authority = format!("localhost:{}", server.local_addr().port());
+    refusal(UdpTunnel::open(client, &authority, &template(), &host, port, None).await)
 }
 
 /// Targets off this machine, inside a namespace with only loopback: private and metadata

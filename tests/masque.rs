@@ -156,7 +156,7 @@ fn counted_drops(t: &UdpTunnel, proxy: &ConnectUdp) -> u64 {
         + t.stats().dropped_out.load(Ordering::Relaxed);
     let client_conn: u64 = t.connection().drops.counts().iter().map(|(_, n)| n).sum();
     let flows: u64 = proxy.stats().live_flows().iter().map(|f| f.dropped()).sum();
-    tunnel + client_conn + flows + proxy.stats().ended_drops()
+    tunnel + client_conn + flows
 }
 
 async fn ten_thousand_datagrams(datagrams: bool) {

@@ -85,6 +85,13 @@ struct ServeArgs {
     /// Default: one per core this process may use.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    #[command(flatten)]
+    admin: AdminArgs,
+}
+
+/// The admin endpoint's flags, shared by `serve` and `proxy`.
+#[derive(Args)]
+pub(crate) struct AdminArgs {
     /// Serve the admin endpoint (live tree, /metrics, warnings, top-N, actions) on this TCP
     /// address, e.g. 127.0.0.1:9901. Loopback only, unless --admin-token is set.
     #[arg(long, value_name = "ADDR")]
@@ -106,6 +113,54 @@ struct ServeArgs {
     /// system's temporary directory.
     #[arg(long, requires = "admin", value_name = "DIR")]
     admin_qlog_dir: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// The admin endpoint's configuration, if `--admin` was given: its access rules are checked
+    /// now, before anything listens, and `quic` reports to the metrics it will serve.
+    pub(crate) fn config(
+        &self,
+        quic: &mut QuicSettings,
+    ) -> Result<Option<troupe::admin::AdminConfig>> {
+        let Some(addr) = self.admin else {
+            return Ok(None);
+        };
+        let mut c = troupe::admin::AdminConfig::new(addr);
+        c.token = self.admin_token.clone();
+        c.hosts = self.admin_host.clone();
+        if let Some(d) = &self.admin_qlog_dir {
+            c.qlog_dir = d.clone();
+        }
+        troupe::admin::AccessPolicy::new(addr, c.token.as_deref(), &c.hosts)
+            .with_context(|| format!("--admin {addr}"))?;
+        let metrics = troupe::transport::PrometheusMetrics::new();
+        quic.metrics = metrics.shared();
+        c.metrics = Some(metrics);
+        Ok(Some(c))
+    }
+}
+
+/// Starts the admin endpoint for `servers`, if configured, and prints where it is.
+pub(crate) async fn start_admin(
+    config: Option<troupe::admin::AdminConfig>,
+    servers: &[Arc<Server>],
+) -> Result<Option<troupe::admin::Admin>> {
+    let Some(c) = config else {
+        return Ok(None);
+    };
+    let addr = c.addr;
+    let admin = troupe::admin::Admin::serve_servers(c, servers)
+        .await
+        .with_context(|| format!("--admin {addr}"))?;
+    let at = admin.local_addr();
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "troupe".into());
+    println!(
+        "admin endpoint: http://{at}/ (live tree; /tree, /tree.txt, /metrics, /warnings, /top)"
+    );
+    println!("      {me} tree --admin {at}");
+    Ok(Some(admin))
 }
 
 #[derive(Args)]
@@ -280,23 +335,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         async move { svc.handle(req).await }
     };
     // The admin endpoint's access rules are checked before anything listens.
-    let admin_config = match a.admin {
-        Some(addr) => {
-            let mut c = troupe::admin::AdminConfig::new(addr);
-            c.token = a.admin_token.clone();
-            c.hosts = a.admin_host.clone();
-            if let Some(d) = &a.admin_qlog_dir {
-                c.qlog_dir = d.clone();
-            }
-            troupe::admin::AccessPolicy::new(addr, c.token.as_deref(), &c.hosts)
-                .with_context(|| format!("--admin {addr}"))?;
-            let metrics = troupe::transport::PrometheusMetrics::new();
-            config.quic.metrics = metrics.shared();
-            c.metrics = Some(metrics);
-            Some(c)
-        }
-        None => None,
-    };
+    let admin_config = a.admin.config(&mut config.quic)?;
     let servers = bind_servers(&a.listen, &config, handler).await?;
     let server = &servers[0];
     let addr = server.local_addr();
@@ -336,19 +375,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         );
         println!("try:  {me} get {url}");
     }
-    let admin = match admin_config {
-        Some(c) => {
-            let addr = c.addr;
-            let admin = troupe::admin::Admin::serve_servers(c, &servers)
-                .await
-                .with_context(|| format!("--admin {addr}"))?;
-            let at = admin.local_addr();
-            println!("admin endpoint: http://{at}/ (live tree; /tree, /tree.txt, /metrics, /warnings, /top)");
-            println!("      {me} tree --admin {at}");
-            Some(admin)
-        }
-        None => None,
-    };
+    let admin = start_admin(admin_config, &servers).await?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
     signals.next().await;

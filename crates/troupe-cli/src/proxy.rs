@@ -54,17 +54,8 @@ pub(crate) struct ProxyArgs {
     /// On SIGINT/SIGTERM, how long flows may take to end before connections are closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     drain_timeout: u64,
-    /// Serve the admin endpoint (live tree, /metrics, ...) on this TCP address.
-    #[arg(long, value_name = "ADDR")]
-    admin: Option<SocketAddr>,
-    /// The admin endpoint's token (needed for a non-loopback --admin).
-    #[arg(
-        long,
-        env = "TROUPE_ADMIN_TOKEN",
-        requires = "admin",
-        value_name = "TOKEN"
-    )]
-    admin_token: Option<String>,
+    #[command(flatten)]
+    admin: crate::AdminArgs,
 }
 
 fn parse_net(s: &str) -> Result<IpNet, String> {
@@ -111,15 +102,7 @@ pub(crate) async fn proxy(a: ProxyArgs) -> Result<()> {
     config.h3.extended_connect = true;
     let generated = a.cert.is_none();
     config.tls = crate::server_tls(&a.cert, &a.key)?;
-    let metrics = a.admin.map(|_| {
-        let m = troupe::transport::PrometheusMetrics::new();
-        config.quic.metrics = m.shared();
-        m
-    });
-    if let Some(addr) = a.admin {
-        troupe::admin::AccessPolicy::new(addr, a.admin_token.as_deref(), &[])
-            .with_context(|| format!("--admin {addr}"))?;
-    }
+    let admin_config = a.admin.config(&mut config.quic)?;
     let servers = crate::bind_servers(&a.listen, &config, handler.clone()).await?;
     let addrs = servers
         .iter()
@@ -144,19 +127,7 @@ pub(crate) async fn proxy(a: ProxyArgs) -> Result<()> {
         String::new()
     };
     println!("try:  {me} udp-tunnel --proxy https://localhost:{port}/ --target HOST:PORT{ca}");
-    let _admin = match a.admin {
-        Some(addr) => {
-            let mut c = troupe::admin::AdminConfig::new(addr);
-            c.token = a.admin_token.clone();
-            c.metrics = metrics;
-            let admin = troupe::admin::Admin::serve_servers(c, &servers)
-                .await
-                .with_context(|| format!("--admin {addr}"))?;
-            println!("admin endpoint: http://{}/", admin.local_addr());
-            Some(admin)
-        }
-        None => None,
-    };
+    let _admin = crate::start_admin(admin_config, &servers).await?;
     use std::io::Write;
     let _ = std::io::stdout().flush();
     signals.next().await;

@@ -148,7 +148,11 @@ pub enum FlowMsg {
 /// Where the handle sends: nowhere yet (buffering), the live actor, or nowhere any more.
 enum Target {
     Pending(VecDeque<Bytes>),
-    Live(Tracked<FlowMsg>),
+    Live {
+        actor: Tracked<FlowMsg>,
+        /// Where the flow sends.
+        to: SocketAddr,
+    },
     Closed,
 }
 
@@ -172,8 +176,6 @@ impl FlowMsg {
 /// [`FlowLimits::queue`] datagrams.
 pub struct FlowHandle {
     target: Mutex<Target>,
-    /// Where the flow sends, once it is live.
-    to: Mutex<Option<SocketAddr>>,
     /// Datagrams cast to the actor and not yet handled.
     queued: AtomicUsize,
     limits: FlowLimits,
@@ -191,7 +193,6 @@ impl FlowHandle {
     ) -> Arc<FlowHandle> {
         Arc::new(FlowHandle {
             target: Mutex::new(Target::Pending(VecDeque::new())),
-            to: Mutex::new(None),
             queued: AtomicUsize::new(0),
             limits,
             stats,
@@ -205,9 +206,8 @@ impl FlowHandle {
 
     /// The actor started: from now on datagrams go to it; returns those kept until now.
     fn go_live(&self, actor: Tracked<FlowMsg>, to: SocketAddr) -> Vec<Bytes> {
-        *self.to.lock().unwrap_or_else(|e| e.into_inner()) = Some(to);
         let mut t = self.lock();
-        match std::mem::replace(&mut *t, Target::Live(actor)) {
+        match std::mem::replace(&mut *t, Target::Live { actor, to }) {
             Target::Pending(early) => early.into(),
             // Closed before it started: stay closed.
             other => {
@@ -241,27 +241,22 @@ impl FlowHandle {
 
     /// Hands client datagrams (from frames or capsules) to the flow, within its queue.
     fn offer(&self, mut batch: Vec<Bytes>) -> bool {
-        let t = self.lock();
-        match &*t {
+        match &mut *self.lock() {
             Target::Closed => {
                 add(&self.stats.drop_after_end, batch.len() as u64);
                 false
             }
-            Target::Pending(_) => {
-                drop(t);
-                let mut t = self.lock();
-                if let Target::Pending(early) = &mut *t {
-                    for d in batch {
-                        if early.len() < self.limits.early {
-                            early.push_back(d);
-                        } else {
-                            bump(&self.stats.drop_early);
-                        }
+            Target::Pending(early) => {
+                for d in batch {
+                    if early.len() < self.limits.early {
+                        early.push_back(d);
+                    } else {
+                        bump(&self.stats.drop_early);
                     }
                 }
                 true
             }
-            Target::Live(actor) => {
+            Target::Live { actor, .. } => {
                 let room = self
                     .limits
                     .queue
@@ -289,7 +284,7 @@ impl DatagramSink for FlowHandle {
     fn close(&self, why: FlowEnd) {
         let t = self.lock();
         match &*t {
-            Target::Live(actor) => {
+            Target::Live { actor, .. } => {
                 let _ = actor.cast(FlowMsg::End(why));
             }
             Target::Pending(_) if why != FlowEnd::GoingAway => {
@@ -301,17 +296,13 @@ impl DatagramSink for FlowHandle {
     }
 
     fn snapshot(&self) -> Option<troupe_transport::FlowSnapshot> {
-        let actor = match &*self.lock() {
-            Target::Live(a) => {
-                ActorNode::of(&a.actor().get_cell(), ActorKind::Flow, a.meter().view())
-            }
+        let (actor, to) = match &*self.lock() {
+            Target::Live { actor: a, to } => (
+                ActorNode::of(&a.actor().get_cell(), ActorKind::Flow, a.meter().view()),
+                to.to_string(),
+            ),
             _ => return None,
         };
-        let to = self
-            .to
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map_or_else(String::new, |a| a.to_string());
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let s = &self.stats;
         Some(
@@ -349,7 +340,6 @@ pub(crate) struct FlowArgs {
 pub(crate) struct FlowActor;
 
 pub(crate) struct FlowState {
-    me: Option<Tracked<FlowMsg>>,
     meter: Arc<ActorMeter>,
     target: SocketAddr,
     handle: Arc<FlowHandle>,
@@ -382,7 +372,6 @@ impl Actor for FlowActor {
         let span = info_span!(parent: None, "flow", conn_id = %a.trace_id, stream_id = a.flow.stream_id(), target = %a.target);
         let response = a.response;
         Ok(FlowState {
-            me: None,
             meter: a.meter,
             target: a.target,
             handle: a.handle,
@@ -410,7 +399,6 @@ impl Actor for FlowActor {
             return Ok(());
         };
         let me = Tracked::new(myself.clone(), st.meter.clone());
-        st.me = Some(me.clone());
         st.tasks.push(tokio::spawn(target_to_client(
             st.socket.clone(),
             flow,

@@ -89,10 +89,8 @@ pub struct ProxyStats {
     pub flows_opened: AtomicU64,
     /// Requests refused, any reason.
     pub refused: AtomicU64,
-    /// The flows' own counters, live ones and ended ones (weakly: ended flows drop out).
+    /// The live flows' own counters (weakly: ended flows drop out).
     flows: std::sync::Mutex<Vec<std::sync::Weak<FlowStats>>>,
-    /// Drops of flows that ended, summed when they leave `flows`.
-    ended_drops: AtomicU64,
 }
 
 impl ProxyStats {
@@ -106,11 +104,6 @@ impl ProxyStats {
     pub fn live_flows(&self) -> Vec<Arc<FlowStats>> {
         let v = self.flows.lock().unwrap_or_else(|e| e.into_inner());
         v.iter().filter_map(|w| w.upgrade()).collect()
-    }
-
-    /// Drops of flows that ended.
-    pub fn ended_drops(&self) -> u64 {
-        self.ended_drops.load(Ordering::Relaxed)
     }
 }
 

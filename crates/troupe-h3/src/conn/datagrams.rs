@@ -78,6 +78,7 @@ impl H3App {
             if !sink.deliver(batch) {
                 debug!(stream_id = id, "flow gone: detached");
                 route.flow = None;
+                self.flows_attached -= 1;
                 drops
                     .no_flow
                     .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -103,7 +104,7 @@ impl H3App {
             drops.not_negotiated.fetch_add(total, Relaxed);
             return;
         }
-        let flows = self.routes.values().filter(|r| r.flow.is_some()).count();
+        let flows = self.flows_attached;
         let free =
             troupe_transport::DATAGRAM_QUEUE_LEN.saturating_sub(cx.conn.dgram_send_queue_len());
         let share = fair_share(free, flows, payloads.len());
@@ -142,7 +143,11 @@ impl H3App {
             let sink = if why == FlowEnd::GoingAway {
                 route.flow.clone()
             } else {
-                route.flow.take()
+                let taken = route.flow.take();
+                if taken.is_some() {
+                    self.flows_attached -= 1;
+                }
+                taken
             };
             if let Some(f) = sink {
                 f.close(why);

@@ -75,6 +75,8 @@ pub struct H3App {
     trace_id: String,
     /// HTTP datagram figures shared with this connection's flows.
     datagrams: Arc<crate::flow::ConnDatagrams>,
+    /// Routes with a flow attached (kept with the routes, so a send need not count them).
+    flows_attached: usize,
 }
 
 fn internal(e: h3::Error) -> AppError {
@@ -121,6 +123,7 @@ impl H3App {
             rescan: Vec::new(),
             trace_id: String::new(),
             datagrams: Default::default(),
+            flows_attached: 0,
         }
     }
 
@@ -305,7 +308,11 @@ impl H3App {
         let id = self.by_actor.remove(&actor)?;
         self.scheduler.remove(id);
         self.rescan.retain(|s| *s != id);
-        self.routes.remove(&id).map(|r| (id, r))
+        let route = self.routes.remove(&id)?;
+        if route.flow.is_some() {
+            self.flows_attached -= 1;
+        }
+        Some((id, route))
     }
 }
 
@@ -437,7 +444,11 @@ impl ConnectionApp for H3App {
                 let _ = reply.send(live);
             }
             H3Msg::AttachFlow { stream_id, sink } => match self.routes.get_mut(&stream_id) {
-                Some(route) => route.flow = Some(sink),
+                Some(route) => {
+                    if route.flow.replace(sink).is_none() {
+                        self.flows_attached += 1;
+                    }
+                }
                 // The stream ended first: the flow is over before it began.
                 None => sink.close(crate::flow::FlowEnd::StreamEnded),
             },

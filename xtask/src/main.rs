@@ -47,7 +47,44 @@ fn root() -> PathBuf {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    // Incremental state is only of use to a next edit-and-build; CI builds once from a clean
+    // clone, and the state roughly doubled `target/` (a cold CI run once died with ENOSPC).
+    // An explicit setting from the caller wins.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
     c
+}
+
+/// Free space a cold `cargo xtask test` needs in `target/`, with room to spare: measured at
+/// about 6 GiB (debug builds, clippy metadata, doctests).
+const DISK_NEEDED_BYTES: u64 = 10 << 30;
+
+/// Says so, before building, when the disk holding `target/` has less free space than a cold
+/// build needs: the compiler's own out-of-space failure is an opaque internal error.
+fn warn_if_disk_is_short() {
+    let Ok(out) = Command::new("df").args(["-Pk"]).arg(root()).output() else {
+        return;
+    };
+    if let Some(free) = df_available_bytes(&String::from_utf8_lossy(&out.stdout)) {
+        if free < DISK_NEEDED_BYTES {
+            eprintln!(
+                "xtask: warning: only {} MiB free beside {}; a cold build needs about {} MiB \
+                 (free space, or set CARGO_TARGET_DIR to a roomier disk)",
+                free >> 20,
+                root().display(),
+                DISK_NEEDED_BYTES >> 20
+            );
+        }
+    }
+}
+
+/// Available bytes from `df -Pk` output (POSIX format: a header line, then one line per file
+/// system whose fourth column is the available space in KiB). `None` when it cannot be read.
+fn df_available_bytes(df: &str) -> Option<u64> {
+    let line = df.lines().nth(1)?;
+    let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 fn step(what: &str, cmd: &mut Command) -> Result<(), String> {
@@ -193,6 +230,7 @@ fn is_root() -> bool {
 
 fn test() -> Result<(), String> {
     ensure_system_deps()?;
+    warn_if_disk_is_short();
     ensure_chromium()?;
     step(
         "cargo fmt --all --check",
@@ -274,4 +312,34 @@ fn bench() -> Result<(), String> {
         "cargo bench --bench live_tree",
         cargo().args(["bench", "--bench", "live_tree"]),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::df_available_bytes;
+
+    #[test]
+    fn reads_available_space_from_posix_df() {
+        let out = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n\
+                   /dev/vda         263174212 49283412 201000000      20% /\n";
+        assert_eq!(df_available_bytes(out), Some(201_000_000 * 1024));
+    }
+
+    #[test]
+    fn zero_free_space_is_read_as_zero() {
+        let out = "Filesystem 1024-blocks Used Available Capacity Mounted on\n\
+                   /dev/vda 100 100 0 100% /\n";
+        assert_eq!(df_available_bytes(out), Some(0));
+    }
+
+    #[test]
+    fn unreadable_output_is_none() {
+        assert_eq!(df_available_bytes(""), None);
+        assert_eq!(df_available_bytes("header only\n"), None);
+        assert_eq!(df_available_bytes("h\n/dev/vda 1 2 lots 1% /\n"), None);
+        assert_eq!(
+            df_available_bytes("h\n/dev/vda 1 2 99999999999999999999 1% /\n"),
+            None
+        );
+    }
 }

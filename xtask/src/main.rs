@@ -311,6 +311,10 @@ fn bench() -> Result<(), String> {
     step(
         "cargo bench --bench live_tree",
         cargo().args(["bench", "--bench", "live_tree"]),
+    )?;
+    step(
+        "cargo bench --bench connect_udp",
+        cargo().args(["bench", "--bench", "connect_udp"]),
     )
 }
 

@@ -275,7 +275,7 @@ fn main() -> ExitCode {
         Cmd::Get(_) => None,
         // A client of one HTTP/1.1 endpoint: one thread is plenty.
         Cmd::Tree(_) | Cmd::UdpTunnel(_) => Some(0),
-        Cmd::Proxy(_) => None,
+        Cmd::Proxy(a) => a.workers,
     };
     let mut builder = match workers {
         Some(0) => tokio::runtime::Builder::new_current_thread(),

@@ -54,6 +54,10 @@ pub(crate) struct ProxyArgs {
     /// On SIGINT/SIGTERM, how long flows may take to end before connections are closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     drain_timeout: u64,
+    /// Runtime worker threads; 0 runs everything on one thread (a current-thread runtime).
+    /// Default: one per core this process may use.
+    #[arg(long, value_name = "N")]
+    pub(crate) workers: Option<usize>,
     #[command(flatten)]
     admin: crate::AdminArgs,
 }

@@ -13,6 +13,13 @@
 //!   buffer; it is never materialised, and the sender waits on the body channel's capacity.
 //! * `POST /echo`, `PUT /echo` → `200`, the request body streamed back chunk by chunk as it
 //!   arrives, with FIN once the request body has ended.
+//! * `CONNECT` with `:protocol connect-udp` to `/.well-known/masque/udp/{host}/{port}/`
+//!   (RFC 9298) → `200` with `capsule-protocol: ?1`, then UDP payloads with context id 0 are
+//!   relayed between the flow's HTTP datagrams and a UDP socket connected to the target, until
+//!   the client ends the stream. This is tokio-quiche's own MASQUE support (extended CONNECT,
+//!   its per-connection flow map and shared datagram queue) with nothing added: no capsules,
+//!   other context ids dropped. As a test and benchmark peer it only relays to loopback targets
+//!   (`host` an IP literal or `localhost`); any other target gets `403` with `Proxy-Status`.
 //! * anything else → `404` with a short body.
 //!
 //! Without `--cert`/`--key` a self-signed certificate for `localhost` and `127.0.0.1` is
@@ -21,7 +28,8 @@
 //! `tq-serve listening on ADDR` is printed to stdout. SIGINT and SIGTERM stop the server with
 //! exit status 0. Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -32,6 +40,7 @@ use clap::Parser;
 use futures::{SinkExt as _, StreamExt as _};
 use quiche::h3::{Header, NameValue as _};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_quiche::datagram_socket::DgramBuffer;
 use tokio_quiche::http3::driver::{
     H3Event, InboundFrame, InboundFrameStream, IncomingH3Headers, OutboundFrame,
     OutboundFrameSender, ServerH3Event,
@@ -225,7 +234,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             next = accept_stream.next() => match next {
                 Some(Ok(initial)) => {
-                    let (driver, controller) = ServerH3Driver::new(Http3Settings::default());
+                    let mut h3 = Http3Settings::default();
+                    // SETTINGS_ENABLE_CONNECT_PROTOCOL, and with it tokio-quiche's flows.
+                    h3.enable_extended_connect = true;
+                    let (driver, controller) = ServerH3Driver::new(h3);
                     let conn = initial.start(driver);
                     tracing::debug!(peer = %conn.peer_addr(), "accepted connection");
                     tokio::spawn(serve_connection(controller));
@@ -248,13 +260,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// `BodyBytesReceived` notifications into it for every request body chunk, and dropping the
 /// receiver makes the driver close the connection as soon as it is idle.
 async fn serve_connection(mut controller: ServerH3Controller) {
+    // tokio-quiche announces a flow (`NewFlow`) before the HEADERS of the CONNECT request that
+    // carries it, and for any flow id a datagram names; a flow waits here until its request.
+    let mut flows: HashMap<u64, Flow> = HashMap::new();
     let events = controller.event_receiver_mut();
     while let Some(event) = events.recv().await {
         match event {
             ServerH3Event::Headers {
                 incoming_headers, ..
             } => {
-                tokio::spawn(handle_request(incoming_headers));
+                if is_connect_udp(&incoming_headers.headers) {
+                    let flow = flows.remove(&(incoming_headers.stream_id / 4));
+                    tokio::spawn(connect_udp(incoming_headers, flow));
+                } else {
+                    tokio::spawn(handle_request(incoming_headers));
+                }
+            }
+            ServerH3Event::Core(H3Event::NewFlow {
+                flow_id,
+                send,
+                recv,
+            }) => {
+                flows.insert(flow_id, Flow { id: flow_id, send, recv });
             }
             ServerH3Event::Core(H3Event::ConnectionError(error)) => {
                 tracing::debug!(?error, "connection error");
@@ -419,6 +446,171 @@ async fn echo(
     Err(PeerGone)
 }
 
+/// One HTTP datagram flow as tokio-quiche hands it over.
+struct Flow {
+    /// Its id: the quarter stream id of its CONNECT stream.
+    id: u64,
+    /// The connection's shared datagram queue.
+    send: OutboundFrameSender,
+    /// The flow's datagrams, quarter stream id removed.
+    recv: InboundFrameStream,
+}
+
+/// Context id 0 (RFC 9298 §4): the datagram's payload is a UDP payload. One byte as a varint.
+const UDP_PAYLOAD_CONTEXT: u8 = 0;
+/// Bytes kept free in front of each datagram for the driver's quarter stream id (a varint of at
+/// most 8 bytes), so it is prepended without moving the payload.
+const QSID_HEADROOM: usize = 8;
+/// Largest UDP payload relayed (a loopback datagram can be up to 64 KiB).
+const MAX_UDP_PAYLOAD: usize = 65_527;
+
+fn is_connect_udp(headers: &[Header]) -> bool {
+    header(headers, b":method") == Some(b"CONNECT")
+        && header(headers, b":protocol") == Some(b"connect-udp")
+}
+
+/// The target of an RFC 9298 default-template path, `/.well-known/masque/udp/{host}/{port}/`
+/// (IPv6 literals percent-encoded, as the template's expansion requires). Only loopback
+/// targets are relayed; `Err` carries the status and Proxy-Status error for a refusal.
+fn udp_target(path: &[u8]) -> Result<SocketAddr, (&'static str, &'static str)> {
+    const NOT_FOUND: (&str, &str) = ("404", "destination_not_found");
+    let path = std::str::from_utf8(path).map_err(|_| NOT_FOUND)?;
+    let rest = path
+        .strip_prefix("/.well-known/masque/udp/")
+        .ok_or(NOT_FOUND)?;
+    let mut parts = rest.split('/');
+    let (Some(host), Some(port), Some(""), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(NOT_FOUND);
+    };
+    let host = percent_encoding::percent_decode_str(host)
+        .decode_utf8()
+        .map_err(|_| ("400", "http_request_error"))?;
+    let port: u16 = match port.parse() {
+        Ok(p) if p != 0 => p,
+        _ => return Err(("400", "http_request_error")),
+    };
+    let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+        Ipv4Addr::LOCALHOST.into()
+    } else {
+        host.parse().map_err(|_| ("403", "destination_ip_prohibited"))?
+    };
+    if !ip.is_loopback() {
+        return Err(("403", "destination_ip_prohibited"));
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Serves one CONNECT-UDP request: relays between the flow and the target until the client
+/// ends or resets the stream, or the connection goes.
+async fn connect_udp(request: IncomingH3Headers, flow: Option<Flow>) {
+    let IncomingH3Headers {
+        stream_id,
+        headers,
+        send: mut sender,
+        mut recv,
+        ..
+    } = request;
+    let path = header(&headers, b":path").unwrap_or_default();
+    let refuse = |status: &'static str, error: &'static str| {
+        vec![
+            Header::new(b":status", status.as_bytes()),
+            Header::new(b"server", b"tq-serve"),
+            Header::new(b"proxy-status", format!("tq-serve; error={error}").as_bytes()),
+        ]
+    };
+    let (target, flow) = match (udp_target(path), flow) {
+        (Ok(target), Some(flow)) => (target, flow),
+        (Err((status, error)), _) => {
+            let _ = send(&mut sender, OutboundFrame::Headers(refuse(status, error), None)).await;
+            let _ = send(&mut sender, OutboundFrame::Body(Bytes::new(), true)).await;
+            return;
+        }
+        (Ok(_), None) => {
+            let _ = send(
+                &mut sender,
+                OutboundFrame::Headers(refuse("500", "proxy_internal_error"), None),
+            )
+            .await;
+            let _ = send(&mut sender, OutboundFrame::Body(Bytes::new(), true)).await;
+            return;
+        }
+    };
+    let bind: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::LOCALHOST, 0).into()
+    } else {
+        (Ipv6Addr::LOCALHOST, 0).into()
+    };
+    let socket = match tokio::net::UdpSocket::bind(bind).await {
+        Ok(s) if s.connect(target).await.is_ok() => s,
+        _ => {
+            let _ = send(
+                &mut sender,
+                OutboundFrame::Headers(refuse("502", "connection_refused"), None),
+            )
+            .await;
+            let _ = send(&mut sender, OutboundFrame::Body(Bytes::new(), true)).await;
+            return;
+        }
+    };
+    let ok = vec![
+        Header::new(b":status", b"200"),
+        Header::new(b"server", b"tq-serve"),
+        Header::new(b"capsule-protocol", b"?1"),
+    ];
+    if send(&mut sender, OutboundFrame::Headers(ok, None)).await.is_err() {
+        return;
+    }
+    tracing::debug!(stream_id, %target, "CONNECT-UDP flow open");
+
+    let Flow {
+        id: flow_id,
+        send: mut datagrams,
+        recv: mut inbound,
+    } = flow;
+    let mut buf = vec![0u8; QSID_HEADROOM + 1 + MAX_UDP_PAYLOAD];
+    loop {
+        tokio::select! {
+            frame = inbound.recv() => match frame {
+                Some(InboundFrame::Datagram(d)) => {
+                    // Context id 0 only; a loopback send error (nobody listening) is the
+                    // target's business, as with any UDP relay.
+                    if let Some((&UDP_PAYLOAD_CONTEXT, payload)) = d.as_slice().split_first() {
+                        let _ = socket.try_send(payload);
+                    }
+                }
+                Some(InboundFrame::Body(..)) => {}
+                None => break,
+            },
+            read = socket.recv(&mut buf[QSID_HEADROOM + 1..]) => {
+                let Ok(n) = read else { continue };
+                let mut v = Vec::with_capacity(QSID_HEADROOM + 1 + n);
+                v.resize(QSID_HEADROOM, 0);
+                v.push(UDP_PAYLOAD_CONTEXT);
+                v.extend_from_slice(&buf[QSID_HEADROOM + 1..QSID_HEADROOM + 1 + n]);
+                let d = DgramBuffer::from_vec_with_headroom(v, QSID_HEADROOM);
+                if datagrams.send(OutboundFrame::Datagram(d, flow_id)).await.is_err() {
+                    break;
+                }
+            }
+            body = recv.recv() => match body {
+                // Capsules on the stream are not read: tokio-quiche has no capsule support.
+                Some(InboundFrame::Body(_, false)) => {}
+                Some(InboundFrame::Body(_, true)) => {
+                    // The client ended the tunnel: end ours and let the driver drop the flow.
+                    let _ = send(&mut sender, OutboundFrame::Body(Bytes::new(), true)).await;
+                    break;
+                }
+                Some(InboundFrame::Datagram(_)) => {}
+                // Reset, or the connection is gone.
+                None => break,
+            },
+        }
+    }
+    tracing::debug!(stream_id, "CONNECT-UDP flow closed");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +635,36 @@ mod tests {
         assert!(matches!(route(b"GET", b"/echo"), Route::NotFound));
         assert!(matches!(route(b"POST", b"/"), Route::NotFound));
         assert!(matches!(route(b"GET", b"/nope"), Route::NotFound));
+    }
+
+    #[test]
+    fn connect_udp_targets() {
+        let t = |p: &str| udp_target(p.as_bytes());
+        assert_eq!(
+            t("/.well-known/masque/udp/127.0.0.1/443/"),
+            Ok("127.0.0.1:443".parse().unwrap())
+        );
+        assert_eq!(
+            t("/.well-known/masque/udp/localhost/53/"),
+            Ok("127.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            t("/.well-known/masque/udp/%3A%3A1/9/"),
+            Ok("[::1]:9".parse().unwrap())
+        );
+        assert_eq!(
+            t("/.well-known/masque/udp/10.0.0.1/443/").unwrap_err().0,
+            "403"
+        );
+        assert_eq!(
+            t("/.well-known/masque/udp/example.com/443/").unwrap_err().0,
+            "403"
+        );
+        assert_eq!(t("/.well-known/masque/udp/127.0.0.1/0/").unwrap_err().0, "400");
+        assert_eq!(t("/.well-known/masque/udp/127.0.0.1/x/").unwrap_err().0, "400");
+        assert_eq!(t("/.well-known/masque/udp/127.0.0.1/443").unwrap_err().0, "404");
+        assert_eq!(t("/.well-known/masque/udp/127.0.0.1/1/x/").unwrap_err().0, "404");
+        assert_eq!(t("/elsewhere").unwrap_err().0, "404");
     }
 
     #[test]

@@ -1,0 +1,285 @@
+//! CONNECT-UDP throughput: `troupe proxy` beside a tokio-quiche proxy and beside plain UDP, in
+//! one run (`cargo bench --bench connect_udp`, or `cargo xtask bench`).
+//!
+//! A UDP echo server (a thread of this process) is the target. The load generator is `tq-udp`
+//! (tokio-quiche's client side), which keeps `WINDOW` datagrams of `SIZE` bytes unanswered and
+//! checks every echo byte for byte. It runs three ways:
+//!
+//! 1. `--direct`: plain UDP to the echo server, no proxy: the most this machine's loopback and
+//!    load generator allow;
+//! 2. through `troupe proxy --workers 0` (one thread);
+//! 3. through `tq-serve`'s CONNECT-UDP (tokio-quiche's own flows, current-thread runtime).
+//!
+//! Each proxy is pinned to core 0; the load generator and the echo server share core 1. The
+//! figures: echoes per second, and proxy CPU per datagram (user + system time from /proc,
+//! divided by the datagrams it relayed: every echo is two, one each way). The load generator's
+//! CPU share is printed: near 100% of its core means it, not the proxy, set the rate. Ratios
+//! are troupe / tokio-quiche.
+//!
+//! Environment: `BENCH_DATAGRAMS` (default 200000) per run, `BENCH_WINDOW` (default 64),
+//! `BENCH_DATAGRAM_SIZE` (default 1200).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds of a process (all threads), fields 14 and 15 of /proc/PID/stat;
+/// with `children`, those of its reaped children (fields 16 and 17).
+fn cpu_secs(pid: &str, children: bool, tck: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let at = if children { 13 } else { 11 };
+    let ut: f64 = f.get(at).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(at + 1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (ut + st) / tck
+}
+
+fn pinned(core: &str, bin: &Path, pin: bool) -> Command {
+    if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", core]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
+/// Starts a proxy and waits for its line `ready_prefix ADDR`.
+fn start(bin: &Path, args: &[String], ready_prefix: &str, pin: bool) -> (Proc, SocketAddr) {
+    let mut child = Proc(
+        pinned("0", bin, pin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display())),
+    );
+    let mut reader = BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("{} exited before it was ready", bin.display());
+        }
+        if let Some(rest) = line.trim().strip_prefix(ready_prefix) {
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            std::thread::spawn(move || for _ in reader.lines() {});
+            return (child, addr);
+        }
+    }
+}
+
+/// A UDP echo server on a thread of this process (so on the load generator's core).
+fn echo_server() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = s.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// What one tq-udp run printed, and what it cost.
+struct Run {
+    received: u64,
+    lost: u64,
+    secs: f64,
+    client_cpu: f64,
+}
+
+fn tq_udp(bin: &Path, args: &[String], pin: bool, tck: f64) -> Run {
+    let c0 = cpu_secs("self", true, tck);
+    let out = pinned("1", bin, pin)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tq-udp");
+    let client_cpu = cpu_secs("self", true, tck) - c0;
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "tq-udp failed: {line}");
+    let field = |k: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")).and_then(|v| v.parse().ok()))
+            .unwrap_or_else(|| panic!("no {k}= in {line:?}"))
+    };
+    Run {
+        received: field("received") as u64,
+        lost: field("lost") as u64,
+        secs: field("secs"),
+        client_cpu,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let count: u64 = env_or("BENCH_DATAGRAMS", 200_000);
+    let window: usize = env_or("BENCH_WINDOW", 64);
+    let size: usize = env_or("BENCH_DATAGRAM_SIZE", 1200);
+
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "troupe-cli",
+            "-p",
+            "tq-peer",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the binaries failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
+    let troupe_bin = target.join("release/troupe");
+    let tq_serve = target.join("release/tq-serve");
+    let tq_udp_bin = target.join("release/tq-udp");
+
+    let pin = Command::new("taskset").arg("-V").output().is_ok()
+        && std::thread::available_parallelism()
+            .map(|n| n.get() >= 2)
+            .unwrap_or(false);
+    if pin {
+        let me = std::process::id().to_string();
+        let _ = Command::new("taskset")
+            .args(["-a", "-c", "-p", "1", &me])
+            .stdout(Stdio::null())
+            .status();
+    } else {
+        eprintln!("note: taskset or a second core is missing; nothing is pinned");
+    }
+    let tck = clock_ticks();
+    let echo = echo_server();
+    println!(
+        "CONNECT-UDP: {count} datagrams of {size} bytes, {window} unanswered at most, to a UDP \
+         echo server; load generator tq-udp (tokio-quiche client)"
+    );
+    let load = |proxy: Option<SocketAddr>, n: u64| -> Vec<String> {
+        let mut a = vec![
+            "--target".to_string(),
+            echo.to_string(),
+            "--count".into(),
+            n.to_string(),
+            "--min-size".into(),
+            size.to_string(),
+            "--max-size".into(),
+            size.to_string(),
+            "--window".into(),
+            window.to_string(),
+            "--allow-loss".into(),
+        ];
+        match proxy {
+            Some(p) => a.extend([
+                "--proxy".into(),
+                format!("localhost:{}", p.port()),
+                "--insecure".into(),
+            ]),
+            None => a.push("--direct".into()),
+        }
+        a
+    };
+
+    let direct = tq_udp(&tq_udp_bin, &load(None, count), pin, tck);
+    let direct_rate = direct.received as f64 / direct.secs;
+    println!(
+        "{:>12}: {:>9.0} echoes/s  (load generator + echo CPU {:>3.0}% of a core, lost {})",
+        "plain UDP",
+        direct_rate,
+        direct.client_cpu / direct.secs * 100.0,
+        direct.lost
+    );
+
+    let proxies: Vec<(&str, PathBuf, Vec<String>, &str)> = vec![
+        (
+            "troupe",
+            troupe_bin,
+            [
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "0",
+                "--allow",
+                &echo.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            "troupe proxy serving CONNECT-UDP on ",
+        ),
+        (
+            "tokio-quiche",
+            tq_serve,
+            ["--listen", "127.0.0.1:0"].map(String::from).to_vec(),
+            "tq-serve listening on ",
+        ),
+    ];
+    let mut figures = Vec::new();
+    for (name, bin, args, ready) in proxies {
+        let (proc_, addr) = start(&bin, &args, ready, pin);
+        let pid = proc_.0.id().to_string();
+        tq_udp(&tq_udp_bin, &load(Some(addr), 5_000), pin, tck); // warm-up
+        let s0 = cpu_secs(&pid, false, tck);
+        let r = tq_udp(&tq_udp_bin, &load(Some(addr), count), pin, tck);
+        let server_cpu = cpu_secs(&pid, false, tck) - s0;
+        let rate = r.received as f64 / r.secs;
+        // Each echo crossed the proxy twice; lost ones crossed at least once and are left out.
+        let us_per_datagram = server_cpu / (2.0 * r.received as f64) * 1e6;
+        println!(
+            "{name:>12}: {rate:>9.0} echoes/s ({:.0} datagrams/s through the proxy, {:.2}x plain \
+             UDP)  {us_per_datagram:>5.2} us proxy CPU/datagram  (proxy CPU {:>3.0}%, load \
+             generator + echo CPU {:>3.0}%, lost {})",
+            2.0 * rate,
+            rate / direct_rate,
+            server_cpu / r.secs * 100.0,
+            r.client_cpu / r.secs * 100.0,
+            r.lost
+        );
+        figures.push((rate, us_per_datagram));
+        drop(proc_);
+    }
+    let (t, q) = (figures[0], figures[1]);
+    println!(
+        "ratio troupe/tokio-quiche: echoes/s {:.2}x, proxy CPU per datagram {:.2}x (lower is \
+         better)",
+        t.0 / q.0,
+        t.1 / q.1
+    );
+}

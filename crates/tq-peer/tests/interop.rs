@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use troupe::h3::{Body, ClientEndpoint, H3Settings, Server, ServerConfig};
-use troupe::service::{pattern_byte, Builtin};
 use troupe::masque::egress::{Allow, EgressPolicy};
 use troupe::masque::template::{TargetHost, UdpTemplate, DEFAULT_TEMPLATE};
 use troupe::masque::{ConnectUdp, ProxyConfig, TunnelError, UdpTunnel};
+use troupe::service::{pattern_byte, Builtin};
 use troupe::transport::{QuicSettings, TlsConfig, Verify};
 
 /// Kills the child process when dropped, so a failing test leaves nothing running.
@@ -271,9 +271,14 @@ async fn troupe_udp_tunnel_through_a_tokio_quiche_proxy() {
     // asking whether we took HTTP datagrams, so without them its echoes would be lost.
     let mut quic = QuicSettings::default();
     quic.datagrams = true;
-    let ep = ClientEndpoint::bind("127.0.0.1:0".parse().unwrap(), quic, tls, H3Settings::default())
-        .await
-        .unwrap();
+    let ep = ClientEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        quic,
+        tls,
+        H3Settings::default(),
+    )
+    .await
+    .unwrap();
     let client = ep.connect(addr, "localhost").await.unwrap();
     let authority = format!("localhost:{}", addr.port());
     let template = UdpTemplate::parse(DEFAULT_TEMPLATE).unwrap();
@@ -327,7 +332,11 @@ async fn troupe_udp_tunnel_through_a_tokio_quiche_proxy() {
             .unwrap_or_else(|_| panic!("no echo after {got} of {N}: {:?}", tunnel.stats()))
             .expect("tunnel closed");
         let seq = u32::from_be_bytes(p[..4].try_into().unwrap());
-        assert_eq!(&p[..], &datagram(seq)[..], "datagram {seq} came back changed");
+        assert_eq!(
+            &p[..],
+            &datagram(seq)[..],
+            "datagram {seq} came back changed"
+        );
         assert!(!seen[seq as usize], "datagram {seq} came back twice");
         seen[seq as usize] = true;
         got += 1;

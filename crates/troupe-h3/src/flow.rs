@@ -14,6 +14,36 @@ use troupe_transport::{ConnMsg, Tracked};
 
 use crate::conn::H3Msg;
 
+/// An HTTP datagram in its QUIC DATAGRAM frame's form, Quarter Stream ID first (see
+/// [`DatagramFlow::frame`]); only a flow makes one, so the connection sends it without
+/// rewriting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatagramFrame {
+    bytes: Vec<u8>,
+    stream_id: u64,
+}
+
+impl DatagramFrame {
+    /// The whole frame payload, Quarter Stream ID included.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Never: a frame holds at least its Quarter Stream ID.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The stream it belongs to.
+    pub fn stream_id(&self) -> u64 {
+        self.stream_id
+    }
+
+    pub(crate) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// Why a flow's sink is closed by the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -235,25 +265,61 @@ impl DatagramFlow {
     /// Sends HTTP datagrams (payloads, each sent behind this stream's Quarter Stream ID) in
     /// QUIC DATAGRAM frames. Those past [`MAX_PENDING_DATAGRAMS`] on their way, and those the
     /// peer cannot take, are dropped and counted in [`DatagramFlow::connection`]'s drops.
-    /// Returns `false` if the connection is gone.
-    pub fn send(&self, mut payloads: Vec<Bytes>) -> bool {
+    /// Returns `false` if the connection is gone. Each payload is copied once, here, into its
+    /// frame; [`frame`](Self::frame) and [`send_frames`](Self::send_frames) let a sender that
+    /// writes the payload anyway write it straight into the frame.
+    pub fn send(&self, payloads: Vec<Bytes>) -> bool {
+        let frames = payloads.iter().map(|p| self.frame_raw(&[], p)).collect();
+        self.send_frames(frames)
+    }
+
+    /// An HTTP datagram for this stream, ready for a QUIC DATAGRAM frame: the Quarter Stream
+    /// ID, `context` (a context id, as CONNECT-UDP's 0) and `payload`, in one buffer that the
+    /// connection hands to quiche as it is.
+    pub fn frame(&self, context: u64, payload: &[u8]) -> DatagramFrame {
+        let mut ctx = [0u8; 8];
+        let n = {
+            let mut o = octets::OctetsMut::with_slice(&mut ctx);
+            let _ = o.put_varint(context);
+            o.off()
+        };
+        self.frame_raw(&ctx[..n], payload)
+    }
+
+    fn frame_raw(&self, context: &[u8], payload: &[u8]) -> DatagramFrame {
+        let qsid = self.stream_id / 4;
+        let q = octets::varint_len(qsid);
+        let mut bytes = vec![0u8; q + context.len() + payload.len()];
+        let _ = octets::OctetsMut::with_slice(&mut bytes[..q]).put_varint_with_len(qsid, q);
+        bytes[q..q + context.len()].copy_from_slice(context);
+        bytes[q + context.len()..].copy_from_slice(payload);
+        DatagramFrame {
+            bytes,
+            stream_id: self.stream_id,
+        }
+    }
+
+    /// Sends frames made by [`frame`](Self::frame), with the same bound and counting as
+    /// [`send`](Self::send). Frames of another stream's flow are dropped and counted
+    /// (`not_negotiated`): a frame goes only where its Quarter Stream ID says.
+    pub fn send_frames(&self, mut frames: Vec<DatagramFrame>) -> bool {
         let room = MAX_PENDING_DATAGRAMS.saturating_sub(self.pending.load(Ordering::Acquire));
-        if payloads.len() > room {
-            let excess = (payloads.len() - room) as u64;
+        if frames.len() > room {
+            let excess = (frames.len() - room) as u64;
             self.shared
                 .drops
                 .send_backlog
                 .fetch_add(excess, Ordering::Relaxed);
-            payloads.truncate(room);
+            frames.truncate(room);
         }
-        if payloads.is_empty() {
+        if frames.is_empty() {
             return true;
         }
-        self.pending.fetch_add(payloads.len(), Ordering::AcqRel);
+        self.pending.fetch_add(frames.len(), Ordering::AcqRel);
         self.conn
             .cast(ConnMsg::App(H3Msg::SendDatagrams {
                 stream_id: self.stream_id,
-                payloads,
+                frames,
                 pending: self.pending.clone(),
             }))
             .is_ok()

@@ -35,7 +35,9 @@ pub use client::{Client, ClientEndpoint};
 pub use conn::{H3App, H3Msg, OutFrame, PendingRequest, Section};
 pub use error::{ActionError, RequestError};
 pub use events::{ConnectionEvent, EventSink};
-pub use flow::{DatagramFlow, DatagramSink, FlowEnd, PeerDatagrams, MAX_PENDING_DATAGRAMS};
+pub use flow::{
+    DatagramFlow, DatagramFrame, DatagramSink, FlowEnd, PeerDatagrams, MAX_PENDING_DATAGRAMS,
+};
 pub use peer_settings::*;
 pub use priority::{Priority, PrioritySignal};
 pub use server::{Handler, IncomingRequest, Responder, Server, ServerConfig};

@@ -192,10 +192,9 @@ impl UdpTunnel {
         let frames = self.flow.connection().peer() == PeerDatagrams::Supported;
         let ctx = prefix(None, UDP_PAYLOAD_CONTEXT);
         if frames && ctx.len() + payload.len() <= self.flow.max_payload() {
-            let mut d = BytesMut::with_capacity(ctx.len() + payload.len());
-            d.extend_from_slice(&ctx);
-            d.extend_from_slice(payload);
-            if !self.flow.send(vec![d.freeze()]) {
+            // One copy, straight into the frame quiche will send.
+            let frame = self.flow.frame(UDP_PAYLOAD_CONTEXT, payload);
+            if !self.flow.send_frames(vec![frame]) {
                 return Err(TunnelError::Closed);
             }
             self.stats.sent_datagrams.fetch_add(1, Ordering::Relaxed);

@@ -9,6 +9,12 @@
 //!   datagram when the peer takes them and it fits in a DATAGRAM frame, else as a DATAGRAM
 //!   capsule on the response body.
 //!
+//! The target side uses the kernel's batching (quinn-udp: GSO sends, `recvmmsg` and GRO
+//! receives, with one datagram per call where the system has none). Client datagrams of one
+//! size go out as one GSO send ([`GsoBatcher`] groups them); the target's datagrams are read
+//! many per call into a per-thread buffer and copied once, straight into the QUIC DATAGRAM
+//! frame (Quarter Stream ID and context id in front) that the connection hands to quiche.
+//!
 //! The flow ends when its stream ends (the client's FIN or reset, the connection closing or
 //! going away) or after [`FlowLimits::idle_timeout`] without traffic; ending, it finishes the
 //! response (FIN) and stops reading the request, so the CONNECT stream ends too.
@@ -21,13 +27,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::net::UdpSocket;
 use tracing::{debug, info_span, trace};
 use troupe_h3::datagram::{split_context, UDP_PAYLOAD_CONTEXT};
 use troupe_h3::{
     BodySender, DatagramFlow, DatagramSink, FlowEnd, PeerDatagrams, RecvBody, TrySend,
 };
 
+use troupe_transport::gso::{GsoBatcher, Ready};
+use troupe_transport::udp::{RecvMeta, Socket as BatchSocket, BATCH_SIZE};
 use troupe_transport::{ActorKind, ActorMeter, ActorNode, Tracked};
 
 use crate::capsule::{datagram_header, CapsuleReader};
@@ -323,7 +330,7 @@ impl DatagramSink for FlowHandle {
 pub(crate) struct FlowArgs {
     pub(crate) flow: DatagramFlow,
     pub(crate) handle: Arc<FlowHandle>,
-    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) socket: Arc<BatchSocket>,
     pub(crate) target: SocketAddr,
     pub(crate) request: RecvBody,
     pub(crate) response: BodySender,
@@ -343,7 +350,9 @@ pub(crate) struct FlowState {
     meter: Arc<ActorMeter>,
     target: SocketAddr,
     handle: Arc<FlowHandle>,
-    socket: Arc<UdpSocket>,
+    socket: Arc<BatchSocket>,
+    /// Groups client datagrams into GSO sends to the target.
+    batcher: GsoBatcher,
     stats: Arc<FlowStats>,
     rate: RateGate<governor::clock::QuantaClock>,
     limits: FlowLimits,
@@ -375,6 +384,7 @@ impl Actor for FlowActor {
             meter: a.meter,
             target: a.target,
             handle: a.handle,
+            batcher: GsoBatcher::new(GSO_SEGMENT_MAX, a.socket.max_gso_segments(), true),
             socket: a.socket,
             rate: RateGate::new(a.limits.rate, governor::clock::QuantaClock::default()),
             stats: a.stats,
@@ -521,20 +531,41 @@ impl FlowState {
                 bump(&self.stats.drop_rate);
                 continue;
             }
-            // Counted before the send: the target's answer may be counted (on another thread)
-            // before this one returns, and a reader must never see more answers than sends.
-            bump(&self.stats.to_target);
-            add(&self.stats.to_target_bytes, payload.len() as u64);
-            if let Err(e) = self.socket.try_send(&payload) {
-                trace!("send to target: {e}");
-                self.stats.to_target.fetch_sub(1, Ordering::Relaxed);
-                self.stats
-                    .to_target_bytes
-                    .fetch_sub(payload.len() as u64, Ordering::Relaxed);
-                bump(&self.stats.drop_socket);
+            if payload.len() > GSO_SEGMENT_MAX {
+                // Too large to batch: the open batch goes first, to keep the order.
+                if let Some(r) = self.batcher.finish() {
+                    self.send_batch(r);
+                }
+                let one = Ready {
+                    to: self.target,
+                    len: payload.len(),
+                    segment: payload.len(),
+                    segments: 1,
+                };
+                send_counted(&self.socket, &self.stats, one, &payload);
+                continue;
+            }
+            self.batcher.slot()[..payload.len()].copy_from_slice(&payload);
+            let mut ready = self.batcher.commit(payload.len(), self.target);
+            while let Some(r) = ready {
+                self.send_batch(r);
+                ready = self.batcher.sent();
             }
         }
+        if let Some(r) = self.batcher.finish() {
+            self.send_batch(r);
+        }
         self.touch();
+    }
+
+    /// Sends the batcher's ready batch (the caller then frees its space with `sent`).
+    fn send_batch(&self, r: Ready) {
+        send_counted(
+            &self.socket,
+            &self.stats,
+            r,
+            &self.batcher.buffer()[..r.len],
+        );
     }
 
     fn touch(&self) {
@@ -543,25 +574,118 @@ impl FlowState {
     }
 }
 
-/// Most datagrams read from the target before they are sent on together.
-const TARGET_BATCH: usize = 64;
+/// Largest client datagram that joins a GSO batch: an Ethernet-sized UDP payload. Datagrams
+/// that come in QUIC DATAGRAM frames are smaller still; larger ones (from capsules) are sent
+/// alone. Sizes the batcher's buffer (at most 65,000 bytes, touched only as far as used).
+const GSO_SEGMENT_MAX: usize = 1500;
+
+/// Sends `bytes` (one datagram, or `r.segments` GSO segments of `r.segment` bytes) to the
+/// target without waiting, counting each datagram sent or, when the socket refuses, dropped.
+fn send_counted(socket: &BatchSocket, stats: &FlowStats, r: Ready, bytes: &[u8]) {
+    let n = r.segments as u64;
+    let payload = bytes.len() as u64;
+    // Counted before the send: the target's answer may be counted (on another thread)
+    // before this one returns, and a reader must never see more answers than sends.
+    add(&stats.to_target, n);
+    add(&stats.to_target_bytes, payload);
+    let segment = (r.segments > 1).then_some(r.segment);
+    if let Err(e) = socket.try_send(r.to, bytes, segment) {
+        trace!("send to target: {e}");
+        stats.to_target.fetch_sub(n, Ordering::Relaxed);
+        stats.to_target_bytes.fetch_sub(payload, Ordering::Relaxed);
+        add(&stats.drop_socket, n);
+    }
+}
+
+/// Receive buffers per `recvmmsg` call on a flow socket (quinn-udp's batch, at most 8): each
+/// holds one datagram, or with GRO several of one size.
+const RECV_SLOTS: usize = if BATCH_SIZE < 8 { BATCH_SIZE } else { 8 };
+/// One receive buffer: the largest UDP payload, or a GRO train of them.
+const RECV_SLOT: usize = 65_536;
+
+thread_local! {
+    /// The receive buffers, one set per runtime thread rather than per flow (8 x 64 KiB): a
+    /// flow reads into them and copies each datagram out before it next awaits.
+    static RECV_BUFFERS: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0u8; RECV_SLOTS * RECV_SLOT]);
+}
+
+/// What one receive call brought: frames ready for the connection, and payloads too large for
+/// a DATAGRAM frame (or for a peer without them) to go in capsules.
+#[derive(Default)]
+struct Received {
+    frames: Vec<troupe_h3::DatagramFrame>,
+    capsules: Vec<Bytes>,
+    datagrams: u64,
+    bytes: u64,
+}
+
+/// Reads what the target sent, without waiting: many datagrams per call, each copied once
+/// into its QUIC DATAGRAM frame (or capsule). Nothing received when nothing was queued.
+fn receive_batch(
+    socket: &BatchSocket,
+    flow: &DatagramFlow,
+    max_payload: usize,
+) -> std::io::Result<Received> {
+    RECV_BUFFERS.with_borrow_mut(|buf| {
+        let mut meta = [RecvMeta::default(); RECV_SLOTS];
+        let mut slots: Vec<std::io::IoSliceMut<'_>> = buf
+            .chunks_mut(RECV_SLOT)
+            .map(std::io::IoSliceMut::new)
+            .collect();
+        let n = match socket.try_recv(&mut slots, &mut meta) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Received::default()),
+            Err(e) => return Err(e),
+        };
+        let mut got = Received::default();
+        for (slot, m) in slots.iter().zip(&meta).take(n) {
+            for d in gro_segments(&slot[..m.len], m.stride) {
+                got.datagrams += 1;
+                got.bytes += d.len() as u64;
+                // The context id (one byte, 0) goes in front of the payload.
+                if d.len() < max_payload {
+                    got.frames.push(flow.frame(UDP_PAYLOAD_CONTEXT, d));
+                } else {
+                    let mut c = BytesMut::with_capacity(9 + 1 + d.len());
+                    c.extend_from_slice(&datagram_header(1 + d.len()));
+                    c.extend_from_slice(&[0]);
+                    c.extend_from_slice(d);
+                    got.capsules.push(c.freeze());
+                }
+            }
+        }
+        Ok(got)
+    })
+}
+
+/// The datagrams in one receive buffer: with GRO, `len` bytes of segments of `stride` bytes
+/// each (the last may be shorter); without, one datagram (`stride == len`). An empty
+/// datagram is one datagram.
+fn gro_segments(filled: &[u8], stride: usize) -> impl Iterator<Item = &[u8]> {
+    let empty = filled.is_empty().then_some(filled);
+    filled.chunks(stride.max(1)).chain(empty)
+}
 
 /// Reads the target's datagrams and sends each to the client: in a QUIC DATAGRAM frame when
 /// the peer takes them and it fits, else in a DATAGRAM capsule on the response.
 async fn target_to_client(
-    socket: Arc<UdpSocket>,
+    socket: Arc<BatchSocket>,
     flow: DatagramFlow,
     response: BodySender,
     stats: Arc<FlowStats>,
     last_activity: Arc<AtomicU64>,
     started: Instant,
 ) {
-    // Room for the largest UDP payload behind a one-byte context id (0).
-    let mut buf = vec![0u8; 1 + 65_535];
     loop {
-        let mut batch = Vec::new();
-        match socket.recv(&mut buf[1..]).await {
-            Ok(n) => batch.push(Bytes::copy_from_slice(&buf[..1 + n])),
+        if socket.readable().await.is_err() {
+            return;
+        }
+        let frames = flow.connection().peer() == PeerDatagrams::Supported;
+        let max = if frames { flow.max_payload() } else { 0 };
+        let got = match receive_batch(&socket, &flow, max) {
+            Ok(got) if got.datagrams == 0 => continue,
+            Ok(got) => got,
             Err(e) => {
                 // An ICMP error (port unreachable) is reported on the next call: count it
                 // against the datagram it answered, and carry on.
@@ -572,33 +696,18 @@ async fn target_to_client(
                 }
                 continue;
             }
-        }
-        while batch.len() < TARGET_BATCH {
-            match socket.try_recv(&mut buf[1..]) {
-                Ok(n) => batch.push(Bytes::copy_from_slice(&buf[..1 + n])),
-                Err(_) => break,
-            }
-        }
-        add(&stats.from_target, batch.len() as u64);
-        add(
-            &stats.from_target_bytes,
-            batch.iter().map(|b| b.len() as u64 - 1).sum(),
-        );
+        };
+        add(&stats.from_target, got.datagrams);
+        add(&stats.from_target_bytes, got.bytes);
         last_activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let frames = flow.connection().peer() == PeerDatagrams::Supported;
-        let max = if frames { flow.max_payload() } else { 0 };
-        let (fit, big): (Vec<Bytes>, Vec<Bytes>) = batch.into_iter().partition(|d| d.len() <= max);
-        if !fit.is_empty() {
-            add(&stats.to_client_datagrams, fit.len() as u64);
-            if !flow.send(fit) {
+        if !got.frames.is_empty() {
+            add(&stats.to_client_datagrams, got.frames.len() as u64);
+            if !flow.send_frames(got.frames) {
                 return;
             }
         }
-        for d in big {
-            let mut c = BytesMut::with_capacity(9 + d.len());
-            c.extend_from_slice(&datagram_header(d.len()));
-            c.extend_from_slice(&d);
-            match response.try_send_data(c.freeze()) {
+        for c in got.capsules {
+            match response.try_send_data(c) {
                 Ok(()) => bump(&stats.to_client_capsules),
                 Err(TrySend::Full) => bump(&stats.drop_to_client),
                 Err(_) => {
@@ -641,4 +750,41 @@ async fn read_capsules(
     }
     drop(body);
     let _ = flow.cast(FlowMsg::ClientEnded(end));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gro_segments;
+
+    fn cut(filled: &[u8], stride: usize) -> Vec<Vec<u8>> {
+        gro_segments(filled, stride).map(<[u8]>::to_vec).collect()
+    }
+
+    #[test]
+    fn an_empty_datagram_is_one_datagram() {
+        assert_eq!(cut(&[], 0), vec![Vec::<u8>::new()]);
+    }
+
+    #[test]
+    fn without_gro_a_buffer_is_one_datagram() {
+        assert_eq!(cut(&[1, 2, 3], 3), vec![vec![1, 2, 3]]);
+    }
+
+    #[test]
+    fn a_gro_train_splits_at_the_stride_with_a_shorter_last() {
+        let filled: Vec<u8> = (0..10).collect();
+        assert_eq!(
+            cut(&filled, 4),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+        );
+        assert_eq!(cut(&filled[..8], 4).len(), 2);
+    }
+
+    #[test]
+    fn the_largest_train_is_64_segments() {
+        let filled = vec![7u8; 64 * 1200];
+        let parts = cut(&filled, 1200);
+        assert_eq!(parts.len(), 64);
+        assert!(parts.iter().all(|p| p.len() == 1200));
+    }
 }

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use http::{header, Method, Request, Response, StatusCode};
 use ractor::Actor;
-use tokio::net::UdpSocket;
 use tracing::{debug, info};
 use troupe_h3::headers::Protocol;
 use troupe_h3::{Body, DatagramFlow, Handler, RecvBody, StreamControl};
+use troupe_transport::udp::Socket as BatchSocket;
 
 use crate::egress::EgressPolicy;
 use crate::flow::{FlowActor, FlowArgs, FlowHandle, FlowLimits, FlowStats};
@@ -375,15 +375,15 @@ impl ConnectUdp {
     }
 }
 
-/// A UDP socket connected to `to`, bound to the unspecified address of its family.
-async fn open_socket(to: SocketAddr) -> std::io::Result<UdpSocket> {
+/// A UDP socket connected to `to`, bound to the unspecified address of its family, with the
+/// kernel's batching (GRO and `recvmmsg` in, GSO out, through quinn-udp, which falls back to
+/// one datagram per call where the system has none of these).
+async fn open_socket(to: SocketAddr) -> std::io::Result<BatchSocket> {
     let bind: SocketAddr = match to {
         SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let s = UdpSocket::bind(bind).await?;
-    s.connect(to).await?;
-    Ok(s)
+    BatchSocket::bind_connected(bind, to)
 }
 
 /// Equality that takes the same time wherever the inputs differ (lengths aside).

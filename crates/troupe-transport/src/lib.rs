@@ -13,7 +13,7 @@ pub mod diagnose;
 mod endpoint;
 mod error;
 pub mod eyeballs;
-mod gso;
+pub mod gso;
 pub mod metrics;
 pub mod observe;
 pub mod render;
@@ -25,7 +25,7 @@ pub mod snapshot;
 mod stats;
 pub mod supervision;
 mod tls;
-mod udp;
+pub mod udp;
 
 pub use app::{AppError, ConnCx, ConnectionApp};
 pub use connection::{

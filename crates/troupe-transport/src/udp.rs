@@ -6,15 +6,19 @@
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
+use quinn_udp::{Transmit, UdpSocketState};
+
+pub use quinn_udp::{RecvMeta, BATCH_SIZE};
 use tokio::io::Interest;
 
 /// Socket buffer size we ask for (the kernel caps it at `net.core.{r,w}mem_max`). 4 MiB: a
 /// burst of a few thousand packets survives a busy receive loop instead of being dropped.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
-/// A bound UDP socket with batching state.
-pub(crate) struct Socket {
+/// A bound UDP socket with batching state: the endpoint's listening socket, and (connected to
+/// one target) each CONNECT-UDP flow's socket.
+#[derive(Debug)]
+pub struct Socket {
     io: tokio::net::UdpSocket,
     state: UdpSocketState,
     local: SocketAddr,
@@ -26,7 +30,18 @@ pub(crate) struct Socket {
 impl Socket {
     /// Binds `addr`. An unspecified IPv6 address (`[::]`) is bound dual-stack (IPv6-only off,
     /// whatever the system default), so one socket reaches both families.
-    pub(crate) fn bind(addr: SocketAddr) -> io::Result<Socket> {
+    pub fn bind(addr: SocketAddr) -> io::Result<Socket> {
+        Self::open(addr, None)
+    }
+
+    /// Binds `local` (port 0 picks one) and connects to `target`: the socket takes datagrams
+    /// from `target` only, and the kernel's errors about it (port unreachable) are reported on
+    /// the next receive.
+    pub fn bind_connected(local: SocketAddr, target: SocketAddr) -> io::Result<Socket> {
+        Self::open(local, Some(target))
+    }
+
+    fn open(addr: SocketAddr, connect: Option<SocketAddr>) -> io::Result<Socket> {
         use socket2::{Domain, Protocol, Type};
         let raw =
             socket2::Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -35,6 +50,9 @@ impl Socket {
             _ => false,
         };
         raw.bind(&addr.into())?;
+        if let Some(to) = connect {
+            raw.connect(&to.into())?;
+        }
         let std: std::net::UdpSocket = raw.into();
         std.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std).into())?;
@@ -50,13 +68,14 @@ impl Socket {
         })
     }
 
-    pub(crate) fn local_addr(&self) -> SocketAddr {
+    /// The address bound.
+    pub fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
     /// How this socket addresses `peer`: as itself when the families match, as an
     /// IPv4-mapped IPv6 address on a dual-stack socket, `None` when it cannot reach it.
-    pub(crate) fn address_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
+    pub fn address_for(&self, peer: SocketAddr) -> Option<SocketAddr> {
         match (self.local, peer) {
             (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
                 Some(peer)
@@ -70,18 +89,18 @@ impl Socket {
     }
 
     /// Most segments one GSO send may carry (1 when the kernel has no GSO).
-    pub(crate) fn max_gso_segments(&self) -> usize {
+    pub fn max_gso_segments(&self) -> usize {
         self.state.max_gso_segments()
     }
 
     /// Most datagrams the kernel may coalesce into one receive buffer (1 without GRO).
-    pub(crate) fn gro_segments(&self) -> usize {
+    pub fn gro_segments(&self) -> usize {
         self.state.gro_segments()
     }
 
     /// Sends `contents` to `to`; with `segment` set, as GSO segments of that size (the last may
     /// be shorter). Falls back to one datagram per segment if the kernel refuses GSO.
-    pub(crate) async fn send(
+    pub async fn send(
         &self,
         to: SocketAddr,
         contents: &[u8],
@@ -114,6 +133,46 @@ impl Socket {
         }
     }
 
+    /// Sends like [`send`](Self::send) but never waits: `WouldBlock` when the socket's
+    /// buffer is full (the caller drops and counts, as a router would).
+    pub fn try_send(
+        &self,
+        to: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let segment = segment.filter(|s| *s < contents.len());
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: segment,
+            src_ip: None,
+        };
+        match self.try_send_one(&t) {
+            Err(e) if segment.is_some() && e.kind() != io::ErrorKind::WouldBlock => {
+                for chunk in contents.chunks(segment.unwrap_or(contents.len())) {
+                    let one = Transmit {
+                        destination: to,
+                        ecn: None,
+                        contents: chunk,
+                        segment_size: None,
+                        src_ip: None,
+                    };
+                    self.try_send_one(&one)?;
+                }
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn try_send_one(&self, t: &Transmit<'_>) -> io::Result<()> {
+        self.io.try_io(Interest::WRITABLE, || {
+            self.state.try_send((&self.io).into(), t)
+        })
+    }
+
     async fn send_one(&self, t: &Transmit<'_>) -> io::Result<()> {
         loop {
             match self.io.try_io(Interest::WRITABLE, || {
@@ -127,7 +186,7 @@ impl Socket {
 
     /// Receives a batch: fills `bufs`/`meta`, returns how many buffers were filled. A buffer may
     /// hold several datagrams of `meta.stride` bytes each (GRO).
-    pub(crate) async fn recv(
+    pub async fn recv(
         &self,
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
@@ -140,5 +199,23 @@ impl Socket {
                 r => return r,
             }
         }
+    }
+
+    /// Waits until a receive may find data (it may still find none: then `try_recv` says
+    /// `WouldBlock` and the caller waits again). Cancel-safe.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.io.readable().await
+    }
+
+    /// Receives a batch like [`recv`](Self::recv) without waiting: `WouldBlock` when nothing
+    /// is queued. For a caller that receives into a buffer it may not hold across an `await`.
+    pub fn try_recv(
+        &self,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> io::Result<usize> {
+        self.io.try_io(Interest::READABLE, || {
+            self.state.recv((&self.io).into(), bufs, meta)
+        })
     }
 }

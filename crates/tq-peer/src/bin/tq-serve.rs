@@ -281,7 +281,14 @@ async fn serve_connection(mut controller: ServerH3Controller) {
                 send,
                 recv,
             }) => {
-                flows.insert(flow_id, Flow { id: flow_id, send, recv });
+                flows.insert(
+                    flow_id,
+                    Flow {
+                        id: flow_id,
+                        send,
+                        recv,
+                    },
+                );
             }
             ServerH3Event::Core(H3Event::ConnectionError(error)) => {
                 tracing::debug!(?error, "connection error");
@@ -494,7 +501,8 @@ fn udp_target(path: &[u8]) -> Result<SocketAddr, (&'static str, &'static str)> {
     let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
         Ipv4Addr::LOCALHOST.into()
     } else {
-        host.parse().map_err(|_| ("403", "destination_ip_prohibited"))?
+        host.parse()
+            .map_err(|_| ("403", "destination_ip_prohibited"))?
     };
     if !ip.is_loopback() {
         return Err(("403", "destination_ip_prohibited"));
@@ -517,13 +525,20 @@ async fn connect_udp(request: IncomingH3Headers, flow: Option<Flow>) {
         vec![
             Header::new(b":status", status.as_bytes()),
             Header::new(b"server", b"tq-serve"),
-            Header::new(b"proxy-status", format!("tq-serve; error={error}").as_bytes()),
+            Header::new(
+                b"proxy-status",
+                format!("tq-serve; error={error}").as_bytes(),
+            ),
         ]
     };
     let (target, flow) = match (udp_target(path), flow) {
         (Ok(target), Some(flow)) => (target, flow),
         (Err((status, error)), _) => {
-            let _ = send(&mut sender, OutboundFrame::Headers(refuse(status, error), None)).await;
+            let _ = send(
+                &mut sender,
+                OutboundFrame::Headers(refuse(status, error), None),
+            )
+            .await;
             let _ = send(&mut sender, OutboundFrame::Body(Bytes::new(), true)).await;
             return;
         }
@@ -559,7 +574,10 @@ async fn connect_udp(request: IncomingH3Headers, flow: Option<Flow>) {
         Header::new(b"server", b"tq-serve"),
         Header::new(b"capsule-protocol", b"?1"),
     ];
-    if send(&mut sender, OutboundFrame::Headers(ok, None)).await.is_err() {
+    if send(&mut sender, OutboundFrame::Headers(ok, None))
+        .await
+        .is_err()
+    {
         return;
     }
     tracing::debug!(stream_id, %target, "CONNECT-UDP flow open");
@@ -660,10 +678,22 @@ mod tests {
             t("/.well-known/masque/udp/example.com/443/").unwrap_err().0,
             "403"
         );
-        assert_eq!(t("/.well-known/masque/udp/127.0.0.1/0/").unwrap_err().0, "400");
-        assert_eq!(t("/.well-known/masque/udp/127.0.0.1/x/").unwrap_err().0, "400");
-        assert_eq!(t("/.well-known/masque/udp/127.0.0.1/443").unwrap_err().0, "404");
-        assert_eq!(t("/.well-known/masque/udp/127.0.0.1/1/x/").unwrap_err().0, "404");
+        assert_eq!(
+            t("/.well-known/masque/udp/127.0.0.1/0/").unwrap_err().0,
+            "400"
+        );
+        assert_eq!(
+            t("/.well-known/masque/udp/127.0.0.1/x/").unwrap_err().0,
+            "400"
+        );
+        assert_eq!(
+            t("/.well-known/masque/udp/127.0.0.1/443").unwrap_err().0,
+            "404"
+        );
+        assert_eq!(
+            t("/.well-known/masque/udp/127.0.0.1/1/x/").unwrap_err().0,
+            "404"
+        );
         assert_eq!(t("/elsewhere").unwrap_err().0, "404");
     }
 

@@ -274,14 +274,18 @@ async fn open(args: &Args) -> anyhow::Result<Tunnel> {
         .with_context(|| format!("{proxy} resolves to no address"))?;
     let is_ip = host.parse::<IpAddr>().is_ok();
     if is_ip && !args.insecure {
-        bail!("cannot verify a certificate for the IP address {host}: use a host name or --insecure");
+        bail!(
+            "cannot verify a certificate for the IP address {host}: use a host name or --insecure"
+        );
     }
     let bind: SocketAddr = if peer.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         ([0u16; 8], 0).into()
     };
-    let socket = UdpSocket::bind(bind).await.context("binding a UDP socket")?;
+    let socket = UdpSocket::bind(bind)
+        .await
+        .context("binding a UDP socket")?;
     socket.connect(peer).await?;
 
     let mut settings = QuicSettings::default();
@@ -310,10 +314,7 @@ async fn open(args: &Args) -> anyhow::Result<Tunnel> {
         // RFC 9298 §2: the template's expansion percent-encodes the colons of an IPv6 literal.
         IpAddr::V6(v6) => v6.to_string().replace(':', "%3A"),
     };
-    let path = format!(
-        "/.well-known/masque/udp/{target_host}/{}/",
-        target.port()
-    );
+    let path = format!("/.well-known/masque/udp/{target_host}/{}/", target.port());
     let mut headers = vec![
         Header::new(b":method", b"CONNECT"),
         Header::new(b":protocol", b"connect-udp"),
@@ -368,7 +369,9 @@ async fn open(args: &Args) -> anyhow::Result<Tunnel> {
                     .map(|x| String::from_utf8_lossy(x.value()).into_owned());
                 break (status, ps);
             }
-            ClientH3Event::Core(H3Event::ResetStream { stream_id }) if Some(stream_id) == stream => {
+            ClientH3Event::Core(H3Event::ResetStream { stream_id })
+                if Some(stream_id) == stream =>
+            {
                 bail!("the proxy reset the request stream")
             }
             ClientH3Event::Core(H3Event::ConnectionShutdown(e)) => {
@@ -403,14 +406,14 @@ async fn open(args: &Args) -> anyhow::Result<Tunnel> {
 /// (at most a second) for the driver to finish.
 async fn close(mut t: Tunnel) {
     let _ = t.body.send(OutboundFrame::Body(Bytes::new(), true)).await;
-    let _ = t
-        .controller
-        .cmd_sender()
-        .send(QuicCommand::ConnectionClose(ConnectionShutdownBehaviour {
-            send_application_close: true,
-            error_code: H3_NO_ERROR,
-            reason: Vec::new(),
-        }));
+    let _ =
+        t.controller
+            .cmd_sender()
+            .send(QuicCommand::ConnectionClose(ConnectionShutdownBehaviour {
+                send_application_close: true,
+                error_code: H3_NO_ERROR,
+                reason: Vec::new(),
+            }));
     let events = t.controller.event_receiver_mut();
     let drained = async { while events.recv().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(1), drained).await;

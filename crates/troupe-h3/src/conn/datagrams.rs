@@ -93,11 +93,11 @@ impl H3App {
         &mut self,
         cx: &mut ConnCx<'_, H3Msg>,
         stream_id: u64,
-        payloads: Vec<Bytes>,
+        frames: Vec<crate::flow::DatagramFrame>,
     ) {
         use std::sync::atomic::Ordering::Relaxed;
         let drops = &self.datagrams.drops;
-        let total = payloads.len() as u64;
+        let total = frames.len() as u64;
         if self.datagrams.peer() != crate::flow::PeerDatagrams::Supported
             || !self.routes.contains_key(&stream_id)
         {
@@ -107,13 +107,16 @@ impl H3App {
         let flows = self.flows_attached;
         let free =
             troupe_transport::DATAGRAM_QUEUE_LEN.saturating_sub(cx.conn.dgram_send_queue_len());
-        let share = fair_share(free, flows, payloads.len());
+        let share = fair_share(free, flows, frames.len());
         let max = cx.conn.dgram_max_writable_len().unwrap_or(0);
-        let qsid = stream_id / 4;
-        let prefix = octets::varint_len(qsid);
         let mut sent = 0usize;
-        for p in payloads {
-            if prefix + p.len() > max {
+        for f in frames {
+            if f.stream_id() != stream_id {
+                // Not this flow's frame: it would go out under another stream's id.
+                drops.not_negotiated.fetch_add(1, Relaxed);
+                continue;
+            }
+            if f.len() > max {
                 drops.too_large.fetch_add(1, Relaxed);
                 continue;
             }
@@ -121,11 +124,8 @@ impl H3App {
                 drops.queue_full.fetch_add(1, Relaxed);
                 continue;
             }
-            let mut frame = vec![0u8; prefix + p.len()];
-            let _ = octets::OctetsMut::with_slice(&mut frame[..prefix])
-                .put_varint_with_len(qsid, prefix);
-            frame[prefix..].copy_from_slice(&p);
-            match cx.conn.dgram_send_buf(frame) {
+            // The frame is quiche's buffer as it is: no copy here.
+            match cx.conn.dgram_send_buf(f.into_bytes()) {
                 Ok(()) => sent += 1,
                 Err(quiche::Error::BufferTooShort) => {
                     drops.too_large.fetch_add(1, Relaxed);

@@ -454,11 +454,11 @@ impl ConnectionApp for H3App {
             },
             H3Msg::SendDatagrams {
                 stream_id,
-                payloads,
+                frames,
                 pending,
             } => {
-                pending.fetch_sub(payloads.len(), std::sync::atomic::Ordering::AcqRel);
-                self.send_datagrams(cx, stream_id, payloads)
+                pending.fetch_sub(frames.len(), std::sync::atomic::Ordering::AcqRel);
+                self.send_datagrams(cx, stream_id, frames)
             }
             H3Msg::ChildFailed {
                 stream_id,

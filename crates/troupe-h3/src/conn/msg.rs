@@ -116,8 +116,8 @@ pub enum H3Msg {
     SendDatagrams {
         /// The stream.
         stream_id: u64,
-        /// HTTP Datagram payloads (each goes behind the stream's Quarter Stream ID).
-        payloads: Vec<Bytes>,
+        /// The datagrams, each already behind the stream's Quarter Stream ID.
+        frames: Vec<crate::flow::DatagramFrame>,
         /// The sender's count of datagrams on their way, lowered as these are taken.
         pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     },

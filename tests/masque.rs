@@ -519,6 +519,74 @@ async fn datagrams_for_no_connect_udp_stream_create_nothing_and_are_counted() {
         .all(|s| s.flows.is_empty()));
 }
 
+/// FIN and RESET of the CONNECT stream, each by a raw client: the flow ends, and the
+/// datagrams the client sends for that stream afterwards are dropped and counted (as
+/// `unknown_stream` once the stream is gone, `no_flow` while it lingers), forwarding nothing
+/// and opening no flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_after_the_connect_stream_ends_are_dropped_and_counted() {
+    let echo = echo_server().await;
+    let (server, handler) = proxy(&[&echo.to_string()], true, |_| {}).await;
+    for (round, reset) in [false, true].into_iter().enumerate() {
+        let mut raw = common::raw::RawClient::connect_with_datagrams(server.local_addr()).await;
+        let s = raw_connect_udp(&mut raw, echo, &handler).await;
+        let flow = handler.stats().live_flows().pop().expect("a live flow");
+        raw.send_datagram(s, b"\x00ping");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while flow.from_target.load(Ordering::Relaxed) < 1 {
+            assert!(std::time::Instant::now() < deadline, "no echo");
+            raw.exchange().await;
+        }
+        if reset {
+            raw.reset(s, troupe::h3::codes::H3_REQUEST_CANCELLED);
+        } else {
+            raw.send_body(s, b"", true);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            raw.exchange().await;
+            // The stream actor and the flow actor under it are gone (`flow` keeps only the
+            // counters alive).
+            if server.endpoint().connection_children() == 0 && routed_count(&server).await == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flow and its stream linger (reset {reset})"
+            );
+        }
+        let ended = |d: &[(String, u64)]| -> u64 {
+            d.iter()
+                .filter(|(r, _)| r == "unknown_stream" || r == "no_flow")
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let before = ended(&drops(&server).await);
+        for _ in 0..4 {
+            raw.send_datagram(s, b"\x00late");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            raw.exchange().await;
+            if ended(&drops(&server).await) == before + 4 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "late datagrams not counted: {:?}",
+                drops(&server).await
+            );
+        }
+        // Nothing went on to the target, and no flow came back for the stream.
+        assert_eq!(flow.to_target.load(Ordering::Relaxed), 1);
+        assert_eq!(server.endpoint().connection_children(), 0);
+        assert_eq!(
+            handler.stats().flows_opened.load(Ordering::Relaxed),
+            round as u64 + 1
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarter_stream_id_past_every_stream_closes_the_connection_with_h3_datagram_error() {
     let (server, _handler) = proxy(&[], true, |_| {}).await;
@@ -783,9 +851,19 @@ async fn off_machine_targets_are_refused_with_the_right_proxy_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_protocols_get_501_and_other_contexts_are_dropped_and_counted() {
+async fn other_protocols_get_501_and_contexts_go_to_their_handler_or_are_dropped_and_counted() {
     let echo = echo_server().await;
-    let (server, handler) = proxy(&[&echo.to_string()], true, |_| {}).await;
+    // Context id 2 is the application's: it answers each datagram with the payload reversed.
+    let (server, handler) = proxy(&[&echo.to_string()], true, |c| {
+        c.contexts.insert(
+            2,
+            Arc::new(|d: troupe::masque::ContextDatagram| {
+                let reversed: Vec<u8> = d.payload.iter().rev().copied().collect();
+                assert!(d.reply(&reversed), "the reply could not go");
+            }),
+        );
+    })
+    .await;
     let mut raw = common::raw::RawClient::connect_with_datagrams(server.local_addr()).await;
     let ws = raw.request(&[
         (":method", "CONNECT"),
@@ -805,20 +883,38 @@ async fn other_protocols_get_501_and_other_contexts_are_dropped_and_counted() {
     raw.send_datagram(s, b"\x00udp payload");
     raw.send_datagram(s, b"\x05context five");
     raw.send_datagram(s, b"\x40");
+    raw.send_datagram(s, b"\x02hello");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut replies = Vec::new();
     loop {
         raw.exchange().await;
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = raw.conn.dgram_recv(&mut buf) {
+            replies.push(buf[..n].to_vec());
+        }
         let f = handler.stats().live_flows().remove(0);
-        let (to_target, context) = (
+        let (to_target, context, app) = (
             f.to_target.load(Ordering::Relaxed),
             f.drop_context.load(Ordering::Relaxed),
+            f.to_application.load(Ordering::Relaxed),
         );
-        if (to_target, context) == (1, 2) {
+        // The reply, and the UDP echo: context 0.
+        if (to_target, context, app) == (1, 2, 1) && replies.len() == 2 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "to target {to_target}, context drops {context}"
+            "to target {to_target}, context drops {context}, to the application {app}, \
+             replies {replies:?}"
         );
     }
+    let qsid = (s / 4) as u8;
+    assert!(
+        replies.contains(&[&[qsid, 2][..], b"olleh"].concat()),
+        "{replies:?}"
+    );
+    assert!(
+        replies.contains(&[&[qsid, 0][..], b"udp payload"].concat()),
+        "{replies:?}"
+    );
 }

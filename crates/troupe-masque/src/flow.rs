@@ -19,7 +19,7 @@
 //! going away) or after [`FlowLimits::idle_timeout`] without traffic; ending, it finishes the
 //! response (FIN) and stops reading the request, so the CONNECT stream ends too.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +38,7 @@ use troupe_transport::udp::{RecvMeta, Socket as BatchSocket, BATCH_SIZE};
 use troupe_transport::{ActorKind, ActorMeter, ActorNode, Tracked};
 
 use crate::capsule::{datagram_header, CapsuleReader};
+use crate::context::{ContextDatagram, ContextHandler};
 use crate::rate::{Admit, FlowRate, RateGate};
 
 /// A flow's limits.
@@ -83,6 +84,8 @@ pub struct FlowStats {
     pub to_target: AtomicU64,
     /// UDP payload bytes sent to the target.
     pub to_target_bytes: AtomicU64,
+    /// Datagrams with a context id the application registered, handed to its handler.
+    pub to_application: AtomicU64,
     /// UDP payloads received from the target.
     pub from_target: AtomicU64,
     /// UDP payload bytes received from the target.
@@ -99,7 +102,7 @@ pub struct FlowStats {
     pub drop_queue_full: AtomicU64,
     /// Dropped: over the rate limit.
     pub drop_rate: AtomicU64,
-    /// Dropped: a context id other than 0, or a payload too short for one.
+    /// Dropped: a context id neither 0 nor registered, or a payload too short for one.
     pub drop_context: AtomicU64,
     /// Dropped: the socket would not take it (buffer full, or an ICMP error reported).
     pub drop_socket: AtomicU64,
@@ -107,6 +110,9 @@ pub struct FlowStats {
     pub drop_to_client: AtomicU64,
     /// Dropped: arrived after the flow ended.
     pub drop_after_end: AtomicU64,
+    /// Dropped by the kernel: the target's datagrams found the flow socket's receive buffer
+    /// full. Read from the system's table when the flow ends (Linux only).
+    pub drop_kernel: AtomicU64,
 }
 
 fn bump(a: &AtomicU64) {
@@ -119,7 +125,7 @@ fn add(a: &AtomicU64, n: u64) {
 
 impl FlowStats {
     /// Every drop counter, by name.
-    pub fn drops(&self) -> [(&'static str, u64); 8] {
+    pub fn drops(&self) -> [(&'static str, u64); 9] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("early", g(&self.drop_early)),
@@ -130,6 +136,7 @@ impl FlowStats {
             ("socket", g(&self.drop_socket)),
             ("to_client", g(&self.drop_to_client)),
             ("after_end", g(&self.drop_after_end)),
+            ("kernel", g(&self.drop_kernel)),
         ]
     }
 
@@ -332,6 +339,8 @@ pub(crate) struct FlowArgs {
     pub(crate) handle: Arc<FlowHandle>,
     pub(crate) socket: Arc<BatchSocket>,
     pub(crate) target: SocketAddr,
+    /// Context ids the application registered, and their handlers.
+    pub(crate) contexts: HashMap<u64, Arc<dyn ContextHandler>>,
     pub(crate) request: RecvBody,
     pub(crate) response: BodySender,
     pub(crate) limits: FlowLimits,
@@ -353,6 +362,9 @@ pub(crate) struct FlowState {
     socket: Arc<BatchSocket>,
     /// Groups client datagrams into GSO sends to the target.
     batcher: GsoBatcher,
+    /// Registered context ids, and the flow (for their replies).
+    contexts: HashMap<u64, Arc<dyn ContextHandler>>,
+    flow: DatagramFlow,
     stats: Arc<FlowStats>,
     rate: RateGate<governor::clock::QuantaClock>,
     limits: FlowLimits,
@@ -386,6 +398,8 @@ impl Actor for FlowActor {
             handle: a.handle,
             batcher: GsoBatcher::new(GSO_SEGMENT_MAX, a.socket.max_gso_segments(), true),
             socket: a.socket,
+            contexts: a.contexts,
+            flow: a.flow.clone(),
             rate: RateGate::new(a.limits.rate, governor::clock::QuantaClock::default()),
             stats: a.stats,
             limits: a.limits,
@@ -501,6 +515,12 @@ impl Drop for FlowState {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        // The socket's kernel drops, read while it still exists (its last reference may be
+        // the aborted receive task's, released by now or soon: the table keeps the line as
+        // long as the socket is open, and this state still holds it).
+        if let Some(n) = crate::kernel_drops::read(self.socket.local_addr().port(), self.target) {
+            add(&self.stats.drop_kernel, n);
+        }
         self.handle.shut();
         // Finish the response: FIN once the target task's clone of the sender is dropped too.
         // The request body is dropped with its reader task, which stops reading it
@@ -524,7 +544,18 @@ impl FlowState {
                 continue;
             };
             if ctx != UDP_PAYLOAD_CONTEXT {
-                bump(&self.stats.drop_context);
+                match self.contexts.get(&ctx) {
+                    Some(h) => {
+                        bump(&self.stats.to_application);
+                        h.datagram(ContextDatagram::new(
+                            ctx,
+                            payload,
+                            self.target,
+                            self.flow.clone(),
+                        ));
+                    }
+                    None => bump(&self.stats.drop_context),
+                }
                 continue;
             }
             if self.rate.admit(payload.len()) != Admit::Yes {

@@ -10,14 +10,17 @@
 
 pub mod capsule;
 pub mod client;
+pub mod context;
 pub mod egress;
 pub mod flow;
+pub mod kernel_drops;
 pub mod proxy;
 pub mod proxy_status;
 pub mod rate;
 pub mod template;
 
 pub use client::{TunnelError, TunnelStats, UdpTunnel};
+pub use context::{ContextDatagram, ContextHandler};
 pub use flow::{FlowLimits, FlowStats};
 pub use proxy::{ConnectUdp, ProxyConfig, ProxyStats, CONNECT_UDP};
 

@@ -20,6 +20,7 @@ use troupe_h3::headers::Protocol;
 use troupe_h3::{Body, DatagramFlow, Handler, RecvBody, StreamControl};
 use troupe_transport::udp::Socket as BatchSocket;
 
+use crate::context::ContextHandler;
 use crate::egress::EgressPolicy;
 use crate::flow::{FlowActor, FlowArgs, FlowHandle, FlowLimits, FlowStats};
 use crate::proxy_status::{header_value, ProxyError};
@@ -48,6 +49,9 @@ pub struct ProxyConfig {
     pub resolve_timeout: Duration,
     /// Capsules queued toward the client per flow (the capsule path's bound). Default 256.
     pub capsule_queue: usize,
+    /// Context ids the application handles (RFC 9298 §4), beside 0 (UDP payloads, never
+    /// looked up here); datagrams with any other context id are dropped and counted.
+    pub contexts: HashMap<u64, Arc<dyn ContextHandler>>,
     /// Handlers for other `:protocol` values (extended CONNECT); anything else gets 501.
     pub protocols: HashMap<String, Arc<dyn Handler>>,
     /// The handler for requests that are not CONNECT; default: 404.
@@ -62,6 +66,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("max_flows_per_connection", &self.max_flows_per_connection)
             .field("flow", &self.flow)
+            .field("contexts", &self.contexts.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -76,6 +81,7 @@ impl Default for ProxyConfig {
             flow: FlowLimits::default(),
             resolve_timeout: Duration::from_secs(5),
             capsule_queue: 256,
+            contexts: HashMap::new(),
             protocols: HashMap::new(),
             fallback: None,
         }
@@ -348,6 +354,7 @@ impl ConnectUdp {
             handle: handle.clone(),
             socket: Arc::new(socket),
             target: chosen,
+            contexts: c.contexts.clone(),
             request: req.into_body(),
             response: tx,
             limits: c.flow,

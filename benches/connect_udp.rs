@@ -276,6 +276,13 @@ fn main() {
             r.client_cpu / r.secs * 100.0,
             r.lost
         );
+        // What one core would relay at this cost: the figure to set beside published ones when
+        // the load generator, sharing the other core with the echo server, is the limit.
+        println!(
+            "{:>12}  at that cost one core relays about {:.0} datagrams/s",
+            "",
+            1e6 / us_per_datagram
+        );
         figures.push((rate, us_per_datagram));
         drop(proc_);
     }

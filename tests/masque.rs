@@ -247,8 +247,25 @@ async fn refusals_carry_status_and_proxy_status_and_open_nothing() {
         matches!(r, Err(TunnelError::Refused { status, .. }) if status == 403),
         "{r:?}"
     );
+    // A host name that resolves to loopback: the resolved address is what is checked.
+    let (status, ps) = refusal(
+        UdpTunnel::open(
+            &client,
+            &format!("localhost:{}", server.local_addr().port()),
+            &template(),
+            &TargetHost::Name("localhost".into()),
+            echo.port(),
+            None,
+        )
+        .await,
+    );
+    assert_eq!(status, 403);
+    assert!(
+        ps.contains("destination_ip_prohibited") && ps.contains("loopback"),
+        "{ps}"
+    );
     assert_eq!(handler.stats().flows_opened.load(Ordering::Relaxed), 0);
-    assert_eq!(handler.stats().refused.load(Ordering::Relaxed), 2);
+    assert_eq!(handler.stats().refused.load(Ordering::Relaxed), 3);
 
     // A token: none or a wrong one is 401; the right one opens.
     let (server, handler) = proxy(&[&echo.to_string()], true, |c| {
@@ -822,6 +839,8 @@ async fn off_machine_targets_are_refused_with_the_right_proxy_status() {
         (ip("100.64.1.1"), "CGNAT"),
         (ip("fd00::1"), "unique local"),
         (ip("64:ff9b::a00:1"), "NAT64 10.0.0.1"),
+        (ip("224.0.0.1"), "multicast"),
+        (ip("ff02::1"), "multicast"),
     ] {
         let (status, ps) = refused(&server, &client, host.clone(), 53).await;
         assert_eq!(status, 403, "{host}");

@@ -17,6 +17,11 @@
 //! (its CPU share is printed). Without it, troupe's own client is used, which costs about as
 //! much per request as a server and then limits requests/s (server CPU per request stays valid).
 //!
+//! Every server is measured `BENCH_ROUNDS` times (default 3), the servers alternating, and a
+//! table gives each figure's median and min-max over the rounds, and each ratio to
+//! tokio-quiche (the median of the per-round ratios); it is also written as JSON to
+//! `target/bench/h3_vs_tokio_quiche.json`.
+//!
 //! Environment: `BENCH_SECS` (default 5) per request phase with troupe's client,
 //! `BENCH_REQUESTS` (default 25000) per connection with gtlsclient, `BENCH_DOWNLOAD_MB`
 //! (default 512), `BENCH_TROUPE_BASELINE` (a `troupe` binary built from an earlier commit: it
@@ -31,6 +36,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use troupe::h3::{Body, Client, ClientEndpoint, H3Settings};
+
+#[path = "support/stats.rs"]
+mod stats;
+use stats::spread;
 use troupe::transport::{QuicSettings, TlsConfig, Verify};
 
 const CONNS: usize = 4;
@@ -381,42 +390,135 @@ fn main() {
             "troupe serving HTTP/3 on ",
         ));
     }
-    let mut results = Vec::new();
-    for (name, bin, args, ready) in servers {
-        let bin = &bin;
-        let (proc_, addr) = start(bin, &args, ready, pin);
-        let pid = proc_.0.id().to_string();
-        let f = if use_gtls {
-            measure_gtls(addr, &pid, tck, requests, download, pin)
-        } else {
-            rt.block_on(measure(addr, &pid, tck, secs, download))
-        };
-        println!(
-            "{name:>12}: {:>8.0} req/s  {:>6.1} us server CPU/req  (client CPU {:>3.0}% of a core)  |  \
-             download {:>7.1} MB/s (server CPU {:>3.0}%, {:.2} s per GB)",
-            f.rps,
-            f.server_us_per_req,
-            f.client_cpu_share * 100.0,
-            f.mbps,
-            f.server_cpu_share_dl * 100.0,
-            f.server_cpu_share_dl / f.mbps * 1000.0
-        );
-        results.push(f);
-        drop(proc_);
+    // Rounds alternate the servers (troupe, tokio-quiche, troupe, ...) so a slow spell of this
+    // noisy machine lands on both; each figure is reported as the median over rounds with its
+    // min-max.
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let mut results: Vec<Vec<Figures>> = servers.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        println!("round {round} of {rounds}");
+        for (i, (name, bin, args, ready)) in servers.iter().enumerate() {
+            let (proc_, addr) = start(bin, args, ready, pin);
+            let pid = proc_.0.id().to_string();
+            let f = if use_gtls {
+                measure_gtls(addr, &pid, tck, requests, download, pin)
+            } else {
+                rt.block_on(measure(addr, &pid, tck, secs, download))
+            };
+            println!(
+                "{name:>13}: {:>8.0} req/s  {:>6.1} us server CPU/req  (client CPU {:>3.0}% of a \
+                 core)  |  download {:>7.1} MB/s (server CPU {:>3.0}%, {:.2} s per GB)",
+                f.rps,
+                f.server_us_per_req,
+                f.client_cpu_share * 100.0,
+                f.mbps,
+                f.server_cpu_share_dl * 100.0,
+                f.s_per_gb()
+            );
+            results[i].push(f);
+            drop(proc_);
+        }
     }
-    let q = &results[1];
-    let ratio = |label: &str, t: &Figures| {
-        println!(
-            "ratio {label}/tokio-quiche: req/s {:.2}x, server CPU per request {:.2}x (lower is \
-             better), download MB/s {:.2}x, server CPU per GB {:.2}x (lower is better)",
-            t.rps / q.rps,
-            t.server_us_per_req / q.server_us_per_req,
-            t.mbps / q.mbps,
-            (t.server_cpu_share_dl / t.mbps) / (q.server_cpu_share_dl / q.mbps)
+    let names: Vec<&str> = servers.iter().map(|s| s.0).collect();
+    let table = summary(&names, &results);
+    print!("{}", table.text);
+    let out = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"))
+        .join("bench");
+    let _ = std::fs::create_dir_all(&out);
+    let path = out.join("h3_vs_tokio_quiche.json");
+    match std::fs::write(&path, serde_json::to_string_pretty(&table.json).unwrap()) {
+        Ok(()) => println!("written to {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+}
+
+impl Figures {
+    /// Server CPU seconds per GB downloaded.
+    fn s_per_gb(&self) -> f64 {
+        self.server_cpu_share_dl / self.mbps * 1000.0
+    }
+}
+
+struct Table {
+    text: String,
+    json: serde_json::Value,
+}
+
+/// One row per figure: each server's median (min-max over rounds), and each other server's
+/// ratio to tokio-quiche (the median of the per-round ratios, with their range: rounds run
+/// back to back, so a round's ratio compares like with like).
+fn summary(names: &[&str], results: &[Vec<Figures>]) -> Table {
+    type Get = fn(&Figures) -> f64;
+    let figures: [(&str, &str, Get, bool); 5] = [
+        ("requests/s", "req/s", |f| f.rps, false),
+        (
+            "server CPU per request",
+            "us",
+            |f| f.server_us_per_req,
+            true,
+        ),
+        ("download", "MB/s", |f| f.mbps, false),
+        ("server CPU per GB", "s", Figures::s_per_gb, true),
+        (
+            "load generator CPU",
+            "% of a core",
+            |f| f.client_cpu_share * 100.0,
+            true,
+        ),
+    ];
+    let tq = names.iter().position(|n| *n == "tokio-quiche").unwrap_or(1);
+    let mut text = String::new();
+    let mut rows = Vec::new();
+    for (label, unit, get, lower_better) in figures {
+        text += &format!(
+            "{label} ({unit}{}):\n",
+            if lower_better {
+                ", lower is better"
+            } else {
+                ""
+            }
         );
-    };
-    ratio("troupe", &results[0]);
-    if let Some(before) = results.get(2) {
-        ratio("troupe-before", before);
+        let mut row = serde_json::Map::new();
+        row.insert("figure".into(), label.into());
+        row.insert("unit".into(), unit.into());
+        for (i, name) in names.iter().enumerate() {
+            let s = spread(&results[i].iter().map(get).collect::<Vec<_>>());
+            text += &format!(
+                "  {name:>13}: {:>10.1}  ({:.1} - {:.1})",
+                s.median, s.min, s.max
+            );
+            row.insert(
+                (*name).into(),
+                serde_json::json!({ "median": s.median, "min": s.min, "max": s.max }),
+            );
+            if i != tq {
+                let ratios: Vec<f64> = results[i]
+                    .iter()
+                    .zip(&results[tq])
+                    .map(|(a, b)| get(a) / get(b))
+                    .collect();
+                let r = spread(&ratios);
+                text += &format!(
+                    "   ratio to tokio-quiche {:.2}x ({:.2} - {:.2})",
+                    r.median, r.min, r.max
+                );
+                row.insert(
+                    format!("{name}/tokio-quiche"),
+                    serde_json::json!({ "median": r.median, "min": r.min, "max": r.max }),
+                );
+            }
+            text += "\n";
+        }
+        rows.push(serde_json::Value::Object(row));
+    }
+    Table {
+        text,
+        json: serde_json::json!({ "rounds": results.first().map_or(0, Vec::len), "figures": rows }),
     }
 }

@@ -19,19 +19,13 @@
 //! Environment: `BENCH_DATAGRAMS` (default 200000) per run, `BENCH_WINDOW` (default 64),
 //! `BENCH_DATAGRAM_SIZE` (default 1200).
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{can_pin, clock_ticks, cpu_secs, pin_self_to_core_1, pinned, start};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,62 +36,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// User + system CPU seconds of a process (all threads), fields 14 and 15 of /proc/PID/stat;
-/// with `children`, those of its reaped children (fields 16 and 17).
-fn cpu_secs(pid: &str, children: bool, tck: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let at = if children { 13 } else { 11 };
-    let ut: f64 = f.get(at).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(at + 1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (ut + st) / tck
-}
-
-fn pinned(core: &str, bin: &Path, pin: bool) -> Command {
-    if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", core]).arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    }
-}
-
-/// Starts a proxy and waits for its line `ready_prefix ADDR`.
-fn start(bin: &Path, args: &[String], ready_prefix: &str, pin: bool) -> (Proc, SocketAddr) {
-    let mut child = Proc(
-        pinned("0", bin, pin)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display())),
-    );
-    let mut reader = BufReader::new(child.0.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            panic!("{} exited before it was ready", bin.display());
-        }
-        if let Some(rest) = line.trim().strip_prefix(ready_prefix) {
-            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-            std::thread::spawn(move || for _ in reader.lines() {});
-            return (child, addr);
-        }
-    }
 }
 
 /// A UDP echo server on a thread of this process (so on the load generator's core).
@@ -177,16 +115,9 @@ fn main() {
     let tq_serve = target.join("release/tq-serve");
     let tq_udp_bin = target.join("release/tq-udp");
 
-    let pin = Command::new("taskset").arg("-V").output().is_ok()
-        && std::thread::available_parallelism()
-            .map(|n| n.get() >= 2)
-            .unwrap_or(false);
+    let pin = can_pin();
     if pin {
-        let me = std::process::id().to_string();
-        let _ = Command::new("taskset")
-            .args(["-a", "-c", "-p", "1", &me])
-            .stdout(Stdio::null())
-            .status();
+        pin_self_to_core_1();
     } else {
         eprintln!("note: taskset or a second core is missing; nothing is pinned");
     }

@@ -27,10 +27,13 @@
 //! (default 512), `BENCH_TROUPE_BASELINE` (a `troupe` binary built from an earlier commit: it
 //! is measured too, in the same run, to show a change's effect before and after).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+#[path = "support/procs.rs"]
+mod procs;
+use procs::{can_pin, clock_ticks, cpu_secs, pin_self_to_core_1, start};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,46 +48,8 @@ use troupe::transport::{QuicSettings, TlsConfig, Verify};
 const CONNS: usize = 4;
 const STREAMS: usize = 25;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// User + system CPU seconds of a process (all threads).
-fn cpu_secs(pid: &str, tck: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (ut + st) / tck
-}
-
-/// CPU seconds of this process's reaped children (cutime + cstime).
-fn children_cpu_secs(tck: f64) -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ut: f64 = f.get(13).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(14).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (ut + st) / tck
 }
 
 fn have_gtlsclient() -> bool {
@@ -99,7 +64,7 @@ fn have_gtlsclient() -> bool {
 /// Runs `n` gtlsclient processes at once (one connection each), pinned to core 1 when `pin`.
 fn gtls(addr: SocketAddr, path: &str, requests: usize, conns: usize, pin: bool) -> (f64, f64) {
     let tck = clock_ticks();
-    let c0 = children_cpu_secs(tck);
+    let c0 = cpu_secs("self", true, tck);
     let t0 = Instant::now();
     let uri = format!("https://localhost:{}{path}", addr.port());
     let mut kids = Vec::new();
@@ -130,7 +95,7 @@ fn gtls(addr: SocketAddr, path: &str, requests: usize, conns: usize, pin: bool) 
         let st = k.wait().unwrap();
         assert!(st.success(), "gtlsclient failed: {st}");
     }
-    (t0.elapsed().as_secs_f64(), children_cpu_secs(tck) - c0)
+    (t0.elapsed().as_secs_f64(), cpu_secs("self", true, tck) - c0)
 }
 
 fn measure_gtls(
@@ -142,13 +107,13 @@ fn measure_gtls(
     pin: bool,
 ) -> Figures {
     gtls(addr, "/bytes/1024", 200, CONNS, pin); // warm-up
-    let s0 = cpu_secs(pid, tck);
+    let s0 = cpu_secs(pid, false, tck);
     let (wall, client_cpu) = gtls(addr, "/bytes/1024", requests, CONNS, pin);
-    let s_cpu = cpu_secs(pid, tck) - s0;
+    let s_cpu = cpu_secs(pid, false, tck) - s0;
     let n = (requests * CONNS) as f64;
-    let d0 = cpu_secs(pid, tck);
+    let d0 = cpu_secs(pid, false, tck);
     let (dl_wall, dl_client) = gtls(addr, &format!("/bytes/{download}"), 1, 1, pin);
-    let dl_cpu = cpu_secs(pid, tck) - d0;
+    let dl_cpu = cpu_secs(pid, false, tck) - d0;
     eprintln!(
         "    (gtlsclient CPU: {:.0}% of a core during requests, {:.0}% during the download)",
         client_cpu / wall * 100.0,
@@ -160,42 +125,6 @@ fn measure_gtls(
         client_cpu_share: client_cpu / wall,
         mbps: download as f64 / dl_wall / 1e6,
         server_cpu_share_dl: dl_cpu / dl_wall,
-    }
-}
-
-fn have_taskset() -> bool {
-    Command::new("taskset").arg("-V").output().is_ok()
-}
-
-fn start(bin: &Path, args: &[&str], ready_prefix: &str, pin: bool) -> (Proc, SocketAddr) {
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    };
-    let mut child = Proc(
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display())),
-    );
-    let out = child.0.stdout.take().unwrap();
-    let mut reader = BufReader::new(out);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            panic!("{} exited before it was ready", bin.display());
-        }
-        if let Some(rest) = line.trim().strip_prefix(ready_prefix) {
-            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-            // Keep draining stdout so the server never blocks on a full pipe.
-            std::thread::spawn(move || for _ in reader.lines() {});
-            return (child, addr);
-        }
     }
 }
 
@@ -253,16 +182,16 @@ async fn measure(addr: SocketAddr, pid: &str, tck: f64, secs: u64, download: u64
         }
     };
     run(Duration::from_secs(1)).await; // warm-up
-    let s_cpu0 = cpu_secs(pid, tck);
-    let c_cpu0 = cpu_secs("self", tck);
+    let s_cpu0 = cpu_secs(pid, false, tck);
+    let c_cpu0 = cpu_secs("self", false, tck);
     let t0 = Instant::now();
     let n = run(Duration::from_secs(secs)).await;
     let wall = t0.elapsed().as_secs_f64();
-    let s_cpu = cpu_secs(pid, tck) - s_cpu0;
-    let c_cpu = cpu_secs("self", tck) - c_cpu0;
+    let s_cpu = cpu_secs(pid, false, tck) - s_cpu0;
+    let c_cpu = cpu_secs("self", false, tck) - c_cpu0;
 
     let dl_url = format!("https://localhost:{}/bytes/{download}", addr.port());
-    let s0 = cpu_secs(pid, tck);
+    let s0 = cpu_secs(pid, false, tck);
     let t0 = Instant::now();
     let resp = clients[0]
         .send(http::Request::get(&dl_url).body(Body::empty()).unwrap())
@@ -275,7 +204,7 @@ async fn measure(addr: SocketAddr, pid: &str, tck: f64, secs: u64, download: u64
     }
     assert_eq!(got, download);
     let dl_wall = t0.elapsed().as_secs_f64();
-    let dl_cpu = cpu_secs(pid, tck) - s0;
+    let dl_cpu = cpu_secs(pid, false, tck) - s0;
     for c in &clients {
         c.close();
     }
@@ -323,16 +252,9 @@ fn main() {
     let troupe_bin = target.join("release/troupe");
     let tq_bin = target.join("release/tq-serve");
 
-    let pin = have_taskset()
-        && std::thread::available_parallelism()
-            .map(|n| n.get() >= 2)
-            .unwrap_or(false);
+    let pin = can_pin();
     if pin {
-        let me = std::process::id().to_string();
-        let _ = Command::new("taskset")
-            .args(["-a", "-c", "-p", "1", &me])
-            .stdout(Stdio::null())
-            .status();
+        pin_self_to_core_1();
     } else {
         eprintln!("note: taskset or a second core is missing; server and client are not pinned");
     }

@@ -106,26 +106,11 @@ impl Socket {
         contents: &[u8],
         segment: Option<usize>,
     ) -> io::Result<()> {
-        let segment = segment.filter(|s| *s < contents.len());
-        let t = Transmit {
-            destination: to,
-            ecn: None,
-            contents,
-            segment_size: segment,
-            src_ip: None,
-        };
+        let (t, segment) = transmit(to, contents, segment);
         match self.send_one(&t).await {
-            Err(e) if segment.is_some() && e.kind() != io::ErrorKind::WouldBlock => {
-                // Some devices reject UDP_SEGMENT (EIO); quinn-udp then stops using GSO.
+            Err(e) if gso_refused(&e, segment) => {
                 for chunk in contents.chunks(segment.unwrap_or(contents.len())) {
-                    let one = Transmit {
-                        destination: to,
-                        ecn: None,
-                        contents: chunk,
-                        segment_size: None,
-                        src_ip: None,
-                    };
-                    self.send_one(&one).await?;
+                    self.send_one(&transmit(to, chunk, None).0).await?;
                 }
                 Ok(())
             }
@@ -141,25 +126,11 @@ impl Socket {
         contents: &[u8],
         segment: Option<usize>,
     ) -> io::Result<()> {
-        let segment = segment.filter(|s| *s < contents.len());
-        let t = Transmit {
-            destination: to,
-            ecn: None,
-            contents,
-            segment_size: segment,
-            src_ip: None,
-        };
+        let (t, segment) = transmit(to, contents, segment);
         match self.try_send_one(&t) {
-            Err(e) if segment.is_some() && e.kind() != io::ErrorKind::WouldBlock => {
+            Err(e) if gso_refused(&e, segment) => {
                 for chunk in contents.chunks(segment.unwrap_or(contents.len())) {
-                    let one = Transmit {
-                        destination: to,
-                        ecn: None,
-                        contents: chunk,
-                        segment_size: None,
-                        src_ip: None,
-                    };
-                    self.try_send_one(&one)?;
+                    self.try_send_one(&transmit(to, chunk, None).0)?;
                 }
                 Ok(())
             }
@@ -218,4 +189,28 @@ impl Socket {
             self.state.recv((&self.io).into(), bufs, meta)
         })
     }
+}
+
+/// One send of `contents` to `to`, cut into `segment`-byte GSO segments when that is shorter
+/// than `contents`; also returns the segment size kept.
+fn transmit(
+    to: SocketAddr,
+    contents: &[u8],
+    segment: Option<usize>,
+) -> (Transmit<'_>, Option<usize>) {
+    let segment = segment.filter(|s| *s < contents.len());
+    let t = Transmit {
+        destination: to,
+        ecn: None,
+        contents,
+        segment_size: segment,
+        src_ip: None,
+    };
+    (t, segment)
+}
+
+/// Whether a failed send should be retried one datagram per segment: some devices reject
+/// UDP_SEGMENT (EIO), and quinn-udp then stops using GSO; a full buffer is not that.
+fn gso_refused(e: &io::Error, segment: Option<usize>) -> bool {
+    segment.is_some() && e.kind() != io::ErrorKind::WouldBlock
 }

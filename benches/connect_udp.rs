@@ -21,11 +21,13 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 #[path = "support/procs.rs"]
 mod procs;
-use procs::{can_pin, clock_ticks, cpu_secs, pin_self_to_core_1, pinned, start};
+use procs::{
+    build_release_binaries, can_pin, clock_ticks, cpu_secs, pin_self_to_core_1, pinned, start,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -94,26 +96,10 @@ fn main() {
     let window: usize = env_or("BENCH_WINDOW", 64);
     let size: usize = env_or("BENCH_DATAGRAM_SIZE", 1200);
 
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root())
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "troupe-cli",
-            "-p",
-            "tq-peer",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building the binaries failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("target"));
-    let troupe_bin = target.join("release/troupe");
-    let tq_serve = target.join("release/tq-serve");
-    let tq_udp_bin = target.join("release/tq-udp");
+    let release = build_release_binaries(&root());
+    let troupe_bin = release.join("troupe");
+    let tq_serve = release.join("tq-serve");
+    let tq_udp_bin = release.join("tq-udp");
 
     let pin = can_pin();
     if pin {

@@ -33,7 +33,7 @@ use std::process::{Command, Stdio};
 
 #[path = "support/procs.rs"]
 mod procs;
-use procs::{can_pin, clock_ticks, cpu_secs, pin_self_to_core_1, start};
+use procs::{build_release_binaries, can_pin, clock_ticks, cpu_secs, pin_self_to_core_1, start};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -232,25 +232,9 @@ fn main() {
         .unwrap_or(512);
     let download = mb << 20;
 
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root())
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "troupe-cli",
-            "-p",
-            "tq-peer",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building the server binaries failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root().join("target"));
-    let troupe_bin = target.join("release/troupe");
-    let tq_bin = target.join("release/tq-serve");
+    let release = build_release_binaries(&root());
+    let troupe_bin = release.join("troupe");
+    let tq_bin = release.join("tq-serve");
 
     let pin = can_pin();
     if pin {

@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// A child process, killed and reaped when dropped (a failed run leaves nothing behind).
@@ -97,4 +97,27 @@ pub fn start<S: AsRef<OsStr>>(
             return (child, addr);
         }
     }
+}
+
+/// Builds the release binaries the benchmarks run (`troupe`, and tokio-quiche's `tq-serve`,
+/// `tq-get` and `tq-udp`) in the workspace at `root`; returns the directory that holds them.
+pub fn build_release_binaries(root: &Path) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "troupe-cli",
+            "-p",
+            "tq-peer",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the release binaries failed");
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"))
+        .join("release")
 }

@@ -510,6 +510,24 @@ fn udp_target(path: &[u8]) -> Result<SocketAddr, (&'static str, &'static str)> {
     Ok(SocketAddr::new(ip, port))
 }
 
+/// Answers a CONNECT-UDP request with `status` and a Proxy-Status naming `error`, and ends it.
+async fn refuse(sender: &mut OutboundFrameSender, status: &str, error: &str) {
+    let headers = vec![
+        Header::new(b":status", status.as_bytes()),
+        Header::new(b"server", b"tq-serve"),
+        Header::new(
+            b"proxy-status",
+            format!("tq-serve; error={error}").as_bytes(),
+        ),
+    ];
+    if send(sender, OutboundFrame::Headers(headers, None))
+        .await
+        .is_ok()
+    {
+        let _ = send(sender, OutboundFrame::Body(Bytes::new(), true)).await;
+    }
+}
+
 /// Serves one CONNECT-UDP request: relays between the flow and the target until the client
 /// ends or resets the stream, or the connection goes.
 async fn connect_udp(request: IncomingH3Headers, flow: Option<Flow>) {
@@ -521,36 +539,10 @@ async fn connect_udp(request: IncomingH3Headers, flow: Option<Flow>) {
         ..
     } = request;
     let path = header(&headers, b":path").unwrap_or_default();
-    let refuse = |status: &'static str, error: &'static str| {
-        vec![
-            Header::new(b":status", status.as_bytes()),
-            Header::new(b"server", b"tq-serve"),
-            Header::new(
-                b"proxy-status",
-                format!("tq-serve; error={error}").as_bytes(),
-            ),
-        ]
-    };
     let (target, flow) = match (udp_target(path), flow) {
         (Ok(target), Some(flow)) => (target, flow),
-        (Err((status, error)), _) => {
-            let _ = send(
-                &mut sender,
-                OutboundFrame::Headers(refuse(status, error), None),
-            )
-            .await;
-            let _ = send(&mut sender, OutboundFrame::Body(Bytes::new(), true)).await;
-            return;
-        }
-        (Ok(_), None) => {
-            let _ = send(
-                &mut sender,
-                OutboundFrame::Headers(refuse("500", "proxy_internal_error"), None),
-            )
-            .await;
-            let _ = send(&mut sender, OutboundFrame::Body(Bytes::new(), true)).await;
-            return;
-        }
+        (Err((status, error)), _) => return refuse(&mut sender, status, error).await,
+        (Ok(_), None) => return refuse(&mut sender, "500", "proxy_internal_error").await,
     };
     let bind: SocketAddr = if target.is_ipv4() {
         (Ipv4Addr::LOCALHOST, 0).into()
@@ -559,15 +551,7 @@ async fn connect_udp(request: IncomingH3Headers, flow: Option<Flow>) {
     };
     let socket = match tokio::net::UdpSocket::bind(bind).await {
         Ok(s) if s.connect(target).await.is_ok() => s,
-        _ => {
-            let _ = send(
-                &mut sender,
-                OutboundFrame::Headers(refuse("502", "connection_refused"), None),
-            )
-            .await;
-            let _ = send(&mut sender, OutboundFrame::Body(Bytes::new(), true)).await;
-            return;
-        }
+        _ => return refuse(&mut sender, "502", "connection_refused").await,
     };
     let ok = vec![
         Header::new(b":status", b"200"),

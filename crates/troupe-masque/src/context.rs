@@ -43,13 +43,14 @@ impl ContextDatagram {
     /// it is too large for a frame, or the connection is gone. A reply the connection then
     /// drops (its queue full) is counted in the connection's datagram drops.
     pub fn reply(&self, payload: &[u8]) -> bool {
-        let frame = self.flow.frame(self.context, payload);
+        let context_len = octets::varint_len(self.context);
         if self.flow.connection().peer() != PeerDatagrams::Supported
-            || frame.len() > self.flow.connection().max_frame()
+            || context_len + payload.len() > self.flow.max_payload()
         {
             return false;
         }
-        self.flow.send_frames(vec![frame])
+        self.flow
+            .send_frames(vec![self.flow.frame(self.context, payload)])
     }
 }
 

@@ -33,7 +33,7 @@ use troupe_h3::{
     BodySender, DatagramFlow, DatagramSink, FlowEnd, PeerDatagrams, RecvBody, TrySend,
 };
 
-use troupe_transport::gso::{GsoBatcher, Ready};
+use troupe_transport::gso::{GsoBatcher, Ready, MAX_GSO_SEGMENTS};
 use troupe_transport::udp::{RecvMeta, Socket as BatchSocket, BATCH_SIZE};
 use troupe_transport::{ActorKind, ActorMeter, ActorNode, Tracked};
 
@@ -360,8 +360,6 @@ pub(crate) struct FlowState {
     target: SocketAddr,
     handle: Arc<FlowHandle>,
     socket: Arc<BatchSocket>,
-    /// Groups client datagrams into GSO sends to the target.
-    batcher: GsoBatcher,
     /// Registered context ids, and the flow (for their replies).
     contexts: HashMap<u64, Arc<dyn ContextHandler>>,
     flow: DatagramFlow,
@@ -396,7 +394,6 @@ impl Actor for FlowActor {
             meter: a.meter,
             target: a.target,
             handle: a.handle,
-            batcher: GsoBatcher::new(GSO_SEGMENT_MAX, a.socket.max_gso_segments(), true),
             socket: a.socket,
             contexts: a.contexts,
             flow: a.flow.clone(),
@@ -562,11 +559,12 @@ impl FlowState {
                 bump(&self.stats.drop_rate);
                 continue;
             }
-            if payload.len() > GSO_SEGMENT_MAX {
+            // GSO needs the kernel's support on this socket; where it has none (or refused it),
+            // every datagram goes alone, as a batch of one.
+            let gso = self.socket.max_gso_segments() > 1;
+            if payload.len() > GSO_SEGMENT_MAX || !gso {
                 // Too large to batch: the open batch goes first, to keep the order.
-                if let Some(r) = self.batcher.finish() {
-                    self.send_batch(r);
-                }
+                self.flush_batch();
                 let one = Ready {
                     to: self.target,
                     len: payload.len(),
@@ -576,27 +574,27 @@ impl FlowState {
                 send_counted(&self.socket, &self.stats, one, &payload);
                 continue;
             }
-            self.batcher.slot()[..payload.len()].copy_from_slice(&payload);
-            let mut ready = self.batcher.commit(payload.len(), self.target);
-            while let Some(r) = ready {
-                self.send_batch(r);
-                ready = self.batcher.sent();
-            }
+            SEND_BATCHER.with_borrow_mut(|b| {
+                b.slot()[..payload.len()].copy_from_slice(&payload);
+                let mut ready = b.commit(payload.len(), self.target);
+                while let Some(r) = ready {
+                    send_counted(&self.socket, &self.stats, r, &b.buffer()[..r.len]);
+                    ready = b.sent();
+                }
+            });
         }
-        if let Some(r) = self.batcher.finish() {
-            self.send_batch(r);
-        }
+        self.flush_batch();
         self.touch();
     }
 
-    /// Sends the batcher's ready batch (the caller then frees its space with `sent`).
-    fn send_batch(&self, r: Ready) {
-        send_counted(
-            &self.socket,
-            &self.stats,
-            r,
-            &self.batcher.buffer()[..r.len],
-        );
+    /// Sends what the thread's batcher still holds. It is empty between handler calls (every
+    /// `forward` ends here, and nothing awaits in between), so flows on one thread share it.
+    fn flush_batch(&self) {
+        SEND_BATCHER.with_borrow_mut(|b| {
+            if let Some(r) = b.finish() {
+                send_counted(&self.socket, &self.stats, r, &b.buffer()[..r.len]);
+            }
+        });
     }
 
     fn touch(&self) {
@@ -607,8 +605,15 @@ impl FlowState {
 
 /// Largest client datagram that joins a GSO batch: an Ethernet-sized UDP payload. Datagrams
 /// that come in QUIC DATAGRAM frames are smaller still; larger ones (from capsules) are sent
-/// alone. Sizes the batcher's buffer (at most 65,000 bytes, touched only as far as used).
+/// alone. Sizes the batcher's buffer (at most 65,000 bytes).
 const GSO_SEGMENT_MAX: usize = 1500;
+
+thread_local! {
+    /// The GSO batcher, one per runtime thread rather than per flow (its buffer is ~64 KB):
+    /// a flow fills and empties it within one handler call, without awaiting.
+    static SEND_BATCHER: std::cell::RefCell<GsoBatcher> =
+        std::cell::RefCell::new(GsoBatcher::new(GSO_SEGMENT_MAX, MAX_GSO_SEGMENTS, true));
+}
 
 /// Sends `bytes` (one datagram, or `r.segments` GSO segments of `r.segment` bytes) to the
 /// target without waiting, counting each datagram sent or, when the socket refuses, dropped.
@@ -660,10 +665,10 @@ fn receive_batch(
 ) -> std::io::Result<Received> {
     RECV_BUFFERS.with_borrow_mut(|buf| {
         let mut meta = [RecvMeta::default(); RECV_SLOTS];
-        let mut slots: Vec<std::io::IoSliceMut<'_>> = buf
-            .chunks_mut(RECV_SLOT)
-            .map(std::io::IoSliceMut::new)
-            .collect();
+        let mut chunks = buf.chunks_mut(RECV_SLOT);
+        let mut slots: [std::io::IoSliceMut<'_>; RECV_SLOTS] = std::array::from_fn(|_| {
+            std::io::IoSliceMut::new(chunks.next().expect("RECV_SLOTS slots in the buffer"))
+        });
         let n = match socket.try_recv(&mut slots, &mut meta) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Received::default()),

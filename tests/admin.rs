@@ -150,7 +150,7 @@ async fn the_tree_shows_a_live_stream_and_actions_reach_one_connection_and_one_s
     eventually(
         Duration::from_secs(5),
         "the cancelled stream's actor stops",
-        || async { server.endpoint().connection_children() == 0 },
+        || async { server.endpoint().serving_stream_actors().await == 0 },
     )
     .await;
     let r = client.send(get(&server, "/")).await.unwrap();

@@ -143,7 +143,7 @@ async fn a_dropped_responder_cancels_the_request() {
         other => panic!("expected a reset, got {:?}", other.map(|r| r.status())),
     }
     eventually(Duration::from_secs(5), "stream actor gone", || async {
-        server.endpoint().connection_children() == 0
+        server.endpoint().serving_stream_actors().await == 0
     })
     .await;
     // The connection carries on.

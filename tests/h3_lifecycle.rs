@@ -110,14 +110,14 @@ async fn stop_sending_reaches_an_idle_response() {
     eventually(
         Duration::from_secs(5),
         "server stream actor running",
-        || async { server.endpoint().connection_children() == 1 },
+        || async { server.endpoint().serving_stream_actors().await == 1 },
     )
     .await;
     drop(resp); // RecvBody dropped unread: STOP_SENDING(H3_REQUEST_CANCELLED)
     eventually(
         Duration::from_secs(5),
         "server stream actor stopped",
-        || async { server.endpoint().connection_children() == 0 },
+        || async { server.endpoint().serving_stream_actors().await == 0 },
     )
     .await;
     // The connection itself is fine.
@@ -180,7 +180,7 @@ async fn a_panicking_handler_resets_only_its_stream() {
         }
     }
     eventually(Duration::from_secs(5), "all stream actors gone", || async {
-        server.endpoint().connection_children() == 0
+        server.endpoint().serving_stream_actors().await == 0
     })
     .await;
     assert_eq!(server.endpoint().connection_count(), 1);
@@ -317,7 +317,8 @@ async fn explicit_shutdown_of_both_directions() {
         Duration::from_secs(5),
         "stream actors gone on both sides",
         || async {
-            server.endpoint().connection_children() == 0 && ep.endpoint().connection_children() == 0
+            server.endpoint().serving_stream_actors().await == 0
+                && ep.endpoint().serving_stream_actors().await == 0
         },
     )
     .await;

@@ -66,7 +66,7 @@ impl Probe {
     /// The stream's actor stopped and the connection no longer routes it; returns its ends.
     async fn ended(&self, stream: u64) -> (Option<StreamEnd>, Option<StreamEnd>) {
         eventually(Duration::from_secs(5), "stream actor stopped", || async {
-            self.server.endpoint().connection_children() == 0
+            self.server.endpoint().serving_stream_actors().await == 0
         })
         .await;
         eventually(Duration::from_secs(5), "routing entry gone", || async {

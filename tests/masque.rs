@@ -191,7 +191,8 @@ async fn ten_thousand_datagrams(datagrams: bool) {
         Duration::from_secs(5),
         "the flow ends with its stream",
         || async {
-            handler.stats().live_flows().is_empty() && server.endpoint().connection_children() == 0
+            handler.stats().live_flows().is_empty()
+                && server.endpoint().serving_stream_actors().await == 0
         },
     )
     .await;
@@ -327,7 +328,7 @@ async fn fin_and_reset_of_the_connect_stream_each_stop_the_flow() {
         t.send(b"ping").unwrap();
         assert_eq!(&t.recv().await.unwrap()[..], b"ping");
         assert_eq!(handler.stats().live_flows().len(), 1);
-        assert_eq!(server.endpoint().connection_children(), 1);
+        assert_eq!(server.endpoint().serving_stream_actors().await, 1);
         if reset {
             t.reset(troupe::h3::codes::H3_REQUEST_CANCELLED);
         } else {
@@ -338,7 +339,7 @@ async fn fin_and_reset_of_the_connect_stream_each_stop_the_flow() {
             "the flow actor and its stream actor stop",
             || async {
                 handler.stats().live_flows().is_empty()
-                    && server.endpoint().connection_children() == 0
+                    && server.endpoint().serving_stream_actors().await == 0
             },
         )
         .await;
@@ -357,7 +358,8 @@ async fn an_idle_flow_closes_its_stream() {
     t.send(b"x").unwrap();
     assert_eq!(&t.recv().await.unwrap()[..], b"x");
     eventually(Duration::from_secs(5), "the idle flow ends", || async {
-        handler.stats().live_flows().is_empty() && server.endpoint().connection_children() == 0
+        handler.stats().live_flows().is_empty()
+            && server.endpoint().serving_stream_actors().await == 0
     })
     .await;
     // The tunnel learns it: nothing more comes.
@@ -433,7 +435,8 @@ async fn goaway_ends_the_flows_and_their_streams() {
         Duration::from_secs(5),
         "the flow and its stream end",
         || async {
-            handler.stats().live_flows().is_empty() && server.endpoint().connection_children() == 0
+            handler.stats().live_flows().is_empty()
+                && server.endpoint().serving_stream_actors().await == 0
         },
     )
     .await;
@@ -564,7 +567,9 @@ async fn datagrams_after_the_connect_stream_ends_are_dropped_and_counted() {
             raw.exchange().await;
             // The stream actor and the flow actor under it are gone (`flow` keeps only the
             // counters alive).
-            if server.endpoint().connection_children() == 0 && routed_count(&server).await == 0 {
+            if server.endpoint().serving_stream_actors().await == 0
+                && routed_count(&server).await == 0
+            {
                 break;
             }
             assert!(
@@ -596,7 +601,7 @@ async fn datagrams_after_the_connect_stream_ends_are_dropped_and_counted() {
         }
         // Nothing went on to the target, and no flow came back for the stream.
         assert_eq!(flow.to_target.load(Ordering::Relaxed), 1);
-        assert_eq!(server.endpoint().connection_children(), 0);
+        assert_eq!(server.endpoint().serving_stream_actors().await, 0);
         assert_eq!(
             handler.stats().flows_opened.load(Ordering::Relaxed),
             round as u64 + 1

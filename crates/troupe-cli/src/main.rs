@@ -77,6 +77,10 @@ struct ServeArgs {
     /// Idle timeout in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     idle_timeout: u64,
+    /// Parked stream actors each connection may keep for its next streams; 0 stops every
+    /// stream actor when its stream ends (see H3Settings::stream_actor_pool).
+    #[arg(long, default_value_t = H3Settings::default().stream_actor_pool, value_name = "N")]
+    stream_actor_pool: usize,
     /// On SIGINT/SIGTERM, how long requests in flight may take to finish before the
     /// connections are closed anyway. A second signal exits at once.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
@@ -328,6 +332,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     config.quic.gso = !a.no_gso;
     config.quic.max_connections = a.max_connections;
     config.quic.idle_timeout = Duration::from_secs(a.idle_timeout);
+    config.h3.stream_actor_pool = a.stream_actor_pool;
     let generated = a.cert.is_none();
     config.tls = server_tls(&a.cert, &a.key)?;
     let handler = move |req| {

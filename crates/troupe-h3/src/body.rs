@@ -577,7 +577,7 @@ impl Drop for RecvBody {
         let ended = self.shared.lock().end.is_some();
         if !ended {
             if let Some(a) = &self.actor {
-                let _ = a.cast(StreamMsg::RecvDropped);
+                let _ = a.cast(StreamMsg::RecvDropped(self.stream_id));
             }
         }
     }

@@ -48,6 +48,16 @@ pub struct H3Settings {
     /// (`:protocol`, RFC 9220), such as CONNECT-UDP. Default off: without it a request carrying
     /// `:protocol` is malformed (H3_MESSAGE_ERROR), as RFC 9220 requires.
     pub extended_connect: bool,
+    /// Parked stream actors a connection may keep for its next streams. A stream actor whose
+    /// stream ended cleanly parks instead of stopping and serves a later stream of the same
+    /// connection (one stream at a time), so a spawn and a teardown (about a third of a small
+    /// request's cost) are paid once for many streams. An actor that failed never serves
+    /// again, and one with children (a datagram flow) stops. Each second a connection keeps
+    /// at most as many as its streams took in the second before, and at least two, so a
+    /// quiet connection holds two parked actors (about 8 KB each) within two seconds.
+    /// Default 128: above the default stream limit (100), so a client's whole window of
+    /// streams finds parked actors; 0: every stream actor stops when its stream ends.
+    pub stream_actor_pool: usize,
 }
 
 impl Default for H3Settings {
@@ -64,6 +74,7 @@ impl Default for H3Settings {
             max_unanswered_requests: 1024,
             redact_paths: false,
             extended_connect: false,
+            stream_actor_pool: 128,
         }
     }
 }

@@ -863,6 +863,8 @@ impl<A: ConnectionApp> ConnState<A> {
                 stream_data_blocked_received: stats.stream_data_blocked_recv_count,
             },
             streams_open: streams.len(),
+            parked_stream_actors: self.app.parked_actors(),
+            child_actors: myself.get_cell().get_children().len(),
             streams_limit_bidi: self.max_streams_bidi,
             peer_streams_left_bidi: self.conn.peer_streams_left_bidi(),
             idle_timeout_left_secs: idle
@@ -909,7 +911,11 @@ impl<A: ConnectionApp> ConnState<A> {
                     self.last_recv = Instant::now();
                 }
                 self.keep_session();
-                self.check_established(myself).await;
+                if matches!(self.stage, Stage::Handshake { .. }) && self.conn.is_established() {
+                    // Boxed: it runs once, and its future (the application's first messages
+                    // included) would otherwise enlarge every turn's.
+                    Box::pin(self.check_established(myself)).await;
+                }
                 if self.is_established() {
                     let mut cx = cx!(self, myself);
                     app_result = self.app.on_readable(&mut cx).await;
@@ -922,7 +928,7 @@ impl<A: ConnectionApp> ConnState<A> {
                         debug!("handshake timeout");
                         let _ = self.conn.close(false, 0x0, b"handshake timeout");
                         self.flush_packets().await;
-                        self.finish(myself, CloseReason::HandshakeTimeout).await;
+                        Box::pin(self.finish(myself, CloseReason::HandshakeTimeout)).await;
                         return;
                     }
                 }
@@ -1076,7 +1082,7 @@ impl<A: ConnectionApp> ConnState<A> {
         self.flush_packets().await;
         if self.conn.is_closed() {
             let reason = close_reason(&self.conn);
-            self.finish(myself, reason).await;
+            Box::pin(self.finish(myself, reason)).await;
             return;
         }
         if self.conn.is_draining() && self.stage != Stage::Draining {

@@ -615,11 +615,17 @@ impl<A: ConnectionApp> Endpoint<A> {
                 .await;
             match r {
                 Ok(ractor::rpc::CallResult::Success(s)) => s,
-                _ => ConnectionSnapshot::unanswered(ActorNode::of(
-                    &c.actor().get_cell(),
-                    ActorKind::Connection,
-                    c.meter().view(),
-                )),
+                _ => {
+                    let cell = c.actor().get_cell();
+                    let mut s = ConnectionSnapshot::unanswered(ActorNode::of(
+                        &cell,
+                        ActorKind::Connection,
+                        c.meter().view(),
+                    ));
+                    // Its children are known without it (parked ones among them are not).
+                    s.child_actors = cell.get_children().len();
+                    s
+                }
             }
         }))
         .await;
@@ -660,12 +666,25 @@ impl<A: ConnectionApp> Endpoint<A> {
         }
     }
 
-    /// Number of actors running under all connection actors (for HTTP/3: live request streams).
+    /// Number of actors running under all connection actors: for HTTP/3, the stream actors
+    /// serving a stream and the parked ones (see [`Endpoint::serving_stream_actors`]).
     pub fn connection_children(&self) -> usize {
         self.actor
             .get_children()
             .iter()
             .map(|c| c.get_children().len())
+            .sum()
+    }
+
+    /// Number of actors under all connections that serve a stream now: their children less
+    /// the actors parked for later streams (from a snapshot: a connection that does not answer
+    /// in time counts all its children, never fewer than serve).
+    pub async fn serving_stream_actors(&self) -> usize {
+        self.snapshot()
+            .await
+            .connections
+            .iter()
+            .map(|c| c.child_actors.saturating_sub(c.parked_stream_actors))
             .sum()
     }
 

@@ -114,6 +114,9 @@ pub trait Metrics: Send + Sync + 'static {
     }
     /// A request stream started.
     fn stream_opened(&self) {}
+    /// A new stream actor was spawned for a stream (no parked one was free): with
+    /// `stream_opened`, how often streams reuse a parked actor.
+    fn stream_actor_spawned(&self) {}
     /// A request stream ended.
     fn stream_closed(&self, summary: &StreamSummary) {
         let _ = summary;
@@ -200,6 +203,7 @@ struct Prom {
     packets_lost: Counter,
     datagrams_dropped: Family<ReasonLabel, Counter>,
     streams_opened: Counter,
+    stream_actors_spawned: Counter,
     streams_closed: Counter,
     stream_ends: Family<StreamEndLabel, Counter>,
     stream_failures: Counter,
@@ -238,6 +242,7 @@ impl PrometheusMetrics {
             packets_lost: Counter::default(),
             datagrams_dropped: Family::default(),
             streams_opened: Counter::default(),
+            stream_actors_spawned: Counter::default(),
             streams_closed: Counter::default(),
             stream_ends: Family::default(),
             stream_failures: Counter::default(),
@@ -300,6 +305,11 @@ impl PrometheusMetrics {
             "streams_opened",
             "Request streams started",
             p.streams_opened.clone(),
+        );
+        r.register(
+            "stream_actors_spawned",
+            "Stream actors spawned (a stream that found no parked actor)",
+            p.stream_actors_spawned.clone(),
         );
         r.register(
             "streams_closed",
@@ -417,6 +427,10 @@ impl Metrics for PrometheusMetrics {
 
     fn stream_opened(&self) {
         self.inner.streams_opened.inc();
+    }
+
+    fn stream_actor_spawned(&self) {
+        self.inner.stream_actors_spawned.inc();
     }
 
     fn stream_closed(&self, s: &StreamSummary) {

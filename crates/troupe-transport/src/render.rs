@@ -114,6 +114,9 @@ fn connection_line(out: &mut String, c: &ConnectionSnapshot) {
         c.streams_open,
         c.streams_limit_bidi
     );
+    if c.parked_stream_actors > 0 {
+        let _ = write!(out, " (+{} parked)", c.parked_stream_actors);
+    }
     if let Some(idle) = c.idle_timeout_left_secs {
         let _ = write!(out, "  idle timeout in {idle:.1}s");
     }

@@ -159,6 +159,11 @@ pub struct ConnectionSnapshot {
     pub blocked: BlockedCounts,
     /// Streams open now (routed to a stream actor).
     pub streams_open: usize,
+    /// Stream actors parked for this connection's next streams (alive, serving none).
+    pub parked_stream_actors: usize,
+    /// Actors linked under this connection now: its streams' actors and the parked ones (an
+    /// actor told to stop counts until it has).
+    pub child_actors: usize,
     /// Bidirectional streams the peer may open at once (our limit).
     pub streams_limit_bidi: u64,
     /// Bidirectional streams we may still open (the peer's limit).
@@ -202,6 +207,8 @@ impl ConnectionSnapshot {
             bytes_received: 0,
             blocked: BlockedCounts::default(),
             streams_open: 0,
+            parked_stream_actors: 0,
+            child_actors: 0,
             streams_limit_bidi: 0,
             peer_streams_left_bidi: 0,
             idle_timeout_left_secs: None,

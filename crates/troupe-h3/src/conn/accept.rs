@@ -130,8 +130,7 @@ impl H3App {
             flow,
         };
         let key = signalled.unwrap_or(Priority::RESPONSE_DEFAULT);
-        if self
-            .spawn_stream(cx, stream_id, role, stats, Some(signal), key)
+        if Box::pin(self.spawn_stream(cx, stream_id, role, stats, Some(signal), key))
             .await
             .is_err()
         {

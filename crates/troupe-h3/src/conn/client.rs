@@ -139,10 +139,16 @@ impl H3App {
                     reply: req.reply,
                     flow,
                 };
-                if self
-                    .spawn_stream(cx, stream_id, role, stats, None, Priority::RESPONSE_DEFAULT)
-                    .await
-                    .is_err()
+                if Box::pin(self.spawn_stream(
+                    cx,
+                    stream_id,
+                    role,
+                    stats,
+                    None,
+                    Priority::RESPONSE_DEFAULT,
+                ))
+                .await
+                .is_err()
                 {
                     shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
                 }

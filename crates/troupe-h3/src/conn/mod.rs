@@ -11,6 +11,7 @@
 //! - [`read`]: body bytes from quiche to stream actors, and quiche's read-side subtleties;
 //! - [`write`]: body bytes from stream actors into quiche, pulled by credit, and STOP_SENDING;
 //! - [`scheduler`]: the RFC 9218 order in which streams are served (a pure type);
+//! - [`pool`]: parked stream actors kept for the next streams (a pure type);
 //! - [`accept`]: the server side (accepting requests, limits);
 //! - [`goaway`]: graceful shutdown of a server connection;
 //! - [`client`]: the client side (requests waiting for a stream).
@@ -20,6 +21,7 @@ mod client;
 mod datagrams;
 mod goaway;
 mod msg;
+mod pool;
 mod read;
 mod route;
 mod scheduler;
@@ -44,7 +46,7 @@ use crate::peer_settings::PeerSettings;
 use crate::priority::{Priority, PriorityCell};
 use crate::server::Handler;
 use crate::settings::H3Settings;
-use crate::stream::{Role, StreamActor, StreamArgs, StreamMsg};
+use crate::stream::{Role, StreamActor, StreamArgs, StreamMsg, StreamStart};
 use accept::ServerSide;
 use client::ClientSide;
 use route::{Outbound, ReadCredit, Route};
@@ -77,6 +79,19 @@ pub struct H3App {
     datagrams: Arc<crate::flow::ConnDatagrams>,
     /// Routes with a flow attached (kept with the routes, so a send need not count them).
     flows_attached: usize,
+    /// Parked stream actors, for the next streams.
+    pool: pool::StreamPool<troupe_transport::Tracked<StreamMsg>>,
+    /// Whether a pool trim is on its way.
+    pool_trim: PoolTrim,
+}
+
+/// The pool's trim timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolTrim {
+    /// None pending.
+    Idle,
+    /// A `TrimPool` message comes within [`pool::TRIM_INTERVAL`].
+    Armed,
 }
 
 fn internal(e: h3::Error) -> AppError {
@@ -113,7 +128,6 @@ impl H3App {
     fn new(side: Side, settings: Arc<H3Settings>) -> Self {
         H3App {
             side,
-            settings,
             h3: None,
             routes: HashMap::new(),
             by_actor: HashMap::new(),
@@ -124,6 +138,9 @@ impl H3App {
             trace_id: String::new(),
             datagrams: Default::default(),
             flows_attached: 0,
+            pool: pool::StreamPool::new(settings.stream_actor_pool),
+            pool_trim: PoolTrim::Idle,
+            settings,
         }
     }
 
@@ -138,6 +155,9 @@ impl H3App {
         Ok(c)
     }
 
+    /// Callers box this future: it is large (about 2 KB with the spawn and its arguments), and
+    /// unboxed it would be part of every connection message's future, which the actor runtime
+    /// moves several times per message.
     async fn spawn_stream(
         &mut self,
         cx: &mut ConnCx<'_, H3Msg>,
@@ -161,43 +181,124 @@ impl H3App {
         // in one hand-over.
         let room = cx.conn.stream_capacity(stream_id).unwrap_or(0);
         let credit = room.max(INITIAL_CREDIT).min(self.settings.send_window);
-        let meter = troupe_transport::ActorMeter::new(
-            troupe_transport::ActorKind::Stream,
-            crate::stream::STREAM_MESSAGES,
-        );
-        let args = StreamArgs {
+        // A parked actor takes the stream if there is one: one message instead of a spawn and,
+        // later, a teardown.
+        let new_meter = || {
+            troupe_transport::ActorMeter::new(
+                troupe_transport::ActorKind::Stream,
+                crate::stream::STREAM_MESSAGES,
+            )
+        };
+        let mut parked = self.pool.take();
+        let mut args = StreamArgs {
             stream_id,
             conn: cx.mailbox.clone(),
-            meter: meter.clone(),
+            meter: parked
+                .as_ref()
+                .map_or_else(new_meter, |p| p.meter().clone()),
             settings: self.settings.clone(),
             trace_id: cx.trace_id.to_string(),
             role,
             stats: stats.clone(),
             credit,
         };
-        match Actor::spawn_linked(None, StreamActor, args, cx.myself.get_cell()).await {
-            Ok((actor, _)) => {
-                self.by_actor.insert(actor.get_id(), stream_id);
-                self.routes.insert(
-                    stream_id,
-                    Route {
-                        actor: troupe_transport::Tracked::new(actor, meter),
-                        read,
-                        write,
-                        key,
-                        stats,
-                        signal,
-                        flow: None,
-                    },
-                );
-                cx.metrics.stream_opened();
-                Ok(())
+        let actor = loop {
+            let Some(p) = parked.take() else {
+                let meter = args.meter.clone();
+                match Actor::spawn_linked(None, StreamActor, args, cx.myself.get_cell()).await {
+                    Ok((actor, _)) => {
+                        cx.metrics.stream_actor_spawned();
+                        break troupe_transport::Tracked::new(actor, meter);
+                    }
+                    Err(e) => {
+                        warn!(stream_id, "cannot spawn stream actor: {e}");
+                        return Err(());
+                    }
+                }
+            };
+            match p.cast(StreamMsg::Start(StreamStart(Box::new(args)))) {
+                Ok(()) => break p,
+                // Gone meanwhile: the next parked one, or a new one.
+                Err(ractor::MessagingErr::SendErr(StreamMsg::Start(StreamStart(back)))) => {
+                    args = *back;
+                    parked = self.pool.take();
+                    args.meter = parked
+                        .as_ref()
+                        .map_or_else(new_meter, |p| p.meter().clone());
+                }
+                Err(_) => return Err(()),
             }
-            Err(e) => {
-                warn!(stream_id, "cannot spawn stream actor: {e}");
-                Err(())
+        };
+        self.by_actor.insert(actor.actor().get_id(), stream_id);
+        self.routes.insert(
+            stream_id,
+            Route {
+                actor,
+                read,
+                write,
+                key,
+                stats,
+                signal,
+                flow: None,
+            },
+        );
+        cx.metrics.stream_opened();
+        Ok(())
+    }
+
+    /// A stream actor's stream ended cleanly and the actor parked: unroute the stream, then
+    /// keep the actor for a later stream or stop it (see [`pool`]).
+    fn on_parked(&mut self, cx: &mut ConnCx<'_, H3Msg>, stream_id: u64) {
+        let Some(actor_id) = self
+            .routes
+            .get(&stream_id)
+            .map(|r| r.actor.actor().get_id())
+        else {
+            return;
+        };
+        if let Some((id, route)) = self.unroute(actor_id) {
+            let actor = route.actor.clone();
+            route.retire(cx.metrics);
+            self.note_ended(cx.conn, id);
+            trace!(stream_id = id, "stream actor parked");
+            // After GOAWAY no new stream comes to take it.
+            let taking = match &self.side {
+                Side::Server(s) => s.goaway == goaway::Goaway::NotSent,
+                Side::Client(_) => true,
+            };
+            let stop = if taking {
+                self.pool.put(actor)
+            } else {
+                Some(actor)
+            };
+            if let Some(a) = stop {
+                a.actor().stop(None);
             }
+            self.arm_pool_trim(cx);
         }
+        self.check_drained();
+    }
+
+    /// Trims the pool once [`pool::TRIM_INTERVAL`] from now if it holds more than a quiet
+    /// connection keeps (one timer at a time).
+    fn arm_pool_trim(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
+        if self.pool_trim == PoolTrim::Armed || !self.pool.needs_trim() {
+            return;
+        }
+        self.pool_trim = PoolTrim::Armed;
+        let me = cx.mailbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(pool::TRIM_INTERVAL).await;
+            let _ = me.cast(troupe_transport::ConnMsg::App(H3Msg::TrimPool));
+        });
+    }
+
+    fn on_trim_pool(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
+        self.pool_trim = PoolTrim::Idle;
+        for a in self.pool.trim() {
+            a.actor().stop(None);
+        }
+        self.arm_pool_trim(cx);
     }
 
     /// The latest PRIORITY_UPDATE for a request stream, if one is waiting and valid.
@@ -389,8 +490,9 @@ impl ConnectionApp for H3App {
                 if self.add_read_credit(stream_id, bytes) {
                     self.read_stream(cx.conn, stream_id);
                     // Reading may have reached a trailer section or the FIN, which only
-                    // h3::poll reports; no packet may come to trigger it, so poll now.
-                    return self.on_readable(cx).await;
+                    // h3::poll reports; no packet may come to trigger it, so poll now (boxed:
+                    // it keeps this future, and so every message's, small).
+                    return Box::pin(self.on_readable(cx)).await;
                 }
             }
             H3Msg::StopSending { stream_id, code } => {
@@ -436,6 +538,7 @@ impl ConnectionApp for H3App {
                     route
                         .actor
                         .cast(StreamMsg::Shutdown {
+                            stream_id,
                             read: Some(code),
                             write: Some(code),
                         })
@@ -472,6 +575,8 @@ impl ConnectionApp for H3App {
                 );
             }
             H3Msg::Request(req) => self.on_request(cx, *req).await,
+            H3Msg::Parked { stream_id } => self.on_parked(cx, stream_id),
+            H3Msg::TrimPool => self.on_trim_pool(cx),
         }
         Ok(())
     }
@@ -517,6 +622,10 @@ impl ConnectionApp for H3App {
             _ => {}
         }
         Ok(())
+    }
+
+    fn parked_actors(&self) -> usize {
+        self.pool.len()
     }
 
     fn datagram_drops(&self) -> Vec<(&'static str, u64)> {
@@ -589,6 +698,8 @@ impl ConnectionApp for H3App {
             }
         }
         self.close_flows(crate::flow::FlowEnd::ConnectionClosed);
+        // Parked actors drain with the others.
+        drop(self.pool.drain());
         // The actors are drained, not supervised, from here: report the streams now.
         self.by_actor.clear();
         for (_, route) in self.routes.drain() {

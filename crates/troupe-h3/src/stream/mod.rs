@@ -90,19 +90,30 @@ pub enum StreamMsg {
         /// New write credit.
         credit: usize,
     },
-    /// A future or body stream this actor polls is ready to make progress.
-    Poll,
-    /// The application dropped the received body before its end.
-    RecvDropped,
+    /// A future or body stream this actor polls for the stream is ready to make progress.
+    /// Ignored unless it names the stream the actor serves now (a parked actor serves later
+    /// streams; wakers of an earlier one may still fire).
+    Poll(u64),
+    /// The application dropped the stream's received body before its end (ignored unless it
+    /// names the stream the actor serves now).
+    RecvDropped(u64),
     /// The application shuts the stream down: stop receiving with `read`, reset sending with
-    /// `write` (each an HTTP/3 error code), either or both.
+    /// `write` (each an HTTP/3 error code), either or both. Ignored unless it names the stream
+    /// the actor serves now.
     Shutdown {
+        /// The stream.
+        stream_id: u64,
         /// STOP_SENDING code.
         read: Option<u64>,
         /// RESET_STREAM code.
         write: Option<u64>,
     },
+    /// From the connection to a parked actor: serve this new stream.
+    Start(StreamStart),
 }
+
+/// A new stream for a parked stream actor (opaque: only the connection makes one).
+pub struct StreamStart(pub(crate) Box<StreamArgs>);
 
 /// Names of the stream actor's messages, for its meter (indexed by `StreamMsg::code`).
 pub(crate) const STREAM_MESSAGES: &[&str] = &[
@@ -125,9 +136,10 @@ impl StreamMsg {
             StreamMsg::PeerReset(_) => 2,
             StreamMsg::PeerStopSending(_) => 3,
             StreamMsg::Written { .. } => 4,
-            StreamMsg::Poll => 5,
-            StreamMsg::RecvDropped => 6,
+            StreamMsg::Poll(_) => 5,
+            StreamMsg::RecvDropped(_) => 6,
             StreamMsg::Shutdown { .. } => 7,
+            StreamMsg::Start(_) => 8,
         }
     }
 }
@@ -167,12 +179,18 @@ impl StreamControl {
 
     /// Either or both. A direction already finished is left as it is.
     pub fn shutdown(&self, read: Option<u64>, write: Option<u64>) {
-        let _ = self.actor.cast(StreamMsg::Shutdown { read, write });
+        let _ = self.actor.cast(StreamMsg::Shutdown {
+            stream_id: self.stream_id,
+            read,
+            write,
+        });
     }
 
     /// The stream actor, to link children under (a CONNECT-UDP stream's flow actor, say). A
     /// child that fails resets the stream both ways with H3_INTERNAL_ERROR and is recorded in
-    /// the failure rings; a child that stops leaves the stream as it is.
+    /// the failure rings; a child that stops leaves the stream as it is. An actor with a live
+    /// child stops with its stream; one without may serve a later stream of the connection
+    /// once this one ended (see [`crate::H3Settings::stream_actor_pool`]).
     pub fn actor_cell(&self) -> ractor::ActorCell {
         self.actor.actor().get_cell()
     }
@@ -278,7 +296,18 @@ enum WriteCredit {
 
 pub(crate) struct StreamActor;
 
+/// Whether a stream actor serves a stream now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// It serves the stream `StreamState::id`.
+    Serving,
+    /// Its stream ended cleanly; the connection may hand it another ([`StreamMsg::Start`]).
+    /// Everything else it is sent is about an earlier stream and is ignored.
+    Parked,
+}
+
 pub(crate) struct StreamState {
+    life: Life,
     /// Client: an extended CONNECT's datagram flow, until the response carries it.
     flow: Option<crate::flow::DatagramFlow>,
     id: u64,
@@ -389,9 +418,11 @@ impl Interim {
     }
 }
 
-/// Wakes the stream actor by casting it `Poll`, at most once until it is handled.
+/// Wakes the stream actor by casting it `Poll` for its stream, at most once until it is
+/// handled. One per stream: a waker of an earlier stream of a reused actor wakes nothing.
 struct ActorWaker {
     actor: Tracked<StreamMsg>,
+    stream_id: u64,
     scheduled: AtomicBool,
 }
 
@@ -402,7 +433,7 @@ impl Wake for ActorWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.scheduled.swap(true, Ordering::AcqRel) {
-            let _ = self.actor.cast(StreamMsg::Poll);
+            let _ = self.actor.cast(StreamMsg::Poll(self.stream_id));
         }
     }
 }
@@ -419,13 +450,88 @@ impl Actor for StreamActor {
     ) -> Result<StreamState, ActorProcessingErr> {
         // Runs inside the connection actor's handler (spawn_linked): keep it trivial (no user
         // code, no I/O; a few allocations).
+        Ok(StreamState::new(&myself, args))
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        st: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
+        // The handler's first poll runs here: busy time, and a handler stuck in it, count.
+        let meter = st.me.meter().clone();
+        let _busy = meter.begin_event(8);
+        st.start(&myself);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        msg: StreamMsg,
+        st: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
+        let meter = st.me.meter().clone();
+        let _busy = meter.begin(msg.code());
+        if let StreamMsg::Start(next) = msg {
+            // A parked actor takes the connection's next stream: a fresh state, as a new
+            // actor's would be.
+            *st = StreamState::new(&myself, *next.0);
+            st.start(&myself);
+            return Ok(());
+        }
+        if !st.concerns(&msg) {
+            return Ok(());
+        }
+        let span = st.span.clone();
+        async {
+            st.on_message(msg);
+            st.drive(&myself);
+            st.sync_audit();
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<StreamMsg>,
+        evt: SupervisionEvent,
+        st: &mut StreamState,
+    ) -> Result<(), ActorProcessingErr> {
+        // A child (a datagram flow) never stops its stream by exiting; a failed one resets it,
+        // as a panicking handler would, and is recorded where operators look.
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let why = err.to_string();
+            let _g = st.span.clone().entered();
+            warn!(child = %cell.get_id(), "child of the stream failed, resetting the stream: {why}");
+            let _ = st.conn.cast(ConnMsg::App(H3Msg::ChildFailed {
+                stream_id: st.id,
+                who: format!("flow {}", cell.get_id()),
+                why,
+            }));
+            st.abort_both(H3_INTERNAL_ERROR);
+            st.drive(&myself);
+            st.sync_audit();
+        }
+        Ok(())
+    }
+}
+
+impl StreamState {
+    /// The state for serving the stream `args` describe (a new actor's, or a parked actor's
+    /// next: nothing of an earlier stream is kept).
+    fn new(myself: &ActorRef<StreamMsg>, args: StreamArgs) -> StreamState {
         let span = info_span!(parent: None, "stream", conn_id = %args.trace_id, stream_id = args.stream_id);
         let me = Tracked::new(myself.clone(), args.meter);
         let waker = Arc::new(ActorWaker {
             actor: me.clone(),
+            stream_id: args.stream_id,
             scheduled: AtomicBool::new(false),
         });
         let mut st = StreamState {
+            life: Life::Serving,
             id: args.stream_id,
             kind: Kind::Client,
             conn: args.conn,
@@ -500,97 +606,45 @@ impl Actor for StreamActor {
                 }
             }
         }
-        Ok(st)
+        st
     }
 
-    async fn post_start(
-        &self,
-        myself: ActorRef<StreamMsg>,
-        st: &mut StreamState,
-    ) -> Result<(), ActorProcessingErr> {
-        // The handler's first poll runs here: busy time, and a handler stuck in it, count.
-        let meter = st.me.meter().clone();
-        let _busy = meter.begin_event(8);
-        let span = st.span.clone();
+    /// Starts the stream: the handler's first poll (server) or the request body (client).
+    fn start(&mut self, myself: &ActorRef<StreamMsg>) {
+        let span = self.span.clone();
         let _g = span.enter();
-        match std::mem::replace(&mut st.producer, Producer::Done) {
+        match std::mem::replace(&mut self.producer, Producer::Done) {
             Producer::Call {
                 handler,
                 mut request,
                 fin,
             } => {
-                if fin && st.content_length.is_some_and(|n| n != 0) {
+                if fin && self.content_length.is_some_and(|n| n != 0) {
                     // A declared body that never came: malformed (RFC 9114 §4.1.2).
                     debug!("content-length without a body: H3_MESSAGE_ERROR");
-                    st.abort_both(H3_MESSAGE_ERROR);
-                    st.drive(&myself);
-                    return Ok(());
+                    self.abort_both(H3_MESSAGE_ERROR);
+                    self.drive(myself);
+                    return;
                 }
                 if fin {
-                    st.recv_fin();
+                    self.recv_fin();
                 }
                 let interim = Arc::new(InterimQueue::default());
                 request.extensions_mut().insert(Interim {
                     queue: interim.clone(),
-                    waker: st.waker.clone(),
+                    waker: self.waker.clone(),
                 });
-                st.producer = Producer::Handler {
+                self.producer = Producer::Handler {
                     future: Box::pin(handler.call(*request)),
                     interim,
                 };
             }
-            other => st.producer = other,
+            other => self.producer = other,
         }
-        st.drive(&myself);
-        st.sync_audit();
-        Ok(())
+        self.drive(myself);
+        self.sync_audit();
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<StreamMsg>,
-        msg: StreamMsg,
-        st: &mut StreamState,
-    ) -> Result<(), ActorProcessingErr> {
-        let meter = st.me.meter().clone();
-        let _busy = meter.begin(msg.code());
-        let span = st.span.clone();
-        async {
-            st.on_message(msg);
-            st.drive(&myself);
-            st.sync_audit();
-        }
-        .instrument(span)
-        .await;
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<StreamMsg>,
-        evt: SupervisionEvent,
-        st: &mut StreamState,
-    ) -> Result<(), ActorProcessingErr> {
-        // A child (a datagram flow) never stops its stream by exiting; a failed one resets it,
-        // as a panicking handler would, and is recorded where operators look.
-        if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            let why = err.to_string();
-            let _g = st.span.clone().entered();
-            warn!(child = %cell.get_id(), "child of the stream failed, resetting the stream: {why}");
-            let _ = st.conn.cast(ConnMsg::App(H3Msg::ChildFailed {
-                stream_id: st.id,
-                who: format!("flow {}", cell.get_id()),
-                why,
-            }));
-            st.abort_both(H3_INTERNAL_ERROR);
-            st.drive(&myself);
-            st.sync_audit();
-        }
-        Ok(())
-    }
-}
-
-impl StreamState {
     fn open_recv(&mut self) -> RecvBody {
         let (writer, shared) = BodyWriter::new();
         self.stats.set_recv_buffer(shared.clone());
@@ -748,8 +802,8 @@ impl StreamState {
                     };
                 }
             }
-            StreamMsg::Poll => self.waker.scheduled.store(false, Ordering::Release),
-            StreamMsg::Shutdown { read, write } => {
+            StreamMsg::Poll(_) => self.waker.scheduled.store(false, Ordering::Release),
+            StreamMsg::Shutdown { read, write, .. } => {
                 if let Some(code) = write {
                     self.drop_body();
                     self.abort_send(code);
@@ -768,7 +822,7 @@ impl StreamState {
                     }
                 }
             }
-            StreamMsg::RecvDropped => {
+            StreamMsg::RecvDropped(_) => {
                 // RFC 9114 §4.1.2: once a server's response is under way, the rest of the
                 // request is simply not needed (H3_NO_ERROR); otherwise (a server that has not
                 // answered, a client dropping a response) it is cancelled.
@@ -785,7 +839,42 @@ impl StreamState {
                     });
                 }
             }
+            // Taken in `handle`.
+            StreamMsg::Start(_) => {}
         }
+    }
+
+    /// Whether `msg` is about the stream this actor serves now. The connection only routes the
+    /// current stream, so its messages are, unless the actor is parked; handles of an earlier
+    /// stream (a waker, a dropped body, a `StreamControl`) name theirs.
+    fn concerns(&self, msg: &StreamMsg) -> bool {
+        match msg {
+            StreamMsg::Poll(id)
+            | StreamMsg::RecvDropped(id)
+            | StreamMsg::Shutdown { stream_id: id, .. } => {
+                self.life == Life::Serving && *id == self.id
+            }
+            _ => self.life == Life::Serving,
+        }
+    }
+
+    /// Both directions ended: park, to serve a later stream of the connection, or stop. An
+    /// actor with a live child (a datagram flow) stops, taking its children with it.
+    fn finish(&mut self, myself: &ActorRef<StreamMsg>) {
+        let reuse = self.settings.stream_actor_pool > 0
+            && self.flow.is_none()
+            && myself.get_children().is_empty();
+        if !reuse {
+            myself.stop(None);
+            return;
+        }
+        // What the stream held goes now, as it would with the actor.
+        self.stop_producing();
+        self.consumer = Consumer::Nobody;
+        self.life = Life::Parked;
+        // The final figures before the connection retires the stream.
+        self.sync_audit();
+        self.to_conn(H3Msg::Parked { stream_id: self.id });
     }
 
     /// Nothing more will be sent and nothing more read: drop the handler (a server that has not
@@ -1075,7 +1164,7 @@ impl StreamState {
 
         if self.stop_latch.check(self.send, self.recv) {
             trace!("stream done");
-            myself.stop(None);
+            self.finish(myself);
         }
     }
 

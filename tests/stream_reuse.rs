@@ -1,0 +1,215 @@
+//! Parked stream actors (`H3Settings::stream_actor_pool`): an actor whose stream ended cleanly
+//! serves the connection's next stream, one stream at a time; handles of its earlier stream
+//! reach nothing; an actor that failed never serves again; with the pool off, every stream
+//! actor stops with its stream.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tokio::sync::{mpsc, Notify};
+use troupe::h3::codes::H3_REQUEST_CANCELLED;
+use troupe::h3::{Body, RecvBody, Server, ServerConfig, StreamControl};
+
+/// What a handler saw: the path, and the actor serving it.
+type Seen = (String, ractor::ActorId);
+
+/// A server whose handler reports each request's actor, keeps `/first`'s `StreamControl`,
+/// panics on `/panic`, and holds `/held` until `go` is notified.
+async fn probe_server(
+    pool: usize,
+) -> (
+    Server,
+    mpsc::UnboundedReceiver<Seen>,
+    Arc<Mutex<Option<StreamControl>>>,
+    Arc<Notify>,
+) {
+    init_tracing();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let kept: Arc<Mutex<Option<StreamControl>>> = Arc::default();
+    let go = Arc::new(Notify::new());
+    let mut config = ServerConfig::default();
+    config.h3.stream_actor_pool = pool;
+    let (k, g) = (kept.clone(), go.clone());
+    let server = Server::bind(loopback(), config, move |req: http::Request<RecvBody>| {
+        let (tx, kept, go) = (tx.clone(), k.clone(), g.clone());
+        async move {
+            let control = req.extensions().get::<StreamControl>().unwrap().clone();
+            let path = req.uri().path().to_string();
+            let _ = tx.send((path.clone(), control.actor_cell().get_id()));
+            match path.as_str() {
+                "/first" => *kept.lock().unwrap() = Some(control),
+                "/panic" => panic!("handler panics on purpose"),
+                "/held" => go.notified().await,
+                _ => {}
+            }
+            http::Response::new(Body::from(format!("answer to {path}")))
+        }
+    })
+    .await
+    .unwrap();
+    (server, rx, kept, go)
+}
+
+async fn parked(server: &Server) -> usize {
+    server
+        .snapshot()
+        .await
+        .connections
+        .iter()
+        .map(|c| c.parked_stream_actors)
+        .sum()
+}
+
+async fn body_of(client: &troupe::h3::Client, server: &Server, path: &str) -> String {
+    let resp = client.send(get(server, path)).await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    let body = resp.into_body().collect().await.unwrap();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The actor of `/first` parks, then serves `/held`; the `StreamControl` the first handler
+/// kept now names an ended stream, and shutting it down leaves the second stream untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_actor_serves_the_next_stream_and_old_handles_reach_nothing() {
+    let (server, mut seen, kept, go) = probe_server(8).await;
+    let (_ep, client) = connect(&server).await;
+    assert_eq!(
+        body_of(&client, &server, "/first").await,
+        "answer to /first"
+    );
+    let (_, first) = seen.recv().await.unwrap();
+    eventually(Duration::from_secs(5), "the first actor parks", || async {
+        server.endpoint().serving_stream_actors().await == 0 && parked(&server).await == 1
+    })
+    .await;
+    // Alive, linked under the connection, serving nothing.
+    assert_eq!(server.endpoint().connection_children(), 1);
+
+    let held = {
+        let (client, url) = (client.clone(), url(&server, "/held"));
+        tokio::spawn(async move {
+            let req = http::Request::get(url).body(Body::empty()).unwrap();
+            let resp = client.send(req).await.map_err(|e| e.to_string())?;
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(String::from_utf8(body.to_vec()).unwrap())
+        })
+    };
+    let (path, second) = seen.recv().await.unwrap();
+    assert_eq!(path, "/held");
+    assert_eq!(second, first, "the parked actor took the next stream");
+    assert_eq!(parked(&server).await, 0);
+    // The first stream's handle, used now: both directions of an ended stream.
+    let old = kept.lock().unwrap().take().unwrap();
+    old.shutdown(Some(H3_REQUEST_CANCELLED), Some(H3_REQUEST_CANCELLED));
+    // Once the actor's mailbox is empty it has handled that message: the second stream is
+    // still open and unharmed.
+    eventually(
+        Duration::from_secs(5),
+        "the old handle's message is handled",
+        || async {
+            let snap = server.snapshot().await;
+            snap.connections[0].streams.len() == 1
+                && snap.connections[0].streams[0].actor.meter.mailbox_depth == 0
+        },
+    )
+    .await;
+    let snap = server.snapshot().await;
+    let stream = &snap.connections[0].streams[0];
+    assert_eq!(stream.path.as_deref(), Some("/held"));
+    assert_eq!(stream.send.end, None, "{stream:?}");
+    assert_eq!(stream.recv.end, Some("fin"), "{stream:?}");
+    go.notify_one();
+    assert_eq!(held.await.unwrap().unwrap(), "answer to /held");
+}
+
+/// A handler's panic fails its actor: the stream is reset, the actor is gone for good, and the
+/// next stream gets another actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_actor_never_serves_again() {
+    let (server, mut seen, _kept, _go) = probe_server(8).await;
+    let (_ep, client) = connect(&server).await;
+    assert_eq!(body_of(&client, &server, "/a").await, "answer to /a");
+    let (_, a) = seen.recv().await.unwrap();
+    eventually(Duration::from_secs(5), "the actor parks", || async {
+        parked(&server).await == 1
+    })
+    .await;
+    let err = client.send(get(&server, "/panic")).await.unwrap_err();
+    assert_eq!(
+        err,
+        troupe::h3::RequestError::StreamReset(troupe::h3::codes::H3_INTERNAL_ERROR)
+    );
+    let (_, panicked) = seen.recv().await.unwrap();
+    assert_eq!(panicked, a, "the parked actor took the stream, then failed");
+    eventually(
+        Duration::from_secs(5),
+        "the failed actor is gone",
+        || async { server.endpoint().connection_children() == 0 },
+    )
+    .await;
+    assert_eq!(body_of(&client, &server, "/b").await, "answer to /b");
+    let (_, b) = seen.recv().await.unwrap();
+    assert_ne!(b, a, "a failed actor is never reused");
+    let snap = server.snapshot().await;
+    assert_eq!(snap.connections[0].failures_total, 1);
+}
+
+/// Pool off: every stream actor stops when its stream ends, and each stream gets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_pool_off_every_stream_actor_stops() {
+    let (server, mut seen, _kept, _go) = probe_server(0).await;
+    let (_ep, client) = connect(&server).await;
+    let mut ids = Vec::new();
+    for path in ["/one", "/two", "/three"] {
+        assert_eq!(
+            body_of(&client, &server, path).await,
+            format!("answer to {path}")
+        );
+        ids.push(seen.recv().await.unwrap().1);
+        eventually(Duration::from_secs(5), "the stream actor stops", || async {
+            server.endpoint().connection_children() == 0
+        })
+        .await;
+        assert_eq!(parked(&server).await, 0);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three streams, three actors");
+}
+
+/// Many streams at once, then none: the pool keeps at most the spare two, and every actor is
+/// gone once the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_shrinks_when_the_load_ends_and_empties_with_the_connection() {
+    let (server, _seen, _kept, _go) = probe_server(64).await;
+    let (ep, client) = connect(&server).await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (client, url) = (client.clone(), url(&server, &format!("/n{i}")));
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(url).body(Body::empty()).unwrap();
+            let resp = client.send(req).await.unwrap();
+            resp.into_body().collect().await.unwrap().len()
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap() > 0);
+    }
+    eventually(Duration::from_secs(5), "two spare actors stay", || async {
+        server.endpoint().serving_stream_actors().await == 0 && parked(&server).await == 2
+    })
+    .await;
+    assert_eq!(server.endpoint().connection_children(), 2);
+    client.close();
+    drop(ep);
+    eventually(Duration::from_secs(5), "no actor is left", || async {
+        server.endpoint().connection_count() == 0 && server.endpoint().connection_children() == 0
+    })
+    .await;
+}

@@ -4,6 +4,8 @@
 //! - `GET /bytes/N`: exactly N bytes (N up to 10 GiB), streamed, never held in memory; byte `i`
 //!   is `i % 251`, so any client can check what it got;
 //! - `POST /echo`, `PUT /echo`: the request body streamed back as it arrives;
+//! - `POST /discard`, `PUT /discard`: the request body read to its end and dropped, then its
+//!   length in decimal (an upload benchmark's route);
 //! - with a root directory, other `GET` paths serve files below it, never anything outside it;
 //! - anything else: 404.
 
@@ -143,6 +145,28 @@ impl Builtin {
                         b = b.header(header::CONTENT_TYPE, ct);
                     }
                     b.body(Body::from(req.into_body()))
+                        .unwrap_or_else(|_| internal())
+                }
+                _ => not_allowed("POST, PUT"),
+            };
+        }
+        if path == "/discard" {
+            return match method {
+                Method::POST | Method::PUT => {
+                    let mut body = req.into_body();
+                    let mut n = 0u64;
+                    while let Some(chunk) = body.chunk().await {
+                        match chunk {
+                            Ok(c) => n += c.len() as u64,
+                            Err(_) => {
+                                return text(StatusCode::BAD_REQUEST, "request body failed\n")
+                            }
+                        }
+                    }
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "text/plain")
+                        .body(Body::from(format!("{n}\n")))
                         .unwrap_or_else(|_| internal())
                 }
                 _ => not_allowed("POST, PUT"),

@@ -77,6 +77,29 @@ async fn five_connections_hundred_concurrent_each() {
     assert_eq!(server.endpoint().connection_count(), 5);
 }
 
+/// `/discard` reads the whole body and answers with its length; GET is not allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_discard_counts_the_body() {
+    let server = builtin_server(ServerConfig::default()).await;
+    let (_ep, client) = connect(&server).await;
+    for n in [0usize, 1, 3, 2_000_000] {
+        let req = http::Request::post(url(&server, "/discard"))
+            .body(Body::from(vec![1u8; n]))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(20), client.send(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.into_body().collect().await.unwrap(),
+            Bytes::from(format!("{n}\n"))
+        );
+    }
+    let resp = client.send(get(&server, "/discard")).await.unwrap();
+    assert_eq!(resp.status(), 405);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_echo_small_and_empty() {
     let server = builtin_server(ServerConfig::default()).await;

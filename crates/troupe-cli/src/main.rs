@@ -77,6 +77,9 @@ struct ServeArgs {
     /// Idle timeout in seconds.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     idle_timeout: u64,
+    /// Request streams a client may have open at once on one connection.
+    #[arg(long, default_value_t = troupe::transport::QuicSettings::default().initial_max_streams_bidi, value_name = "N")]
+    max_streams: u64,
     /// Parked stream actors each connection may keep for its next streams; 0 stops every
     /// stream actor when its stream ends (see H3Settings::stream_actor_pool).
     #[arg(long, default_value_t = H3Settings::default().stream_actor_pool, value_name = "N")]
@@ -333,6 +336,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     config.quic.max_connections = a.max_connections;
     config.quic.idle_timeout = Duration::from_secs(a.idle_timeout);
     config.h3.stream_actor_pool = a.stream_actor_pool;
+    config.quic.initial_max_streams_bidi = a.max_streams;
     let generated = a.cert.is_none();
     config.tls = server_tls(&a.cert, &a.key)?;
     let handler = move |req| {

@@ -13,6 +13,8 @@
 //!   buffer; it is never materialised, and the sender waits on the body channel's capacity.
 //! * `POST /echo`, `PUT /echo` → `200`, the request body streamed back chunk by chunk as it
 //!   arrives, with FIN once the request body has ended.
+//! * `POST /discard`, `PUT /discard` → the request body is read to its end and dropped; then
+//!   `200` with its length in decimal and a newline (an upload benchmark's route).
 //! * `CONNECT` with `:protocol connect-udp` to `/.well-known/masque/udp/{host}/{port}/`
 //!   (RFC 9298) → `200` with `capsule-protocol: ?1`, then UDP payloads with context id 0 are
 //!   relayed between the flow's HTTP datagrams and a UDP socket connected to the target, until
@@ -85,6 +87,9 @@ struct Args {
     /// PEM private key matching --cert.
     #[arg(long, requires = "cert", value_name = "PEM")]
     key: Option<PathBuf>,
+    /// Request streams a client may have open at once (initial_max_streams_bidi).
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    max_streams: u64,
 }
 
 fn main() {
@@ -174,14 +179,14 @@ fn path_str(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-fn quic_settings() -> QuicSettings {
+fn quic_settings(max_streams: u64) -> QuicSettings {
     let mut settings = QuicSettings::default();
     settings.max_idle_timeout = Some(Duration::from_secs(30));
     settings.initial_max_data = 10 * 1024 * 1024;
     settings.initial_max_stream_data_bidi_local = 1024 * 1024;
     settings.initial_max_stream_data_bidi_remote = 1024 * 1024;
     settings.initial_max_stream_data_uni = 1024 * 1024;
-    settings.initial_max_streams_bidi = 100;
+    settings.initial_max_streams_bidi = max_streams;
     settings.initial_max_streams_uni = 100;
     // tokio-quiche answers every token-less Initial with a stateless Retry by default, and it
     // *drops* Initials carrying a token it did not mint itself (e.g. a NEW_TOKEN token from an
@@ -201,7 +206,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let local_addr = socket.local_addr()?;
 
     let params = ConnectionParams::new_server(
-        quic_settings(),
+        quic_settings(args.max_streams),
         TlsCertificatePaths {
             cert: &creds.cert,
             private_key: &creds.key,
@@ -306,6 +311,7 @@ enum Route {
     Hello,
     Bytes(u64),
     Echo,
+    Discard,
     NotFound,
 }
 
@@ -315,6 +321,7 @@ fn route(method: &[u8], path: &[u8]) -> Route {
     match (method, path) {
         (b"GET", b"/") => Route::Hello,
         (b"POST" | b"PUT", b"/echo") => Route::Echo,
+        (b"POST" | b"PUT", b"/discard") => Route::Discard,
         (b"GET", p) => match p.strip_prefix(b"/bytes/").and_then(parse_decimal) {
             Some(n) if n <= MAX_BYTES => Route::Bytes(n),
             _ => Route::NotFound,
@@ -384,6 +391,7 @@ async fn handle_request(request: IncomingH3Headers) {
         Route::NotFound => send_static(&mut sender, "404", "text/plain", NOT_FOUND).await,
         Route::Bytes(n) => send_pattern(&mut sender, n).await,
         Route::Echo => echo(&mut sender, recv, read_fin).await,
+        Route::Discard => discard(&mut sender, recv, read_fin).await,
     };
     if result.is_err() {
         tracing::debug!(stream_id, "peer went away mid-response");
@@ -451,6 +459,34 @@ async fn echo(
     }
     // The channel closed without a FIN: the request stream was reset.
     Err(PeerGone)
+}
+
+/// Reads the request body to its end, counting it, and answers with the count.
+async fn discard(
+    sender: &mut OutboundFrameSender,
+    mut recv: InboundFrameStream,
+    read_fin: bool,
+) -> Result<(), PeerGone> {
+    let mut n = 0u64;
+    if !read_fin {
+        loop {
+            match recv.recv().await {
+                Some(InboundFrame::Body(data, fin)) => {
+                    n += data.len() as u64;
+                    if fin {
+                        break;
+                    }
+                }
+                Some(InboundFrame::Datagram(_)) => {}
+                // The request stream was reset.
+                None => return Err(PeerGone),
+            }
+        }
+    }
+    let body = format!("{n}\n");
+    let headers = response_headers("200", "text/plain", Some(body.len() as u64));
+    send(sender, OutboundFrame::Headers(headers, None)).await?;
+    send(sender, OutboundFrame::Body(Bytes::from(body), true)).await
 }
 
 /// One HTTP datagram flow as tokio-quiche hands it over.
@@ -635,6 +671,9 @@ mod tests {
         assert!(matches!(route(b"POST", b"/echo"), Route::Echo));
         assert!(matches!(route(b"PUT", b"/echo"), Route::Echo));
         assert!(matches!(route(b"GET", b"/echo"), Route::NotFound));
+        assert!(matches!(route(b"POST", b"/discard"), Route::Discard));
+        assert!(matches!(route(b"PUT", b"/discard"), Route::Discard));
+        assert!(matches!(route(b"GET", b"/discard"), Route::NotFound));
         assert!(matches!(route(b"POST", b"/"), Route::NotFound));
         assert!(matches!(route(b"GET", b"/nope"), Route::NotFound));
     }

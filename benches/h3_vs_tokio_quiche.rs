@@ -15,7 +15,10 @@
 //!    a stream limit of 10, so the client keeps exactly 10 in flight per connection);
 //! 3. a bulk download (`GET /bytes/N`) on one connection;
 //! 4. a bulk upload (`POST /discard`) on one connection;
-//! 5. handshakes: new connection, one `GET /`, close; 8 clients at a time.
+//! 5. handshakes: new connection, one `GET /`, close; 8 clients at a time;
+//! 6. memory: 100 connections with 100 open, idle streams each (`POST /discard` whose body
+//!    never ends, sent by troupe's client): the server's resident memory per stream, from
+//!    /proc, once it stopped growing, less what the connections alone took.
 //!
 //! Server CPU time is read from /proc, so the figures that matter (server CPU per request, per
 //! GB, per handshake) do not depend on the client's speed. Every server is measured
@@ -25,7 +28,8 @@
 //! is also written as JSON to `target/bench/h3_vs_tokio_quiche.json`.
 //!
 //! Environment: `BENCH_ROUNDS` (3); `BENCH_REQUESTS` (50000) small requests per scenario;
-//! `BENCH_BULK_MB` (1024) per bulk transfer; `BENCH_HANDSHAKES` (400); `BENCH_NO_POOL=1` adds
+//! `BENCH_BULK_MB` (1024) per bulk transfer; `BENCH_HANDSHAKES` (400); `BENCH_IDLE_CONNS`
+//! (100) connections of 100 idle streams; `BENCH_NO_POOL=1` adds
 //! `troupe --stream-actor-pool 0` (what parked stream actors give); `BENCH_TROUPE_BASELINE` (a
 //! `troupe` binary built from an earlier commit, measured too, to show a change's effect).
 
@@ -136,6 +140,8 @@ const fn fig(label: &'static str, unit: &'static str, lower_better: bool) -> Fig
 type Round = Vec<(Figure, f64)>;
 
 struct Settings {
+    rt: tokio::runtime::Runtime,
+    idle_conns: usize,
     requests: usize,
     bulk: u64,
     handshakes: usize,
@@ -216,6 +222,79 @@ fn wide<'a>(addr: SocketAddr, pid: &str, s: &'a Settings, out: &mut Round) {
         fig("handshakes: load generator CPU", "% of a core", false),
         client,
     ));
+
+    let kb = s.rt.block_on(idle_streams_kb(addr, pid, s.idle_conns));
+    out.push((fig("memory: resident per idle stream", "KB", true), kb));
+}
+
+/// The server's resident memory in KB (VmRSS).
+fn rss_kb(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls the server's resident memory until it has not grown by more than 0.5% for a second
+/// (or 30 s passed); returns it.
+async fn settled_rss_kb(pid: &str) -> f64 {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = rss_kb(pid);
+    let mut stable_since = Instant::now();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = rss_kb(pid);
+        if now > last * 1.005 {
+            stable_since = Instant::now();
+        }
+        last = last.max(now);
+        if stable_since.elapsed().as_secs_f64() >= 1.0 || Instant::now() > deadline {
+            return last;
+        }
+    }
+}
+
+/// `conns` connections, then 100 idle streams on each: KB of server memory per stream.
+async fn idle_streams_kb(addr: SocketAddr, pid: &str, conns: usize) -> f64 {
+    use troupe::h3::{Body, ClientEndpoint, H3Settings};
+    use troupe::transport::{QuicSettings, TlsConfig, Verify};
+    const STREAMS: usize = 100;
+    let tls = TlsConfig {
+        identity: None,
+        verify: Verify::Insecure,
+    };
+    let ep = ClientEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        QuicSettings::default(),
+        tls,
+        H3Settings::default(),
+    )
+    .await
+    .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..conns {
+        clients.push(ep.connect(addr, "localhost").await.expect("connect"));
+    }
+    let with_connections = settled_rss_kb(pid).await;
+    let url = format!("https://localhost:{}/discard", addr.port());
+    let mut held = Vec::new();
+    for c in &clients {
+        for _ in 0..STREAMS {
+            let (tx, body) = Body::channel(1);
+            let req = http::Request::post(&url).body(body).unwrap();
+            let c = c.clone();
+            held.push((tx, tokio::spawn(async move { c.send(req).await })));
+        }
+    }
+    let with_streams = settled_rss_kb(pid).await;
+    for c in &clients {
+        c.close();
+    }
+    drop(held);
+    (with_streams - with_connections) / (conns * STREAMS) as f64
 }
 
 /// The scenario on a server started with a stream limit of 10: 50 connections x 10 streams.
@@ -295,7 +374,14 @@ fn main() {
     std::fs::File::create(&upload_file)
         .and_then(|f| f.set_len(bulk))
         .expect("create the upload file");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let settings = Settings {
+        rt,
+        idle_conns: env_or("BENCH_IDLE_CONNS", 100),
         requests: env_or("BENCH_REQUESTS", 50_000),
         bulk,
         handshakes: env_or("BENCH_HANDSHAKES", 400),

@@ -297,12 +297,12 @@ fn test() -> Result<(), String> {
 fn bench() -> Result<(), String> {
     ensure_system_deps()?;
     // The load generator: ngtcp2's client, a C HTTP/3 client cheap enough not to be the
-    // bottleneck (the benchmark falls back to troupe's own client without it).
+    // bottleneck; the HTTP/3 benchmark needs it.
     if !have_command("gtlsclient") {
         eprintln!("xtask: the benchmark's load generator is ngtcp2's gtlsclient; installing ngtcp2-client");
-        if let Err(e) = apt_install(&["ngtcp2-client"]) {
-            eprintln!("xtask: {e}; the benchmark will use troupe's own client");
-        }
+        apt_install(&["ngtcp2-client"]).map_err(|e| {
+            format!("{e}; install the Debian package ngtcp2-client (it provides gtlsclient)")
+        })?;
     }
     step(
         "cargo bench --bench h3_vs_tokio_quiche",

@@ -207,9 +207,13 @@ async fn the_pool_shrinks_when_the_load_ends_and_empties_with_the_connection() {
     .await;
     assert_eq!(server.endpoint().connection_children(), 2);
     client.close();
+    client.closed().await;
+    server.endpoint().wait_idle().await;
     drop(ep);
-    eventually(Duration::from_secs(5), "no actor is left", || async {
-        server.endpoint().connection_count() == 0 && server.endpoint().connection_children() == 0
-    })
-    .await;
+    assert_eq!(server.endpoint().connection_count(), 0);
+    assert_eq!(
+        server.endpoint().connection_children(),
+        0,
+        "no actor is left"
+    );
 }

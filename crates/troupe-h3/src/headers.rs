@@ -76,13 +76,11 @@ pub fn parse_request(list: &[Header]) -> Result<http::request::Parts, Malformed>
         b.build()
             .map_err(|_| bad("invalid :scheme, :authority or :path"))?
     };
-    let (mut parts, ()) = Request::builder()
-        .method(method)
-        .uri(uri)
-        .version(http::Version::HTTP_3)
-        .body(())
-        .map_err(|e| bad(e.to_string()))?
-        .into_parts();
+    // Filled in place: the builder moves its parts through a `Result` at every step.
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_3;
     parts.headers = headers;
     if let Some(p) = protocol {
         parts

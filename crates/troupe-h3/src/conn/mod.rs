@@ -27,7 +27,7 @@ mod route;
 mod scheduler;
 mod write;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use quiche::h3::{self, Header};
@@ -64,8 +64,11 @@ pub struct H3App {
     side: Side,
     settings: Arc<H3Settings>,
     h3: Option<h3::Connection>,
-    routes: HashMap<u64, Route>,
-    by_actor: HashMap<ActorId, u64>,
+    // Fx hashing: a few map operations per stream, keys a peer can shape only within its
+    // stream limit (a handful of collisions at worst), so SipHash's flood resistance buys
+    // nothing here.
+    routes: FxHashMap<u64, Route>,
+    by_actor: FxHashMap<ActorId, u64>,
     /// Streams with something to write, in RFC 9218 order.
     scheduler: WriteScheduler,
     /// Scratch for the scheduler's order (kept so a flush allocates nothing).
@@ -74,7 +77,8 @@ pub struct H3App {
     read_buf: Vec<u8>,
     /// Streams to read again after the next `h3::poll` (see `read_stream`).
     rescan: Vec<u64>,
-    trace_id: String,
+    /// The connection's trace id, shared with its stream actors' spans.
+    trace_id: Arc<str>,
     /// HTTP datagram figures shared with this connection's flows.
     datagrams: Arc<crate::flow::ConnDatagrams>,
     /// Routes with a flow attached (kept with the routes, so a send need not count them).
@@ -129,13 +133,13 @@ impl H3App {
         H3App {
             side,
             h3: None,
-            routes: HashMap::new(),
-            by_actor: HashMap::new(),
+            routes: FxHashMap::default(),
+            by_actor: FxHashMap::default(),
             scheduler: WriteScheduler::default(),
             order: Vec::new(),
             read_buf: vec![0; read::MAX_READ],
             rescan: Vec::new(),
-            trace_id: String::new(),
+            trace_id: Arc::from(""),
             datagrams: Default::default(),
             flows_attached: 0,
             pool: pool::StreamPool::new(settings.stream_actor_pool),
@@ -197,7 +201,7 @@ impl H3App {
                 .as_ref()
                 .map_or_else(new_meter, |p| p.meter().clone()),
             settings: self.settings.clone(),
-            trace_id: cx.trace_id.to_string(),
+            trace_id: self.trace_id.clone(),
             role,
             stats: stats.clone(),
             credit,
@@ -421,7 +425,7 @@ impl ConnectionApp for H3App {
     type Msg = H3Msg;
 
     async fn on_established(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
-        self.trace_id = cx.trace_id.to_string();
+        self.trace_id = Arc::from(cx.trace_id);
         let config = self.h3_config()?;
         let h3 = h3::Connection::with_transport(cx.conn, &config).map_err(internal)?;
         self.h3 = Some(h3);

@@ -10,7 +10,9 @@
 //!
 //! A pure type (no quiche, no actors), modelled on quinn-proto's pending-streams queue.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use rustc_hash::FxHashMap;
 
 use crate::priority::{Priority, URGENCY_MAX};
 
@@ -18,7 +20,7 @@ use crate::priority::{Priority, URGENCY_MAX};
 #[derive(Debug, Default)]
 pub(crate) struct WriteScheduler {
     /// Each queued stream's key, for removal and reprioritisation.
-    keys: HashMap<u64, Priority>,
+    keys: FxHashMap<u64, Priority>,
     levels: [Level; URGENCY_MAX as usize + 1],
 }
 
@@ -296,7 +298,7 @@ mod tests {
             ops in proptest::collection::vec((0u8..4, 0u64..12, 0u8..8, any::<bool>()), 0..80),
         ) {
             let mut s = WriteScheduler::default();
-            let mut model: HashMap<u64, Priority> = HashMap::new();
+            let mut model: FxHashMap<u64, Priority> = FxHashMap::default();
             for (op, id, u, inc) in ops {
                 match op {
                     0 => { s.insert(id, p(u, inc)); model.insert(id, p(u, inc)); }

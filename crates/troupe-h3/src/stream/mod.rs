@@ -206,7 +206,7 @@ pub(crate) struct StreamArgs {
     /// This actor's meter (made by the connection, which keeps a counted reference).
     pub(crate) meter: Arc<ActorMeter>,
     pub(crate) settings: Arc<H3Settings>,
-    pub(crate) trace_id: String,
+    pub(crate) trace_id: Arc<str>,
     pub(crate) role: Role,
     pub(crate) stats: StreamStats,
     /// The first write credit: body bytes it may hand over before asking.

@@ -77,19 +77,29 @@ async fn five_connections_hundred_concurrent_each() {
     assert_eq!(server.endpoint().connection_count(), 5);
 }
 
+/// POSTs `body` to `path` and returns the response, within 20 s.
+async fn post(
+    server: &troupe::h3::Server,
+    client: &troupe::h3::Client,
+    path: &str,
+    body: Bytes,
+) -> http::Response<troupe::h3::RecvBody> {
+    let req = http::Request::post(url(server, path))
+        .body(Body::from(body))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), client.send(req))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// `/discard` reads the whole body and answers with its length; GET is not allowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_discard_counts_the_body() {
     let server = builtin_server(ServerConfig::default()).await;
     let (_ep, client) = connect(&server).await;
     for n in [0usize, 1, 3, 2_000_000] {
-        let req = http::Request::post(url(&server, "/discard"))
-            .body(Body::from(vec![1u8; n]))
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(20), client.send(req))
-            .await
-            .unwrap()
-            .unwrap();
+        let resp = post(&server, &client, "/discard", Bytes::from(vec![1u8; n])).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(
             resp.into_body().collect().await.unwrap(),
@@ -109,13 +119,7 @@ async fn post_echo_small_and_empty() {
         Bytes::from_static(b"ping"),
         Bytes::from(vec![7u8; 300_000]),
     ] {
-        let req = http::Request::post(url(&server, "/echo"))
-            .body(Body::from(payload.clone()))
-            .unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(20), client.send(req))
-            .await
-            .unwrap()
-            .unwrap();
+        let resp = post(&server, &client, "/echo", payload.clone()).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.into_body().collect().await.unwrap(), payload);
     }

@@ -190,7 +190,9 @@ impl StreamControl {
     /// child that fails resets the stream both ways with H3_INTERNAL_ERROR and is recorded in
     /// the failure rings; a child that stops leaves the stream as it is. An actor with a live
     /// child stops with its stream; one without may serve a later stream of the connection
-    /// once this one ended (see [`crate::H3Settings::stream_actor_pool`]).
+    /// once this one ended (see [`crate::H3Settings::stream_actor_pool`]), so link children
+    /// only while the stream is live: one linked later would belong to whichever stream the
+    /// actor serves then.
     pub fn actor_cell(&self) -> ractor::ActorCell {
         self.actor.actor().get_cell()
     }

@@ -7,7 +7,7 @@
 //!
 //! 1. `--direct`: plain UDP to the echo server, no proxy: the most this machine's loopback and
 //!    load generator allow;
-//! 2. through `troupe proxy --workers 0` (one thread);
+//! 2. through `troupe proxy --workers 1` (one thread);
 //! 3. through `tq-serve`'s CONNECT-UDP (tokio-quiche's own flows, current-thread runtime).
 //!
 //! Each proxy is pinned to core 0; the load generator and the echo server share core 1. The
@@ -157,7 +157,7 @@ fn main() {
                 "--listen",
                 "127.0.0.1:0",
                 "--workers",
-                "0",
+                "1",
                 "--allow",
                 &echo.to_string(),
             ]

@@ -403,7 +403,7 @@ fn main() {
         "127.0.0.1:0",
         "--no-retry",
         "--workers",
-        "0",
+        "1",
     ]
     .map(String::from)
     .to_vec();

@@ -88,10 +88,11 @@ struct ServeArgs {
     /// connections are closed anyway. A second signal exits at once.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     drain_timeout: u64,
-    /// Runtime worker threads; 0 runs everything on one thread (a current-thread runtime).
-    /// Default: one per core this process may use.
-    #[arg(long, value_name = "N")]
-    workers: Option<usize>,
+    /// Endpoint workers: threads that each own a UDP socket on the port (SO_REUSEPORT), a
+    /// receive loop, and every actor of the connections they accept; 1 runs the whole server
+    /// on one thread. Default: one per core this process may use.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -278,11 +279,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let workers = match &cli.cmd {
-        Cmd::Serve(a) => a.workers,
+        // The endpoint's workers bring their own threads: the main one keeps the rest (the
+        // endpoint actor, the admin endpoint, signals).
+        Cmd::Serve(_) | Cmd::Proxy(_) => Some(0),
         Cmd::Get(_) => None,
         // A client of one HTTP/1.1 endpoint: one thread is plenty.
         Cmd::Tree(_) | Cmd::UdpTunnel(_) => Some(0),
-        Cmd::Proxy(a) => a.workers,
     };
     let mut builder = match workers {
         Some(0) => tokio::runtime::Builder::new_current_thread(),
@@ -322,6 +324,17 @@ fn main() -> ExitCode {
     code
 }
 
+/// `--workers`, or one per core this process may use (at most 256, a connection ID's byte).
+pub(crate) fn endpoint_workers(flag: Option<u16>) -> usize {
+    match flag {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(troupe::transport::cid::MAX_WORKERS),
+    }
+}
+
 async fn serve(a: ServeArgs) -> Result<()> {
     // Before anything is printed: whoever reads "serving" may signal right away.
     let mut signals = Signals::new()?;
@@ -337,6 +350,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     config.quic.idle_timeout = Duration::from_secs(a.idle_timeout);
     config.h3.stream_actor_pool = a.stream_actor_pool;
     config.quic.initial_max_streams_bidi = a.max_streams;
+    config.quic.workers = endpoint_workers(a.workers);
     let generated = a.cert.is_none();
     config.tls = server_tls(&a.cert, &a.key)?;
     let handler = move |req| {

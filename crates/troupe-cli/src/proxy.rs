@@ -54,10 +54,11 @@ pub(crate) struct ProxyArgs {
     /// On SIGINT/SIGTERM, how long flows may take to end before connections are closed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     drain_timeout: u64,
-    /// Runtime worker threads; 0 runs everything on one thread (a current-thread runtime).
-    /// Default: one per core this process may use.
-    #[arg(long, value_name = "N")]
-    pub(crate) workers: Option<usize>,
+    /// Endpoint workers: threads that each own a UDP socket on the port (SO_REUSEPORT), a
+    /// receive loop, and every actor (connections, streams, flows) of the connections they
+    /// accept; 1 runs the whole proxy on one thread. Default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) workers: Option<u16>,
     #[command(flatten)]
     admin: crate::AdminArgs,
 }
@@ -103,6 +104,7 @@ pub(crate) async fn proxy(a: ProxyArgs) -> Result<()> {
     let handler = ConnectUdp::new(pc);
     let mut config = ServerConfig::default();
     config.quic.datagrams = !a.no_datagrams;
+    config.quic.workers = crate::endpoint_workers(a.workers);
     config.h3.extended_connect = true;
     let generated = a.cert.is_none();
     config.tls = crate::server_tls(&a.cert, &a.key)?;

@@ -407,6 +407,8 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
     pub(crate) idle_timeout: Duration,
     /// The bidirectional streams the peer may have open at once (our limit), for the tree.
     pub(crate) max_streams_bidi: u64,
+    /// Where this connection's further source connection IDs come from.
+    pub(crate) cids: crate::cid::CidSource,
 }
 
 pub(crate) struct ConnState<A: ConnectionApp> {
@@ -418,6 +420,7 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     inbox: Arc<Inbox>,
     routes: Routes,
     socket: Arc<Socket>,
+    cids: crate::cid::CidSource,
     extra_routes: Vec<quiche::ConnectionId<'static>>,
     established: Option<EstablishedTx>,
     closed_tx: watch::Sender<Closed>,
@@ -557,6 +560,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             inbox: args.inbox,
             routes: args.routes,
             socket: args.socket,
+            cids: args.cids,
             extra_routes: args.extra_routes,
             established: args.established,
             closed_tx: args.closed_tx,
@@ -789,7 +793,8 @@ impl<A: ConnectionApp> ConnState<A> {
     }
 
     fn info(&self) -> ConnectionInfo {
-        let path = self.conn.path_stats().next();
+        // The path in use: after a migration quiche still lists the old one first.
+        let path = self.conn.path_stats().find(|p| p.active);
         ConnectionInfo {
             trace_id: self.trace_id.clone(),
             peer: path
@@ -833,6 +838,10 @@ impl<A: ConnectionApp> ConnState<A> {
             answered: true,
             trace_id: self.trace_id.clone(),
             source_ids: self.conn.source_ids().map(|c| hex(c.as_ref())).collect(),
+            worker: match &self.cids {
+                crate::cid::CidSource::Worker { worker, .. } => Some(*worker),
+                crate::cid::CidSource::Random => None,
+            },
             destination_id: hex(self.conn.destination_id().as_ref()),
             peer: path.as_ref().map(|p| p.peer_addr),
             local: path.as_ref().map(|p| p.local_addr),
@@ -1040,8 +1049,7 @@ impl<A: ConnectionApp> ConnState<A> {
     /// Issue as many spare connection IDs as the peer accepts, and route them here.
     fn issue_scids(&mut self) {
         while self.conn.scids_left() > 0 {
-            let cid =
-                quiche::ConnectionId::from_vec(rand::random::<[u8; LOCAL_CID_LEN]>().to_vec());
+            let cid = self.cids.mint();
             match self.conn.new_scid(&cid, rand::random::<u128>(), false) {
                 Ok(_) => self.routes.insert(&cid, self.inbox.clone()),
                 Err(_) => break,

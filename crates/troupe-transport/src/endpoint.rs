@@ -1,7 +1,12 @@
-//! The endpoint: one UDP socket, one receive loop, and the endpoint actor that supervises every
-//! connection actor on that socket.
+//! The endpoint: its workers (each one UDP socket and one receive loop), and the endpoint actor
+//! that supervises every connection actor on them.
 //!
-//! The receive loop reads datagrams in batches and routes each by destination connection ID
+//! A server may have several workers (`QuicSettings::workers`): their sockets share one port in
+//! an `SO_REUSEPORT` group, each worker is a thread with its own single-thread runtime on which
+//! its receive loop and every actor of the connections it accepts run, and the connection IDs
+//! they issue name their worker, for the kernel's steering program (`cid.rs`).
+//!
+//! Each receive loop reads datagrams in batches and routes each by destination connection ID
 //! through the shared [`Routes`] table into the bounded inbox of its connection actor. A server
 //! endpoint also answers Initials for unknown connection IDs: Version Negotiation for unknown
 //! versions, a stateless Retry when address validation is on, and otherwise a new connection
@@ -23,6 +28,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, trace, warn};
 
 use crate::app::ConnectionApp;
+use crate::cid::{CidLayout, CidSource};
 use crate::connection::{
     ConnArgs, ConnMsg, Connection, ConnectionActor, Registry, CONN_MESSAGES, LOCAL_CID_LEN,
 };
@@ -51,10 +57,12 @@ pub type AppFactory<A> = Arc<dyn Fn() -> A + Send + Sync>;
 pub enum EndpointMsg {
     /// How many connection actors are alive.
     ConnectionCount(RpcReplyPort<usize>),
-    /// The receive loop panicked (with this message). The reply says whether it may restart;
-    /// past the restart budget (`QuicSettings::receive_loop_restarts`) the endpoint fails
-    /// instead, to its own supervisor.
+    /// A receive loop panicked (with this message). The reply says whether it may restart;
+    /// past the restart budget (`QuicSettings::receive_loop_restarts`, shared by the workers)
+    /// the endpoint fails instead, to its own supervisor.
     ReceiveLoopFailed {
+        /// The worker whose loop it was.
+        worker: usize,
         /// The panic's message.
         reason: String,
         /// `true`: restart.
@@ -155,10 +163,65 @@ struct EndpointArgs<A: ConnectionApp> {
     inject_panic: Arc<AtomicBool>,
     accepting: Arc<AtomicBool>,
     live: Arc<LiveSet>,
-    socket: Arc<Socket>,
+    workers: Vec<WorkerIo>,
+    /// The workers' threads (none when the endpoint runs on its caller's runtime).
+    threads: Option<WorkerThreads>,
     routes: Routes,
-    server: Option<ServerSide<A>>,
+    /// One per worker (a `quiche::Config` is not shared); empty on a client.
+    servers: Vec<ServerSide<A>>,
     settings: QuicSettings,
+}
+
+/// What one worker reads and sends with, and where its tasks run.
+struct WorkerIo {
+    socket: Arc<Socket>,
+    /// `None`: the caller's runtime.
+    runtime: Option<tokio::runtime::Handle>,
+    cids: CidSource,
+}
+
+/// The threads of a server's workers, each blocked on its own single-thread runtime until this
+/// is dropped (with the endpoint actor's state, after its connections stopped).
+struct WorkerThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+impl WorkerThreads {
+    fn start(n: usize) -> std::io::Result<Self> {
+        let mut handles = Vec::with_capacity(n);
+        let mut stop = Vec::with_capacity(n);
+        for k in 0..n {
+            let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("troupe-worker-{k}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = handle_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(rt.handle().clone()));
+                    // Runs the worker's tasks until the endpoint is gone.
+                    let _ = rt.block_on(stop_rx);
+                })?;
+            let handle = handle_rx
+                .recv()
+                .map_err(|_| std::io::Error::other("worker thread ended before its runtime"))??;
+            handles.push(handle);
+            stop.push(stop_tx);
+        }
+        Ok(WorkerThreads {
+            handles,
+            _stop: stop,
+        })
+    }
 }
 
 struct ServerSide<A: ConnectionApp> {
@@ -170,7 +233,11 @@ struct ServerSide<A: ConnectionApp> {
 }
 
 struct EndpointState<M: Send + 'static> {
-    recv_loop: Option<JoinHandle<()>>,
+    recv_loops: Vec<JoinHandle<()>>,
+    /// Dropped last (with the state), after every connection stopped: ends the workers'
+    /// threads.
+    _threads: Option<WorkerThreads>,
+    workers: usize,
     routes: Routes,
     registry: Registry<M>,
     meter: Arc<ActorMeter>,
@@ -193,20 +260,34 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
     ) -> Result<EndpointState<A::Msg>, ActorProcessingErr> {
         let cell: ActorCell = myself.get_cell();
         let routes = args.routes.clone();
-        let recv = RecvLoop {
-            accepting: args.accepting,
-            socket: args.socket,
-            routes: args.routes,
-            server: args.server,
-            settings: args.settings,
-            endpoint: cell,
-            live: args.live.clone(),
-            inject_panic: args.inject_panic,
-            registry: args.registry.clone(),
-        };
-        let mailbox = Tracked::new(myself.clone(), args.meter.clone());
+        let workers = args.workers.len();
+        let mut servers = args.servers.into_iter();
+        let mut recv_loops = Vec::with_capacity(workers);
+        for (worker, io) in args.workers.into_iter().enumerate() {
+            let recv = RecvLoop {
+                worker,
+                accepting: args.accepting.clone(),
+                socket: io.socket,
+                cids: io.cids,
+                routes: args.routes.clone(),
+                server: servers.next(),
+                settings: args.settings.clone(),
+                endpoint: cell.clone(),
+                live: args.live.clone(),
+                inject_panic: args.inject_panic.clone(),
+                registry: args.registry.clone(),
+            };
+            let mailbox = Tracked::new(myself.clone(), args.meter.clone());
+            let task = recv.supervised(mailbox);
+            recv_loops.push(match io.runtime {
+                Some(rt) => rt.spawn(task),
+                None => tokio::spawn(task),
+            });
+        }
         Ok(EndpointState {
-            recv_loop: Some(tokio::spawn(recv.supervised(mailbox))),
+            recv_loops,
+            _threads: args.threads,
+            workers,
             registry: args.registry,
             meter: args.meter,
             routes,
@@ -219,7 +300,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         myself: ActorRef<EndpointMsg>,
         st: &mut EndpointState<A::Msg>,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(h) = st.recv_loop.take() {
+        for h in st.recv_loops.drain(..) {
             h.abort();
         }
         // Orderly: every connection runs its post_stop (routes, close reasons, children).
@@ -247,7 +328,16 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
             EndpointMsg::ConnectionCount(reply) => {
                 let _ = reply.send(myself.get_children().len());
             }
-            EndpointMsg::ReceiveLoopFailed { reason, verdict } => {
+            EndpointMsg::ReceiveLoopFailed {
+                worker,
+                reason,
+                verdict,
+            } => {
+                let who = if st.workers == 1 {
+                    "receive loop".to_string()
+                } else {
+                    format!("receive loop of worker {worker}")
+                };
                 use crate::supervision::{FailureKind, Verdict};
                 let stats = &st.routes.stats;
                 let (decision, policy) = stats.supervision(|s| {
@@ -257,11 +347,12 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
                         Verdict::Escalate => FailureKind::Escalated,
                     };
                     s.failures
-                        .record("receive loop", ActorKind::ReceiveLoop, kind, &reason);
+                        .record(who, ActorKind::ReceiveLoop, kind, &reason);
                     (d, s.budget.policy())
                 });
                 if decision == Verdict::Escalate {
                     tracing::error!(
+                        worker,
                         "receive loop failed past its budget ({} restarts within {:?}), last: \
                          {reason}; the endpoint fails to its supervisor",
                         policy.max_restarts,
@@ -283,7 +374,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
                     .into());
                 }
                 bump(&stats.receive_loop_restarts);
-                warn!("receive loop panicked, restarting it: {reason}");
+                warn!(worker, "receive loop panicked, restarting it: {reason}");
                 let _ = verdict.send(true);
             }
         }
@@ -381,14 +472,19 @@ impl<A: ConnectionApp> Endpoint<A> {
                 id
             }
         };
-        let config = settings.to_quiche(&tls, true, None)?;
-        let server = ServerSide {
-            config,
-            factory,
-            tokens: RetryTokens::new(),
-        };
-        let ep = Self::start(addr, settings, tls, Some(server), supervisor).await?;
-        info!(addr = %ep.local_addr, "QUIC server listening");
+        // One Retry key for all workers: a client's token is good whichever one reads it.
+        let tokens = RetryTokens::new();
+        let servers = (0..settings.workers)
+            .map(|_| {
+                Ok(ServerSide {
+                    config: settings.to_quiche(&tls, true, None)?,
+                    factory: factory.clone(),
+                    tokens: tokens.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, crate::error::ConfigError>>()?;
+        let ep = Self::start(addr, settings, tls, servers, supervisor).await?;
+        info!(addr = %ep.local_addr, workers = ep.settings.workers, "QUIC server listening");
         Ok((ep, identity))
     }
 
@@ -402,6 +498,17 @@ impl<A: ConnectionApp> Endpoint<A> {
         supervisor: Option<ActorCell>,
     ) -> Result<Self, EndpointError> {
         settings.validate()?;
+        if settings.workers != 1 {
+            return Err(crate::error::ConfigError::Invalid {
+                field: "workers",
+                why: format!(
+                    "{} asked of a client endpoint, which has one (workers spread a server's \
+                     connections over threads); set it to 1",
+                    settings.workers
+                ),
+            }
+            .into());
+        }
         if let crate::tls::Verify::CaFile(path) = &tls.verify {
             let pem =
                 tokio::fs::read(path)
@@ -424,20 +531,55 @@ impl<A: ConnectionApp> Endpoint<A> {
             })?;
             tls.verify = parsed.verify;
         }
-        Self::start(addr, settings, tls, None, supervisor).await
+        Self::start(addr, settings, tls, Vec::new(), supervisor).await
     }
 
     async fn start(
         addr: SocketAddr,
         settings: QuicSettings,
         tls: TlsConfig,
-        server: Option<ServerSide<A>>,
+        servers: Vec<ServerSide<A>>,
         supervisor: Option<ActorCell>,
     ) -> Result<Self, EndpointError> {
-        let socket = Socket::bind(addr).map_err(|source| EndpointError::Bind { addr, source })?;
+        let bind_error = |source| EndpointError::Bind { addr, source };
+        let n = settings.workers;
+        let (sockets, threads) = if n == 1 {
+            (vec![Socket::bind(addr).map_err(bind_error)?], None)
+        } else {
+            let layout = CidLayout::new(&settings.cid_host_id, n)?;
+            let (sockets, steering) =
+                Socket::bind_group(addr, n, &layout.steering_program()).map_err(bind_error)?;
+            if let Some(e) = steering {
+                warn!(
+                    "the kernel refused the steering program ({e}): packets of a client whose \
+                     address changed may reach another worker, which hands them on"
+                );
+            }
+            let threads = WorkerThreads::start(n)
+                .map_err(|e| EndpointError::Spawn(format!("worker threads: {e}")))?;
+            (sockets, Some(threads))
+        };
+        let layout = Arc::new(CidLayout::new(&settings.cid_host_id, n)?);
+        let is_server = !servers.is_empty();
+        let workers: Vec<WorkerIo> = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(worker, socket)| WorkerIo {
+                socket: Arc::new(socket),
+                runtime: threads.as_ref().map(|t| t.handles[worker].clone()),
+                cids: if is_server {
+                    CidSource::Worker {
+                        layout: layout.clone(),
+                        worker,
+                    }
+                } else {
+                    CidSource::Random
+                },
+            })
+            .collect();
+        let socket = workers[0].socket.clone();
         let local_addr = socket.local_addr();
-        let socket = Arc::new(socket);
-        let stats = Arc::new(EndpointStats::with_metrics(settings.metrics.clone()));
+        let stats = Arc::new(EndpointStats::with_metrics(settings.metrics.clone(), n));
         stats.supervision(|s| {
             s.budget = crate::supervision::RestartBudget::new(settings.receive_loop_restarts)
         });
@@ -448,16 +590,17 @@ impl<A: ConnectionApp> Endpoint<A> {
         let registry: Registry<A::Msg> = Default::default();
         let meter = ActorMeter::new(ActorKind::Endpoint, ENDPOINT_MESSAGES);
         let supervisor_id = supervisor.as_ref().map(|c| c.get_id().to_string());
-        let role = if server.is_some() { "server" } else { "client" };
+        let role = if is_server { "server" } else { "client" };
         let args = EndpointArgs {
             registry: registry.clone(),
             meter: meter.clone(),
             inject_panic: inject_panic.clone(),
             accepting: accepting.clone(),
             live: live.clone(),
-            socket: socket.clone(),
+            workers,
+            threads,
             routes: routes.clone(),
-            server,
+            servers,
             settings: settings.clone(),
         };
         let spawned = match supervisor {
@@ -871,6 +1014,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             registry: self.registry.clone(),
             idle_timeout: self.settings.idle_timeout,
             max_streams_bidi: self.settings.initial_max_streams_bidi,
+            cids: CidSource::Random,
         };
         let guard = self.live.spawning();
         let spawned = Actor::spawn_linked(
@@ -976,8 +1120,12 @@ impl<A: ConnectionApp> Drop for Endpoint<A> {
 
 /// The receive loop: reads datagrams and hands them to connection actors.
 struct RecvLoop<A: ConnectionApp> {
+    /// Which worker this loop is (its index in the reuseport group).
+    worker: usize,
     accepting: Arc<AtomicBool>,
     socket: Arc<Socket>,
+    /// How the connections this loop accepts name themselves.
+    cids: CidSource,
     routes: Routes,
     server: Option<ServerSide<A>>,
     settings: QuicSettings,
@@ -1007,10 +1155,15 @@ impl<A: ConnectionApp> RecvLoop<A> {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             endpoint.meter().on_send();
+            let worker = self.worker;
             let restart = endpoint
                 .actor()
                 .call(
-                    |verdict| EndpointMsg::ReceiveLoopFailed { reason, verdict },
+                    |verdict| EndpointMsg::ReceiveLoopFailed {
+                        worker,
+                        reason,
+                        verdict,
+                    },
                     None,
                 )
                 .await;
@@ -1023,6 +1176,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
     async fn run(&mut self) {
         let local = self.socket.local_addr();
         debug!(
+            worker = self.worker,
             gso = self.socket.max_gso_segments(),
             gro = self.socket.gro_segments(),
             "receive loop started"
@@ -1051,6 +1205,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
                 let data = &storage[i * RECV_SLOT..i * RECV_SLOT + m.len];
                 for dgram in data.chunks(m.stride.max(1)) {
                     bump(&self.routes.stats.datagrams_received);
+                    bump(&self.routes.stats.worker_datagrams[self.worker]);
                     // One small allocation per packet: the allocator's fast path. (Carving
                     // packets from a shared arena made large buffers churn through the
                     // allocator and cost page faults.)
@@ -1074,6 +1229,13 @@ impl<A: ConnectionApp> RecvLoop<A> {
             }
         };
         if let Some(inbox) = self.routes.get(&hdr.dcid) {
+            if let CidSource::Worker { layout, worker } = &self.cids {
+                if hdr.ty == quiche::Type::Short
+                    && layout.worker_of(&hdr.dcid).is_some_and(|w| w != *worker)
+                {
+                    bump(&self.routes.stats.datagrams_misrouted);
+                }
+            }
             match inbox.offer(packet) {
                 Offer::Queued => {}
                 Offer::Full | Offer::Closed => self.routes.stats.dropped(DropReason::QueueFull),
@@ -1127,7 +1289,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
                 }
             }
         } else if retry {
-            let new_scid = random_cid();
+            let new_scid = self.cids.mint();
             let token = server.tokens.mint(&packet.from, &hdr.dcid, &new_scid);
             if let Ok(n) = quiche::retry(
                 &hdr.scid,
@@ -1144,7 +1306,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
         } else {
             // The client keeps using its chosen DCID until our first packet reaches it.
             extra_routes.push(hdr.dcid.clone().into_owned());
-            (random_cid(), None)
+            (self.cids.mint(), None)
         };
         let conn = match quiche::accept(
             &scid,
@@ -1186,6 +1348,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
             registry: self.registry.clone(),
             idle_timeout: self.settings.idle_timeout,
             max_streams_bidi: self.settings.initial_max_streams_bidi,
+            cids: self.cids.clone(),
         };
         let guard = self.live.spawning();
         // Counted until the connection leaves its handshake (the actor says when).
@@ -1224,7 +1387,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
         let Some(server) = self.server.as_mut() else {
             return;
         };
-        let scid = random_cid();
+        let scid = self.cids.mint();
         let Ok(mut conn) = quiche::accept(&scid, None, packet.to, packet.from, &mut server.config)
         else {
             return;
@@ -1245,7 +1408,3 @@ impl<A: ConnectionApp> RecvLoop<A> {
 
 /// RFC 9000 §20.1 transport error code.
 const CONNECTION_REFUSED: u64 = 0x2;
-
-fn random_cid() -> quiche::ConnectionId<'static> {
-    quiche::ConnectionId::from_vec(rand::random::<[u8; LOCAL_CID_LEN]>().to_vec())
-}

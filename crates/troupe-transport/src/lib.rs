@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod app;
+pub mod cid;
 mod connection;
 pub mod diagnose;
 mod endpoint;

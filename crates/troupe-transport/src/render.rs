@@ -95,6 +95,9 @@ fn connection_line(out: &mut String, c: &ConnectionSnapshot) {
     if let Some(stage) = c.stage {
         let _ = write!(out, " {}", stage.as_str());
     }
+    if let Some(w) = c.worker {
+        let _ = write!(out, " worker {w}");
+    }
     if !c.alpn.is_empty() {
         let _ = write!(out, " {}", c.alpn);
     }

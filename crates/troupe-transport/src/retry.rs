@@ -17,7 +17,9 @@ pub const TOKEN_LIFETIME: Duration = Duration::from_secs(10);
 
 const TAG_LEN: usize = 32;
 
-/// Mints and checks Retry tokens with a key that lives as long as the endpoint.
+/// Mints and checks Retry tokens with a key that lives as long as the endpoint (clones share
+/// it: every worker accepts every worker's tokens).
+#[derive(Clone)]
 pub(crate) struct RetryTokens {
     key: hmac::Key,
 }

@@ -105,6 +105,19 @@ pub struct QuicSettings {
     /// are dropped (and counted). Default 1024: about 1.3 MB per connection at full size, far
     /// more than one loop turn produces, so only a stalled actor ever hits it.
     pub connection_queue: usize,
+    /// Server: endpoint workers, each a thread with its own single-thread tokio runtime, its
+    /// own UDP socket (all bound to the one port in an `SO_REUSEPORT` group) and its own
+    /// receive loop; every actor of a connection (connection, streams, flows) runs on the
+    /// worker that accepted it. Connection IDs name their worker, and a classic BPF program
+    /// steers short-header packets to it, so a client whose address changes stays on its
+    /// worker (see `cid.rs`). Default 1: the endpoint runs on the caller's runtime, with one
+    /// socket and no threads of its own, as an embedded server expects; `troupe serve`
+    /// asks for one per core. At most 256 (the worker is one byte of the connection ID).
+    pub workers: usize,
+    /// Server: the host id every connection ID carries after its first octet, for a
+    /// QUIC-LB-style load balancer that routes on it (see ARCHITECTURE.md). Default empty
+    /// (one host); at most 6 bytes, so 8 random bytes stay in each 16-byte ID.
+    pub cid_host_id: Vec<u8>,
     /// Where connection, stream and dropped-datagram events are reported. Default: nowhere
     /// ([`crate::NoMetrics`]); use [`crate::PrometheusMetrics`] for Prometheus text.
     pub metrics: crate::metrics::SharedMetrics,
@@ -133,6 +146,8 @@ impl Default for QuicSettings {
             keylog_file: None,
             qlog_dir: None,
             connection_queue: 1024,
+            workers: 1,
+            cid_host_id: Vec::new(),
             metrics: Default::default(),
         }
     }
@@ -192,6 +207,7 @@ impl QuicSettings {
                 });
             }
         }
+        crate::cid::CidLayout::new(&self.cid_host_id, self.workers)?;
         if self.connection_queue == 0 {
             return Err(ConfigError::Invalid {
                 field: "connection_queue",

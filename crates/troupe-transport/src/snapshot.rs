@@ -123,6 +123,9 @@ pub struct ConnectionSnapshot {
     pub trace_id: String,
     /// Our connection ids (hex).
     pub source_ids: Vec<String>,
+    /// The server worker that accepted the connection and runs its actors (`None` on a
+    /// client).
+    pub worker: Option<usize>,
     /// The peer's connection id in use (hex).
     pub destination_id: String,
     /// The peer's address.
@@ -190,6 +193,7 @@ impl ConnectionSnapshot {
             answered: false,
             trace_id: String::new(),
             source_ids: Vec::new(),
+            worker: None,
             destination_id: String::new(),
             peer: None,
             local: None,

@@ -20,6 +20,10 @@ pub struct EndpointStats {
     pub(crate) receive_loop_restarts: AtomicU64,
     /// Gauge: server connections still in their handshake.
     pub(crate) handshaking: AtomicU64,
+    /// Datagrams read by each worker's receive loop (one entry per worker).
+    pub(crate) worker_datagrams: Box<[AtomicU64]>,
+    /// Short-header datagrams read by a worker other than the one their connection ID names.
+    pub(crate) datagrams_misrouted: AtomicU64,
     /// The sink every event is also reported to.
     pub(crate) metrics: crate::metrics::SharedMetrics,
     /// The endpoint's supervision record: the receive loop's restart budget and the last
@@ -53,7 +57,7 @@ impl EndpointStats {
 }
 
 /// A point-in-time copy of [`EndpointStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct EndpointStatsSnapshot {
     /// UDP datagrams read from the socket.
@@ -85,6 +89,12 @@ pub struct EndpointStatsSnapshot {
     pub receive_loop_restarts: u64,
     /// Server connections in their handshake right now.
     pub handshaking: u64,
+    /// Datagrams read by each worker (`QuicSettings::workers`), in worker order.
+    pub worker_datagrams: Vec<u64>,
+    /// Short-header datagrams that reached a worker other than the one their connection ID
+    /// names (and were handed on to their connection all the same). Stays 0 while the
+    /// kernel's steering program works; a client whose address changed is the test of it.
+    pub datagrams_misrouted: u64,
 }
 
 impl EndpointStatsSnapshot {
@@ -102,9 +112,10 @@ pub(crate) fn bump(c: &AtomicU64) {
 }
 
 impl EndpointStats {
-    pub(crate) fn with_metrics(metrics: crate::metrics::SharedMetrics) -> Self {
+    pub(crate) fn with_metrics(metrics: crate::metrics::SharedMetrics, workers: usize) -> Self {
         EndpointStats {
             metrics,
+            worker_datagrams: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             ..Default::default()
         }
     }
@@ -146,6 +157,8 @@ impl EndpointStats {
             connections_refused: r(&self.connections_refused),
             receive_loop_restarts: r(&self.receive_loop_restarts),
             handshaking: r(&self.handshaking),
+            worker_datagrams: self.worker_datagrams.iter().map(r).collect(),
+            datagrams_misrouted: r(&self.datagrams_misrouted),
         }
     }
 }

@@ -41,7 +41,42 @@ impl Socket {
         Self::open(local, Some(target))
     }
 
+    /// Binds `n` sockets to `addr` in one `SO_REUSEPORT` group (port 0: the first picks one,
+    /// the others join it), in order: socket `i` is index `i` of the group, the index a
+    /// steering `program` returns (see [`crate::cid::CidLayout::steering_program`]). The
+    /// program is attached once the group exists; where the kernel refuses it, the sockets
+    /// are returned all the same with the error, and the kernel spreads packets by its
+    /// 4-tuple hash.
+    pub fn bind_group(
+        addr: SocketAddr,
+        n: usize,
+        program: &[crate::cid::Insn],
+    ) -> io::Result<(Vec<Socket>, Option<io::Error>)> {
+        let first = Self::open_raw(addr, true)?;
+        let bound = first.0.local_addr()?.as_socket().unwrap_or(addr);
+        let steering = attach_steering(&first.0, program).err();
+        let mut raws = vec![first];
+        for _ in 1..n {
+            raws.push(Self::open_raw(bound, true)?);
+        }
+        let sockets = raws
+            .into_iter()
+            .map(|(raw, dual_stack)| Self::finish(raw, dual_stack))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok((sockets, steering))
+    }
+
     fn open(addr: SocketAddr, connect: Option<SocketAddr>) -> io::Result<Socket> {
+        let (raw, dual_stack) = Self::open_raw(addr, false)?;
+        if let Some(to) = connect {
+            raw.connect(&to.into())?;
+        }
+        Self::finish(raw, dual_stack)
+    }
+
+    /// A bound socket (with `SO_REUSEPORT` set before the bind when `reuse_port`), and whether
+    /// it is dual-stack.
+    fn open_raw(addr: SocketAddr, reuse_port: bool) -> io::Result<(socket2::Socket, bool)> {
         use socket2::{Domain, Protocol, Type};
         let raw =
             socket2::Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -49,10 +84,14 @@ impl Socket {
             SocketAddr::V6(v6) if v6.ip().is_unspecified() => raw.set_only_v6(false).is_ok(),
             _ => false,
         };
-        raw.bind(&addr.into())?;
-        if let Some(to) = connect {
-            raw.connect(&to.into())?;
+        if reuse_port {
+            raw.set_reuse_port(true)?;
         }
+        raw.bind(&addr.into())?;
+        Ok((raw, dual_stack))
+    }
+
+    fn finish(raw: socket2::Socket, dual_stack: bool) -> io::Result<Socket> {
         let std: std::net::UdpSocket = raw.into();
         std.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std).into())?;
@@ -189,6 +228,31 @@ impl Socket {
             self.state.recv((&self.io).into(), bufs, meta)
         })
     }
+}
+
+/// Attaches a classic BPF program to `socket`'s reuseport group (`SO_ATTACH_REUSEPORT_CBPF`).
+fn attach_steering(socket: &socket2::Socket, program: &[crate::cid::Insn]) -> io::Result<()> {
+    use nix::libc::{sock_filter, sock_fprog};
+    let mut filter: Vec<sock_filter> = program
+        .iter()
+        .map(|i| sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let prog = sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // The kernel copies the program during the call; `filter` outlives it.
+    nix::sys::socket::setsockopt(
+        socket,
+        nix::sys::socket::sockopt::AttachReusePortCbpf,
+        &prog,
+    )
+    .map_err(io::Error::from)
 }
 
 /// One send of `contents` to `to`, cut into `segment`-byte GSO segments when that is shorter

@@ -366,7 +366,7 @@ impl H3App {
                 if let Some(sink) = &s.events {
                     sink.emit(ConnectionEvent::PeerSettings {
                         conn_id: cx.trace_id.to_string(),
-                        peer: cx.conn.path_stats().next().map(|p| p.peer_addr),
+                        peer: cx.conn.path_stats().find(|p| p.active).map(|p| p.peer_addr),
                         settings,
                     });
                 }

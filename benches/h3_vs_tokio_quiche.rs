@@ -20,6 +20,10 @@
 //!    never ends, sent by troupe's client): the server's resident memory per stream, from
 //!    /proc, once it stopped growing, less what the connections alone took.
 //!
+//! Then worker scaling, troupe alone: `troupe serve --workers 2` against `--workers 1` on
+//! scenario 2, with servers and load generators unpinned, sharing every core (a second table,
+//! also written to `target/bench/workers_scaling.json`).
+//!
 //! Server CPU time is read from /proc, so the figures that matter (server CPU per request, per
 //! GB, per handshake) do not depend on the client's speed. Every server is measured
 //! `BENCH_ROUNDS` times (default 3), the servers alternating, and one table gives each figure's
@@ -31,7 +35,12 @@
 //! `BENCH_BULK_MB` (1024) per bulk transfer; `BENCH_HANDSHAKES` (400); `BENCH_IDLE_CONNS`
 //! (100) connections of 100 idle streams; `BENCH_NO_POOL=1` adds
 //! `troupe --stream-actor-pool 0` (what parked stream actors give); `BENCH_TROUPE_BASELINE` (a
-//! `troupe` binary built from an earlier commit, measured too, to show a change's effect).
+//! `troupe` binary built from an earlier commit, measured too, to show a change's effect);
+//! `BENCH_NO_SCALING=1` skips the scaling table, `BENCH_SCALING_ONLY=1` runs only it;
+//! `BENCH_PROFILE=1` (what `cargo xtask bench --profile` sets) runs only the profile: each
+//! server under scenario 1, sampled by `perf record --call-graph dwarf`, each profile folded
+//! and drawn as a flame graph by `inferno` (`target/bench/profile/{troupe,tokio-quiche}.svg`),
+//! and the functions with the most samples of their own listed side by side.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,7 +50,9 @@ use std::time::Instant;
 
 #[path = "support/procs.rs"]
 mod procs;
-use procs::{build_release_binaries, can_pin, clock_ticks, cpu_secs, pin_self_to_core_1, start};
+use procs::{
+    build_release_binaries, can_pin, clock_ticks, cpu_secs, pin_self_to_core_1, start, start_on,
+};
 
 #[path = "support/stats.rs"]
 mod stats;
@@ -75,7 +86,8 @@ struct Load<'a> {
     streams: usize,
     procs: usize,
     data: Option<&'a Path>,
-    pin: bool,
+    /// The cores to run on (a `taskset` list), or wherever this process may.
+    cores: Option<&'static str>,
 }
 
 impl Load<'_> {
@@ -86,9 +98,9 @@ impl Load<'_> {
         let uri = format!("https://localhost:{}{}", self.addr.port(), self.path);
         let mut kids = Vec::new();
         for _ in 0..self.procs {
-            let mut cmd = if self.pin {
+            let mut cmd = if let Some(cores) = self.cores {
                 let mut c = Command::new("taskset");
-                c.args(["-c", "1", "gtlsclient"]);
+                c.args(["-c", cores, "gtlsclient"]);
                 c
             } else {
                 Command::new("gtlsclient")
@@ -171,7 +183,7 @@ fn wide<'a>(addr: SocketAddr, pid: &str, s: &'a Settings, out: &mut Round) {
         streams,
         procs,
         data,
-        pin: s.pin,
+        cores: s.pin.then_some("1"),
     };
     load("/bytes/1024", 300, 1, None).run(); // warm-up
     let [rate, cpu, client] = measured(pid, s, s.requests as f64, || {
@@ -307,7 +319,7 @@ fn narrow(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
         streams,
         procs: CONNS,
         data: None,
-        pin: s.pin,
+        cores: s.pin.then_some("1"),
     };
     load(20).run(); // warm-up
     let [rate, cpu, client] = measured(pid, s, (per * CONNS) as f64, || load(per).run());
@@ -442,6 +454,14 @@ fn main() {
     // Rounds alternate the servers (troupe, tokio-quiche, troupe, ...) so a slow spell of this
     // noisy machine lands on both.
     let rounds = env_or::<usize>("BENCH_ROUNDS", 3).max(1);
+    if std::env::var_os("BENCH_PROFILE").is_some() {
+        profile(&servers[..2], &settings, &out.join("profile"));
+        return;
+    }
+    if std::env::var_os("BENCH_SCALING_ONLY").is_some() {
+        scaling(&release, &settings, rounds, &out);
+        return;
+    }
     let mut results: Vec<Vec<Round>> = servers.iter().map(|_| Vec::new()).collect();
     for round in 1..=rounds {
         println!("round {round} of {rounds}");
@@ -458,9 +478,89 @@ fn main() {
     }
     let _ = std::fs::remove_file(&upload_file);
     let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
-    let table = summary(&names, &results);
+    let table = summary(&names, &results, 1);
     print!("{}", table.text);
     let path = out.join("h3_vs_tokio_quiche.json");
+    match std::fs::write(&path, serde_json::to_string_pretty(&table.json).unwrap()) {
+        Ok(()) => println!("written to {}", path.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+    }
+    if std::env::var_os("BENCH_NO_SCALING").is_none() {
+        scaling(&release, &settings, rounds, &out);
+    }
+}
+
+/// Worker scaling: `troupe serve --workers 1` against `--workers 2`, 4 connections x 100
+/// streams of small requests (a few connections with many streams each: gtlsclient's cost per
+/// request is lowest so, and the kernel's hash spreads 4 connections over both workers in 7
+/// cases out of 8). Neither the servers nor the load generators are pinned: all share this
+/// machine's cores, so the load generators' CPU (reported) is taken from the same cores the
+/// second worker would use.
+fn scaling(release: &Path, s: &Settings, rounds: usize, out: &Path) {
+    const CONNS: usize = 4;
+    let cores = s.pin.then_some("0,1");
+    let per = (s.requests / CONNS).max(1);
+    let load = |addr, streams| Load {
+        addr,
+        path: "/bytes/1024".to_string(),
+        streams,
+        procs: CONNS,
+        data: None,
+        cores,
+    };
+    let names = ["2 workers", "1 worker"];
+    println!(
+        "worker scaling: {CONNS} connections x 100 streams, servers and load generators on all \
+         cores"
+    );
+    let mut results: Vec<Vec<Round>> = vec![Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        for (i, workers) in [2, 1].into_iter().enumerate() {
+            let args = [
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-retry",
+                "--workers",
+                &workers.to_string(),
+            ];
+            let (proc_, addr) = start_on(
+                cores,
+                &release.join("troupe"),
+                &args,
+                "troupe serving HTTP/3 on ",
+            );
+            let pid = proc_.0.id().to_string();
+            load(addr, 20).run(); // warm-up
+            let t0 = Instant::now();
+            let c0 = cpu_secs(&pid, false, s.tck);
+            let [rate, cpu, client] =
+                measured(&pid, s, (per * CONNS) as f64, || load(addr, per).run());
+            let server_share =
+                (cpu_secs(&pid, false, s.tck) - c0) / t0.elapsed().as_secs_f64() * 100.0;
+            drop(proc_);
+            println!(
+                "  round {round}, {}: {rate:.0} req/s, {cpu:.1} us server CPU per request, \
+                 server {server_share:.0}% and load generators {client:.0}% of a core",
+                names[i]
+            );
+            results[i].push(vec![
+                (fig("4x100 small: requests/s", "req/s", false), rate),
+                (fig("4x100 small: server CPU per request", "us", true), cpu),
+                (
+                    fig("4x100 small: server CPU", "% of a core", false),
+                    server_share,
+                ),
+                (
+                    fig("4x100 small: load generators' CPU", "% of a core", false),
+                    client,
+                ),
+            ]);
+        }
+    }
+    let table = summary(&names, &results, 1);
+    print!("{}", table.text);
+    let path = out.join("workers_scaling.json");
     match std::fs::write(&path, serde_json::to_string_pretty(&table.json).unwrap()) {
         Ok(()) => println!("written to {}", path.display()),
         Err(e) => eprintln!("cannot write {}: {e}", path.display()),
@@ -473,9 +573,9 @@ struct Table {
 }
 
 /// One row per figure: each server's median (min-max over rounds), and each other server's
-/// ratio to tokio-quiche (the median of the per-round ratios, with their range).
-fn summary(names: &[&str], results: &[Vec<Round>]) -> Table {
-    let tq = names.iter().position(|n| *n == "tokio-quiche").unwrap_or(1);
+/// ratio to `names[base]` (the median of the per-round ratios, with their range).
+fn summary(names: &[&str], results: &[Vec<Round>], base: usize) -> Table {
+    let tq = base;
     let order: Vec<Figure> = results[0][0].iter().map(|(f, _)| *f).collect();
     let values = |server: usize, label: &str| -> Vec<f64> {
         results[server]
@@ -523,11 +623,11 @@ fn summary(names: &[&str], results: &[Vec<Round>]) -> Table {
                     .collect();
                 let r = spread(&ratios);
                 text += &format!(
-                    "   ratio to tokio-quiche {:.2}x ({:.2} - {:.2})",
-                    r.median, r.min, r.max
+                    "   ratio to {} {:.2}x ({:.2} - {:.2})",
+                    names[tq], r.median, r.min, r.max
                 );
                 row.insert(
-                    format!("{name}/tokio-quiche"),
+                    format!("{name}/{}", names[tq]),
                     serde_json::json!({ "median": r.median, "min": r.min, "max": r.max }),
                 );
             }
@@ -539,4 +639,132 @@ fn summary(names: &[&str], results: &[Vec<Round>]) -> Table {
         text,
         json: serde_json::json!({ "rounds": results[0].len(), "figures": rows }),
     }
+}
+
+/// Samples each server under scenario 1 (one connection, 100 streams of small requests) with
+/// `perf`, draws each profile as a flame graph, and prints the functions with the most samples
+/// of their own, as shares of the server's samples, side by side.
+fn profile(servers: &[Server], s: &Settings, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("create the profile directory");
+    let mut tops = Vec::new();
+    for server in servers {
+        let mut args = server.args.clone();
+        args.extend(["--max-streams".to_string(), "100".to_string()]);
+        let (proc_, addr) = start(&server.bin, &args, server.ready, s.pin);
+        let pid = proc_.0.id().to_string();
+        let load = |streams| Load {
+            addr,
+            path: "/bytes/1024".to_string(),
+            streams,
+            procs: 1,
+            data: None,
+            cores: s.pin.then_some("1"),
+        };
+        load(300).run(); // warm-up
+        let data = dir.join(format!("{}.perf.data", server.name));
+        let _ = std::fs::remove_file(&data);
+        let mut perf = Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "1999",
+                "--call-graph",
+                "dwarf",
+                "-p",
+                &pid,
+                "-o",
+            ])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start perf record (cargo xtask bench --profile installs perf)");
+        // perf writes its header once it is attached.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "perf record did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let [rate, cpu, _] = measured(&pid, s, s.requests as f64, || load(s.requests).run());
+        let _ = Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status();
+        let _ = perf.wait();
+        drop(proc_);
+        let folded = fold(&data);
+        let folded_path = dir.join(format!("{}.folded", server.name));
+        std::fs::write(&folded_path, &folded).expect("write the folded stacks");
+        let svg = dir.join(format!("{}.svg", server.name));
+        let drawn = Command::new("inferno-flamegraph")
+            .args(["--title", &format!("{}: 1x100 small requests", server.name)])
+            .arg(&folded_path)
+            .stdout(std::fs::File::create(&svg).expect("create the flame graph"))
+            .status();
+        match drawn {
+            Ok(st) if st.success() => println!(
+                "{}: {rate:.0} req/s, {cpu:.1} us server CPU per request (under perf); flame \
+                 graph {}",
+                server.name,
+                svg.display()
+            ),
+            _ => eprintln!("inferno-flamegraph failed: cargo xtask bench --profile installs it"),
+        }
+        tops.push((server.name, self_shares(&folded)));
+    }
+    let mut text = String::from("most samples of their own (share of each server's samples):\n");
+    for (name, top) in &tops {
+        text += &format!("{name}:\n");
+        for (f, share) in top.iter().take(25) {
+            text += &format!("  {:>5.1}%  {f}\n", share * 100.0);
+        }
+    }
+    print!("{text}");
+    let _ = std::fs::write(dir.join("summary.txt"), text);
+}
+
+/// `perf script` of `data`, folded by inferno (one line per stack: frames, then a count).
+fn fold(data: &Path) -> String {
+    let script = Command::new("perf")
+        .args(["script", "-i"])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()
+        .expect("perf script");
+    let mut collapse = Command::new("inferno-collapse-perf")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("inferno-collapse-perf (cargo xtask bench --profile installs it)");
+    let mut stdin = collapse.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(&script.stdout);
+    });
+    let out = collapse.wait_with_output().expect("inferno-collapse-perf");
+    let _ = feeder.join();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Each function's samples of its own (as the leaf of a stack), as shares of all samples, most
+/// first.
+fn self_shares(folded: &str) -> Vec<(String, f64)> {
+    let mut by_leaf: BTreeMap<String, u64> = BTreeMap::new();
+    let mut total = 0;
+    for line in folded.lines() {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        let leaf = stack.rsplit(';').next().unwrap_or(stack);
+        *by_leaf.entry(leaf.to_string()).or_default() += count;
+        total += count;
+    }
+    let mut v: Vec<(String, f64)> = by_leaf
+        .into_iter()
+        .map(|(f, n)| (f, n as f64 / total.max(1) as f64))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v
 }

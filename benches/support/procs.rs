@@ -76,8 +76,18 @@ pub fn start<S: AsRef<OsStr>>(
     ready_prefix: &str,
     pin: bool,
 ) -> (Proc, SocketAddr) {
+    start_on(pin.then_some("0"), bin, args, ready_prefix)
+}
+
+/// Like [`start`], on the `cores` given (a `taskset` list), or wherever this process may run.
+pub fn start_on<S: AsRef<OsStr>>(
+    cores: Option<&str>,
+    bin: &Path,
+    args: &[S],
+    ready_prefix: &str,
+) -> (Proc, SocketAddr) {
     let mut child = Proc(
-        pinned("0", bin, pin)
+        pinned(cores.unwrap_or(""), bin, cores.is_some())
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -17,13 +17,15 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
-        Some("bench") => bench(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("--profile") => bench_profile(),
+        Some("bench") if args.len() == 1 => bench(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <run [serve flags...] | test | bench>\n\
                  \x20 run    install build dependencies, build release, start `troupe serve` on 127.0.0.1:4433\n\
                  \x20 test   install build dependencies, then fmt --check, clippy -D warnings, the whole test suite\n\
-                 \x20 bench  the troupe vs tokio-quiche benchmark (release)"
+                 \x20 bench  the troupe vs tokio-quiche benchmark (release)\n\
+                 \x20 bench --profile  flame graphs of troupe and tokio-quiche under the same load, in target/bench/profile"
             );
             return ExitCode::from(2);
         }
@@ -294,7 +296,36 @@ fn test() -> Result<(), String> {
     }
 }
 
-fn bench() -> Result<(), String> {
+/// Flame graphs of both servers under the same load: `perf` samples, `inferno` draws.
+fn bench_profile() -> Result<(), String> {
+    ensure_load_generator()?;
+    if !have_command("perf") {
+        eprintln!("xtask: profiling needs perf; installing linux-perf");
+        apt_install(&["linux-perf"])
+            .map_err(|e| format!("{e}; install the Debian package linux-perf"))?;
+    }
+    if !have_command("inferno-flamegraph") {
+        step(
+            "cargo install inferno (folds perf's stacks and draws the flame graphs)",
+            cargo().args([
+                "install",
+                "inferno",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "cli",
+            ]),
+        )?;
+    }
+    step(
+        "BENCH_PROFILE=1 cargo bench --bench h3_vs_tokio_quiche",
+        cargo()
+            .args(["bench", "--bench", "h3_vs_tokio_quiche"])
+            .env("BENCH_PROFILE", "1"),
+    )
+}
+
+fn ensure_load_generator() -> Result<(), String> {
     ensure_system_deps()?;
     // The load generator: ngtcp2's client, a C HTTP/3 client cheap enough not to be the
     // bottleneck; the HTTP/3 benchmark needs it.
@@ -304,6 +335,11 @@ fn bench() -> Result<(), String> {
             format!("{e}; install the Debian package ngtcp2-client (it provides gtlsclient)")
         })?;
     }
+    Ok(())
+}
+
+fn bench() -> Result<(), String> {
+    ensure_load_generator()?;
     step(
         "cargo bench --bench h3_vs_tokio_quiche",
         cargo().args(["bench", "--bench", "h3_vs_tokio_quiche"]),

@@ -478,13 +478,7 @@ fn main() {
     }
     let _ = std::fs::remove_file(&upload_file);
     let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
-    let table = summary(&names, &results, 1);
-    print!("{}", table.text);
-    let path = out.join("h3_vs_tokio_quiche.json");
-    match std::fs::write(&path, serde_json::to_string_pretty(&table.json).unwrap()) {
-        Ok(()) => println!("written to {}", path.display()),
-        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
-    }
+    summary(&names, &results, 1).show(&out.join("h3_vs_tokio_quiche.json"));
     if std::env::var_os("BENCH_NO_SCALING").is_none() {
         scaling(&release, &settings, rounds, &out);
     }
@@ -558,18 +552,23 @@ fn scaling(release: &Path, s: &Settings, rounds: usize, out: &Path) {
             ]);
         }
     }
-    let table = summary(&names, &results, 1);
-    print!("{}", table.text);
-    let path = out.join("workers_scaling.json");
-    match std::fs::write(&path, serde_json::to_string_pretty(&table.json).unwrap()) {
-        Ok(()) => println!("written to {}", path.display()),
-        Err(e) => eprintln!("cannot write {}: {e}", path.display()),
-    }
+    summary(&names, &results, 1).show(&out.join("workers_scaling.json"));
 }
 
 struct Table {
     text: String,
     json: serde_json::Value,
+}
+
+impl Table {
+    /// Prints the table and writes it as JSON to `path`.
+    fn show(&self, path: &Path) {
+        print!("{}", self.text);
+        match std::fs::write(path, serde_json::to_string_pretty(&self.json).unwrap()) {
+            Ok(()) => println!("written to {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
 }
 
 /// One row per figure: each server's median (min-max over rounds), and each other server's

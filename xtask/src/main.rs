@@ -345,6 +345,10 @@ fn bench() -> Result<(), String> {
         cargo().args(["bench", "--bench", "h3_vs_tokio_quiche"]),
     )?;
     step(
+        "cargo bench --bench stream_path",
+        cargo().args(["bench", "--bench", "stream_path"]),
+    )?;
+    step(
         "cargo bench --bench live_tree",
         cargo().args(["bench", "--bench", "live_tree"]),
     )?;

@@ -11,6 +11,8 @@
 #![deny(unsafe_code)]
 
 mod audit;
+#[doc(hidden)]
+pub mod bench_support;
 mod body;
 mod budget;
 mod client;

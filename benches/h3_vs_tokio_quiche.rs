@@ -15,7 +15,8 @@
 //!    a stream limit of 10, so the client keeps exactly 10 in flight per connection);
 //! 3. a bulk download (`GET /bytes/N`) on one connection;
 //! 4. a bulk upload (`POST /discard`) on one connection;
-//! 5. handshakes: new connection, one `GET /`, close; 8 clients at a time;
+//! 5. handshakes: new connection, one `GET /`, close; 32 clients at a time, troupe's own client
+//!    in the benchmark's process (a gtlsclient process per handshake spends its time starting);
 //! 6. memory: 100 connections with 100 open, idle streams each (`POST /discard` whose body
 //!    never ends, sent by troupe's client): the server's resident memory per stream, from
 //!    /proc, once it stopped growing, less what the connections alone took.
@@ -32,7 +33,7 @@
 //! is also written as JSON to `target/bench/h3_vs_tokio_quiche.json`.
 //!
 //! Environment: `BENCH_ROUNDS` (3); `BENCH_REQUESTS` (50000) small requests per scenario;
-//! `BENCH_BULK_MB` (1024) per bulk transfer; `BENCH_HANDSHAKES` (400); `BENCH_IDLE_CONNS`
+//! `BENCH_BULK_MB` (1024) per bulk transfer; `BENCH_HANDSHAKES` (2000); `BENCH_IDLE_CONNS`
 //! (100) connections of 100 idle streams; `BENCH_NO_POOL=1` adds
 //! `troupe --stream-actor-pool 0` (what parked stream actors give); `BENCH_TROUPE_BASELINE` (a
 //! `troupe` binary built from an earlier commit, measured too, to show a change's effect);
@@ -216,17 +217,9 @@ fn wide<'a>(addr: SocketAddr, pid: &str, s: &'a Settings, out: &mut Round) {
         client,
     ));
 
-    // Handshakes: waves of 8 one-request clients.
-    const AT_ONCE: usize = 8;
-    let waves = s.handshakes.div_ceil(AT_ONCE);
-    let [rate, cpu, client] = measured(pid, s, (waves * AT_ONCE) as f64, || {
-        let (mut wall, mut cpu) = (0.0, 0.0);
-        for _ in 0..waves {
-            let (w, c) = load("/", 1, AT_ONCE, None).run();
-            wall += w;
-            cpu += c;
-        }
-        (wall, cpu)
+    // Handshakes: 32 clients at a time, each a new connection, one request, close.
+    let [rate, cpu, client] = measured(pid, s, s.handshakes as f64, || {
+        s.rt.block_on(handshakes(addr, s.handshakes, s.tck))
     });
     out.push((fig("handshakes: per second", "1/s", false), rate));
     out.push((fig("handshakes: server CPU per handshake", "us", true), cpu));
@@ -237,6 +230,67 @@ fn wide<'a>(addr: SocketAddr, pid: &str, s: &'a Settings, out: &mut Round) {
 
     let kb = s.rt.block_on(idle_streams_kb(addr, pid, s.idle_conns));
     out.push((fig("memory: resident per idle stream", "KB", true), kb));
+}
+
+/// A client endpoint on loopback that takes any certificate (the servers' are self-signed).
+async fn insecure_client() -> troupe::h3::ClientEndpoint {
+    use troupe::h3::{ClientEndpoint, H3Settings};
+    use troupe::transport::{QuicSettings, TlsConfig, Verify};
+    let tls = TlsConfig {
+        identity: None,
+        verify: Verify::Insecure,
+    };
+    ClientEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        QuicSettings::default(),
+        tls,
+        H3Settings::default(),
+    )
+    .await
+    .expect("bind a client endpoint")
+}
+
+/// `n` handshakes, 32 under way at a time, each a new connection from a new client endpoint (so
+/// no session is resumed), one `GET /`, and a close. The load generator is troupe's own client
+/// in this process (one thread, on the load generator's core): a gtlsclient process per
+/// handshake spent most of the time starting processes. Returns the wall time and this
+/// process's CPU time.
+async fn handshakes(addr: SocketAddr, n: usize, tck: f64) -> (f64, f64) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const AT_ONCE: usize = 32;
+    let left = std::sync::Arc::new(AtomicUsize::new(n));
+    let c0 = cpu_secs("self", false, tck);
+    let t0 = Instant::now();
+    let url = format!("https://localhost:{}/", addr.port());
+    let tasks: Vec<_> = (0..AT_ONCE)
+        .map(|_| {
+            let (left, url) = (left.clone(), url.clone());
+            tokio::spawn(async move {
+                while left
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| l.checked_sub(1))
+                    .is_ok()
+                {
+                    let ep = insecure_client().await;
+                    let client = ep.connect(addr, "localhost").await.expect("handshake");
+                    let req = http::Request::get(&url)
+                        .body(troupe::h3::Body::empty())
+                        .unwrap();
+                    let resp = client.send(req).await.expect("request");
+                    assert_eq!(resp.status(), 200);
+                    resp.into_body().collect().await.expect("response body");
+                    client.close();
+                    client.closed().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("handshake task");
+    }
+    (
+        t0.elapsed().as_secs_f64(),
+        cpu_secs("self", false, tck) - c0,
+    )
 }
 
 /// The server's resident memory in KB (VmRSS).
@@ -271,21 +325,9 @@ async fn settled_rss_kb(pid: &str) -> f64 {
 
 /// `conns` connections, then 100 idle streams on each: KB of server memory per stream.
 async fn idle_streams_kb(addr: SocketAddr, pid: &str, conns: usize) -> f64 {
-    use troupe::h3::{Body, ClientEndpoint, H3Settings};
-    use troupe::transport::{QuicSettings, TlsConfig, Verify};
+    use troupe::h3::Body;
     const STREAMS: usize = 100;
-    let tls = TlsConfig {
-        identity: None,
-        verify: Verify::Insecure,
-    };
-    let ep = ClientEndpoint::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        QuicSettings::default(),
-        tls,
-        H3Settings::default(),
-    )
-    .await
-    .unwrap();
+    let ep = insecure_client().await;
     let mut clients = Vec::new();
     for _ in 0..conns {
         clients.push(ep.connect(addr, "localhost").await.expect("connect"));
@@ -396,7 +438,7 @@ fn main() {
         idle_conns: env_or("BENCH_IDLE_CONNS", 100),
         requests: env_or("BENCH_REQUESTS", 50_000),
         bulk,
-        handshakes: env_or("BENCH_HANDSHAKES", 400),
+        handshakes: env_or("BENCH_HANDSHAKES", 2000),
         upload_file: upload_file.clone(),
         pin,
         tck: clock_ticks(),
@@ -645,21 +687,28 @@ fn summary(names: &[&str], results: &[Vec<Round>], base: usize) -> Table {
 /// of their own, as shares of the server's samples, side by side.
 fn profile(servers: &[Server], s: &Settings, dir: &Path) {
     std::fs::create_dir_all(dir).expect("create the profile directory");
+    // `BENCH_PROFILE_CONNS=50`: scenario 2 instead (50 connections x 10 streams).
+    let conns = env_or::<usize>("BENCH_PROFILE_CONNS", 1).max(1);
+    let (limit, scenario) = if conns == 1 {
+        (100, "1x100".to_string())
+    } else {
+        (10, format!("{conns}x10"))
+    };
     let mut tops = Vec::new();
     for server in servers {
         let mut args = server.args.clone();
-        args.extend(["--max-streams".to_string(), "100".to_string()]);
+        args.extend(["--max-streams".to_string(), limit.to_string()]);
         let (proc_, addr) = start(&server.bin, &args, server.ready, s.pin);
         let pid = proc_.0.id().to_string();
         let load = |streams| Load {
             addr,
             path: "/bytes/1024".to_string(),
             streams,
-            procs: 1,
+            procs: conns,
             data: None,
             cores: s.pin.then_some("1"),
         };
-        load(300).run(); // warm-up
+        load(300 / conns + 1).run(); // warm-up
         let data = dir.join(format!("{}.perf.data", server.name));
         let _ = std::fs::remove_file(&data);
         let mut perf = Command::new("perf")
@@ -684,7 +733,8 @@ fn profile(servers: &[Server], s: &Settings, dir: &Path) {
             assert!(Instant::now() < deadline, "perf record did not start");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let [rate, cpu, _] = measured(&pid, s, s.requests as f64, || load(s.requests).run());
+        let per = (s.requests / conns).max(1);
+        let [rate, cpu, _] = measured(&pid, s, (per * conns) as f64, || load(per).run());
         let _ = Command::new("kill")
             .args(["-INT", &perf.id().to_string()])
             .status();
@@ -695,7 +745,10 @@ fn profile(servers: &[Server], s: &Settings, dir: &Path) {
         std::fs::write(&folded_path, &folded).expect("write the folded stacks");
         let svg = dir.join(format!("{}.svg", server.name));
         let drawn = Command::new("inferno-flamegraph")
-            .args(["--title", &format!("{}: 1x100 small requests", server.name)])
+            .args([
+                "--title",
+                &format!("{}: {scenario} small requests", server.name),
+            ])
             .arg(&folded_path)
             .stdout(std::fs::File::create(&svg).expect("create the flame graph"))
             .status();

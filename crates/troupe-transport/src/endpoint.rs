@@ -1204,7 +1204,6 @@ impl<A: ConnectionApp> RecvLoop<A> {
             for (i, m) in meta.iter().enumerate().take(filled) {
                 let data = &storage[i * RECV_SLOT..i * RECV_SLOT + m.len];
                 for dgram in data.chunks(m.stride.max(1)) {
-                    bump(&self.routes.stats.datagrams_received);
                     bump(&self.routes.stats.worker_datagrams[self.worker]);
                     // One small allocation per packet: the allocator's fast path. (Carving
                     // packets from a shared arena made large buffers churn through the

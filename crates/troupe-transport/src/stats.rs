@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counters kept by an endpoint's receive loop and its connections.
 #[derive(Debug, Default)]
 pub struct EndpointStats {
-    pub(crate) datagrams_received: AtomicU64,
     pub(crate) dropped_unparseable: AtomicU64,
     pub(crate) dropped_unknown_connection: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
@@ -20,8 +19,9 @@ pub struct EndpointStats {
     pub(crate) receive_loop_restarts: AtomicU64,
     /// Gauge: server connections still in their handshake.
     pub(crate) handshaking: AtomicU64,
-    /// Datagrams read by each worker's receive loop (one entry per worker).
-    pub(crate) worker_datagrams: Box<[AtomicU64]>,
+    /// Datagrams read by each worker's receive loop (one entry per worker, each on a cache
+    /// line of its own: the workers count on different cores, every datagram).
+    pub(crate) worker_datagrams: Box<[crossbeam_utils::CachePadded<AtomicU64>]>,
     /// Short-header datagrams read by a worker other than the one their connection ID names.
     pub(crate) datagrams_misrouted: AtomicU64,
     /// The sink every event is also reported to.
@@ -115,7 +115,7 @@ impl EndpointStats {
     pub(crate) fn with_metrics(metrics: crate::metrics::SharedMetrics, workers: usize) -> Self {
         EndpointStats {
             metrics,
-            worker_datagrams: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            worker_datagrams: (0..workers).map(|_| Default::default()).collect(),
             ..Default::default()
         }
     }
@@ -143,7 +143,7 @@ impl EndpointStats {
     pub fn snapshot(&self) -> EndpointStatsSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         EndpointStatsSnapshot {
-            datagrams_received: r(&self.datagrams_received),
+            datagrams_received: self.worker_datagrams.iter().map(|c| r(c)).sum(),
             dropped_unparseable: r(&self.dropped_unparseable),
             dropped_unknown_connection: r(&self.dropped_unknown_connection),
             dropped_queue_full: r(&self.dropped_queue_full),
@@ -157,7 +157,7 @@ impl EndpointStats {
             connections_refused: r(&self.connections_refused),
             receive_loop_restarts: r(&self.receive_loop_restarts),
             handshaking: r(&self.handshaking),
-            worker_datagrams: self.worker_datagrams.iter().map(r).collect(),
+            worker_datagrams: self.worker_datagrams.iter().map(|c| r(c)).collect(),
             datagrams_misrouted: r(&self.datagrams_misrouted),
         }
     }

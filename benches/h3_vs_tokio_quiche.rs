@@ -38,8 +38,8 @@
 //! `troupe --stream-actor-pool 0` (what parked stream actors give); `BENCH_TROUPE_BASELINE` (a
 //! `troupe` binary built from an earlier commit, measured too, to show a change's effect);
 //! `BENCH_NO_SCALING=1` skips the scaling table, `BENCH_SCALING_ONLY=1` runs only it;
-//! `BENCH_PROFILE=1` (what `cargo xtask bench --profile` sets) runs only the profile: each
-//! server under scenario 1, sampled by `perf record --call-graph dwarf`, each profile folded
+//! `BENCH_PROFILE=1` (what `cargo xtask bench --profile` sets; `50x10`, `handshakes` or
+//! `download` pick another scenario) runs only the profile: each server under scenario 1, sampled by `perf record --call-graph dwarf`, each profile folded
 //! and drawn as a flame graph by `inferno` (`target/bench/profile/{troupe,tokio-quiche}.svg`),
 //! and the functions with the most samples of their own listed side by side.
 
@@ -687,12 +687,14 @@ fn summary(names: &[&str], results: &[Vec<Round>], base: usize) -> Table {
 /// of their own, as shares of the server's samples, side by side.
 fn profile(servers: &[Server], s: &Settings, dir: &Path) {
     std::fs::create_dir_all(dir).expect("create the profile directory");
-    // `BENCH_PROFILE_CONNS=50`: scenario 2 instead (50 connections x 10 streams).
-    let conns = env_or::<usize>("BENCH_PROFILE_CONNS", 1).max(1);
-    let (limit, scenario) = if conns == 1 {
-        (100, "1x100".to_string())
-    } else {
-        (10, format!("{conns}x10"))
+    // `BENCH_PROFILE` names the scenario: `50x10`, `handshakes` or `download` (a 1 GiB
+    // download, `BENCH_BULK_MB`); anything else profiles 1x100.
+    let which = std::env::var("BENCH_PROFILE").unwrap_or_default();
+    let (conns, limit, scenario) = match which.as_str() {
+        "50x10" => (50, 10, "50x10 small requests"),
+        "handshakes" => (0, 100, "handshakes"),
+        "download" => (1, 100, "download"),
+        _ => (1, 100, "1x100 small requests"),
     };
     let mut tops = Vec::new();
     for server in servers {
@@ -704,11 +706,11 @@ fn profile(servers: &[Server], s: &Settings, dir: &Path) {
             addr,
             path: "/bytes/1024".to_string(),
             streams,
-            procs: conns,
+            procs: conns.max(1),
             data: None,
             cores: s.pin.then_some("1"),
         };
-        load(300 / conns + 1).run(); // warm-up
+        load(300 / conns.max(1) + 1).run(); // warm-up
         let data = dir.join(format!("{}.perf.data", server.name));
         let _ = std::fs::remove_file(&data);
         let mut perf = Command::new("perf")
@@ -733,8 +735,21 @@ fn profile(servers: &[Server], s: &Settings, dir: &Path) {
             assert!(Instant::now() < deadline, "perf record did not start");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let per = (s.requests / conns).max(1);
-        let [rate, cpu, _] = measured(&pid, s, (per * conns) as f64, || load(per).run());
+        let [rate, cpu, _] = if conns == 0 {
+            measured(&pid, s, s.handshakes as f64, || {
+                s.rt.block_on(handshakes(addr, s.handshakes, s.tck))
+            })
+        } else if scenario == "download" {
+            let l = Load {
+                path: format!("/bytes/{}", s.bulk),
+                ..load(1)
+            };
+            // Per MB, as microseconds of server CPU.
+            measured(&pid, s, s.bulk as f64 / 1e6, || l.run())
+        } else {
+            let per = (s.requests / conns).max(1);
+            measured(&pid, s, (per * conns) as f64, || load(per).run())
+        };
         let _ = Command::new("kill")
             .args(["-INT", &perf.id().to_string()])
             .status();
@@ -745,17 +760,13 @@ fn profile(servers: &[Server], s: &Settings, dir: &Path) {
         std::fs::write(&folded_path, &folded).expect("write the folded stacks");
         let svg = dir.join(format!("{}.svg", server.name));
         let drawn = Command::new("inferno-flamegraph")
-            .args([
-                "--title",
-                &format!("{}: {scenario} small requests", server.name),
-            ])
+            .args(["--title", &format!("{}: {scenario}", server.name)])
             .arg(&folded_path)
             .stdout(std::fs::File::create(&svg).expect("create the flame graph"))
             .status();
         match drawn {
             Ok(st) if st.success() => println!(
-                "{}: {rate:.0} req/s, {cpu:.1} us server CPU per request (under perf); flame \
-                 graph {}",
+                "{}: {rate:.0}/s, {cpu:.1} us server CPU each (under perf); flame graph {}",
                 server.name,
                 svg.display()
             ),

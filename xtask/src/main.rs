@@ -17,7 +17,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
-        Some("bench") if args.get(1).map(String::as_str) == Some("--profile") => bench_profile(),
+        Some("bench") if args.get(1).map(String::as_str) == Some("--profile") => {
+            bench_profile(args.get(2).map(String::as_str).unwrap_or("1x100"))
+        }
         Some("bench") if args.len() == 1 => bench(),
         _ => {
             eprintln!(
@@ -25,7 +27,8 @@ fn main() -> ExitCode {
                  \x20 run    install build dependencies, build release, start `troupe serve` on 127.0.0.1:4433\n\
                  \x20 test   install build dependencies, then fmt --check, clippy -D warnings, the whole test suite\n\
                  \x20 bench  the troupe vs tokio-quiche benchmark (release)\n\
-                 \x20 bench --profile  flame graphs of troupe and tokio-quiche under the same load, in target/bench/profile"
+                 \x20 bench --profile [1x100|50x10|handshakes|download]  flame graphs of troupe and tokio-quiche\n\
+                 \x20        under the same load, in target/bench/profile"
             );
             return ExitCode::from(2);
         }
@@ -296,8 +299,9 @@ fn test() -> Result<(), String> {
     }
 }
 
-/// Flame graphs of both servers under the same load: `perf` samples, `inferno` draws.
-fn bench_profile() -> Result<(), String> {
+/// Flame graphs of both servers under the same load (`scenario`): `perf` samples, `inferno`
+/// draws.
+fn bench_profile(scenario: &str) -> Result<(), String> {
     ensure_load_generator()?;
     if !have_command("perf") {
         eprintln!("xtask: profiling needs perf; installing linux-perf");
@@ -318,10 +322,10 @@ fn bench_profile() -> Result<(), String> {
         )?;
     }
     step(
-        "BENCH_PROFILE=1 cargo bench --bench h3_vs_tokio_quiche",
+        &format!("BENCH_PROFILE={scenario} cargo bench --bench h3_vs_tokio_quiche"),
         cargo()
             .args(["bench", "--bench", "h3_vs_tokio_quiche"])
-            .env("BENCH_PROFILE", "1"),
+            .env("BENCH_PROFILE", scenario),
     )
 }
 

@@ -102,7 +102,10 @@ async fn connections_spread_over_the_workers_and_stay_on_their_own() {
 }
 
 /// A UDP relay between one client and the server, standing in for a NAT: it forwards from a
-/// "back" socket whose port changes (a NAT rebinding) when told to.
+/// "back" socket whose port changes (a NAT rebinding) when told to. The old mapping still
+/// delivers what the server sends to it, as NATs keep one for a while: quiche may fall back to
+/// the old path when validating the new one times out on a loaded machine, and the test is
+/// about where the new path's packets land, not about quiche's validation.
 struct Relay {
     front: SocketAddr,
     rebind: watch::Sender<u32>,
@@ -116,9 +119,16 @@ impl Relay {
         let (rebind, mut rebinds) = watch::channel(0u32);
         let task = tokio::spawn(async move {
             let mut back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let mut old: Option<UdpSocket> = None;
             let mut client: Option<SocketAddr> = None;
-            let (mut a, mut b) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+            let (mut a, mut b, mut c) = (vec![0u8; 65_536], vec![0u8; 65_536], vec![0u8; 65_536]);
             loop {
+                let from_old = async {
+                    match &old {
+                        Some(s) => s.recv_from(&mut c).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     r = front.recv_from(&mut a) => {
                         let (n, from) = r.unwrap();
@@ -127,16 +137,23 @@ impl Relay {
                     }
                     r = back.recv_from(&mut b) => {
                         let (n, _) = r.unwrap();
-                        if let Some(c) = client {
-                            let _ = front.send_to(&b[..n], c).await;
+                        if let Some(to) = client {
+                            let _ = front.send_to(&b[..n], to).await;
+                        }
+                    }
+                    r = from_old => {
+                        let (n, _) = r.unwrap();
+                        if let Some(to) = client {
+                            let _ = front.send_to(&c[..n], to).await;
                         }
                     }
                     r = rebinds.changed() => {
                         if r.is_err() {
                             return;
                         }
-                        // A new source port toward the server, as a NAT that lost its mapping.
-                        back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                        // A new source port toward the server, as a NAT that rebound.
+                        let new = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                        old = Some(std::mem::replace(&mut back, new));
                     }
                 }
             }
@@ -155,20 +172,11 @@ impl Drop for Relay {
     }
 }
 
-/// The server connections' peer addresses, on their active paths.
-async fn peers(server: &Server) -> std::collections::HashSet<SocketAddr> {
-    server_connection_infos(server)
-        .await
-        .iter()
-        .map(|i| i.peer)
-        .collect()
-}
-
 /// Eight clients behind "NATs" that rebind to new ports mid-connection: the kernel's hash
 /// alone would put about half of them on the other worker afterwards (all eight staying put by
 /// chance: 1 in 256). The steering program reads the worker from the connection ID: every
 /// request after the rebinding still runs on the worker that accepted the connection, the
-/// server saw the new address, and no packet reached the wrong worker.
+/// server saw each new address (a second path), and no packet reached the wrong worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_address_changes_stays_on_its_worker() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -181,8 +189,8 @@ async fn a_client_whose_address_changes_stays_on_its_worker() {
         let worker = thread_of(&client, &server).await;
         conns.push((relay, ep, client, worker));
     }
-    let peers_before = peers(&server).await;
-    assert_eq!(peers_before.len(), 8);
+    let infos = server_connection_infos(&server).await;
+    assert!(infos.iter().all(|i| i.stats.paths_count == 1), "{infos:?}");
     for (relay, _, _, _) in &conns {
         relay.rebind.send_modify(|n| *n += 1);
     }
@@ -191,13 +199,13 @@ async fn a_client_whose_address_changes_stays_on_its_worker() {
             assert_eq!(&thread_of(client, &server).await, worker);
         }
     }
-    let peers_after = peers(&server).await;
-    assert_eq!(peers_after.len(), 8);
-    assert!(
-        peers_after.is_disjoint(&peers_before),
-        "every connection should have moved to its new address: {peers_before:?} -> \
-         {peers_after:?}"
-    );
+    // Each connection's server side saw the new address: quiche opened a second path for it
+    // (whether it then validated it, or fell back to the old one, is quiche's business).
+    let infos = server_connection_infos(&server).await;
+    assert_eq!(infos.len(), 8);
+    for i in &infos {
+        assert!(i.stats.paths_count >= 2, "{}: {:?}", i.trace_id, i.stats);
+    }
     let stats = server.stats();
     assert_eq!(stats.datagrams_misrouted, 0, "{stats:?}");
     server.shutdown().await;

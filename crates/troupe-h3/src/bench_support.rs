@@ -66,7 +66,9 @@ struct StandInArgs {
 struct StandInState {
     left: usize,
     next_id: u64,
-    args: StandInArgs,
+    handler: Arc<dyn Handler>,
+    first_credit: usize,
+    grant: usize,
     settings: Arc<H3Settings>,
     trace_id: Arc<str>,
     mailbox: Tracked<ConnMsg<H3Msg>>,
@@ -94,12 +96,12 @@ impl StandInState {
             role: Role::Server {
                 head,
                 fin: true,
-                handler: self.args.handler.clone(),
+                handler: self.handler.clone(),
                 priority: crate::priority::PriorityCell::new(None),
                 flow: None,
             },
             stats: StreamStats::new(id, Instant::now()),
-            credit: self.args.first_credit,
+            credit: self.first_credit,
         }
     }
 
@@ -118,20 +120,20 @@ impl Actor for StandIn {
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        mut args: StandInArgs,
+        args: StandInArgs,
     ) -> Result<StandInState, ActorProcessingErr> {
-        let (tx, _) = oneshot::channel();
-        let done = std::mem::replace(&mut args.done, tx);
         Ok(StandInState {
             left: args.requests,
             next_id: 0,
-            args,
+            handler: args.handler,
+            first_credit: args.first_credit,
+            grant: args.grant,
             settings: Arc::new(H3Settings::default()),
             trace_id: "bench".into(),
             mailbox: Tracked::new(myself, ActorMeter::new(ActorKind::Connection, &["message"])),
             actor: None,
             parked: 0,
-            done: Some(done),
+            done: Some(args.done),
         })
     }
 
@@ -171,7 +173,7 @@ impl Actor for StandIn {
                         OutFrame::Headers { section, .. } => fin |= section.ends_stream(),
                     }
                 }
-                let credit = if more { st.args.grant } else { 0 };
+                let credit = if more { st.grant } else { 0 };
                 if let Some(a) = &st.actor {
                     if bytes > 0 || fin || credit > 0 {
                         let _ = a.cast(StreamMsg::Written { bytes, fin, credit });

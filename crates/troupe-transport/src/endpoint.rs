@@ -543,10 +543,10 @@ impl<A: ConnectionApp> Endpoint<A> {
     ) -> Result<Self, EndpointError> {
         let bind_error = |source| EndpointError::Bind { addr, source };
         let n = settings.workers;
+        let layout = Arc::new(CidLayout::new(&settings.cid_host_id, n)?);
         let (sockets, threads) = if n == 1 {
             (vec![Socket::bind(addr).map_err(bind_error)?], None)
         } else {
-            let layout = CidLayout::new(&settings.cid_host_id, n)?;
             let (sockets, steering) =
                 Socket::bind_group(addr, n, &layout.steering_program()).map_err(bind_error)?;
             if let Some(e) = steering {
@@ -559,7 +559,6 @@ impl<A: ConnectionApp> Endpoint<A> {
                 .map_err(|e| EndpointError::Spawn(format!("worker threads: {e}")))?;
             (sockets, Some(threads))
         };
-        let layout = Arc::new(CidLayout::new(&settings.cid_host_id, n)?);
         let is_server = !servers.is_empty();
         let workers: Vec<WorkerIo> = sockets
             .into_iter()

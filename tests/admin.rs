@@ -85,6 +85,7 @@ async fn the_tree_shows_a_live_stream_and_actions_reach_one_connection_and_one_s
     assert_eq!(eps[0]["local_addr"], server.local_addr().to_string());
     let conns = eps[0]["connections"].as_array().unwrap();
     assert_eq!(conns.len(), 1, "{tree}");
+    assert_eq!(conns[0]["worker"], 0, "{tree}");
     let conn = &conns[0];
     assert_eq!(conn["stage"], "established");
     assert_eq!(conn["alpn"], "h3");
@@ -105,6 +106,8 @@ async fn the_tree_shows_a_live_stream_and_actions_reach_one_connection_and_one_s
         lines[1].starts_with(&format!("└─ connection {trace_id}")),
         "{text}"
     );
+    // One worker (the library's default): worker 0 runs every connection.
+    assert!(lines[1].contains(" worker 0 "), "{text}");
     assert!(lines[2].starts_with("   └─ stream 0 GET /held"), "{text}");
 
     // qlog on for this live connection: a file appears and fills as it runs.
@@ -530,6 +533,10 @@ async fn the_admin_page_in_headless_chromium_shows_the_live_connection_and_strea
         "the page lists the stream:\n{dom}"
     );
     assert!(dom.contains("/held"), "the page shows the path:\n{dom}");
+    assert!(
+        dom.contains("worker 0"),
+        "the page shows the worker:\n{dom}"
+    );
     assert!(dom.contains("GOAWAY") && dom.contains("cancel"), "{dom}");
     assert!(
         dom.contains("1 connection "),

@@ -103,6 +103,7 @@ function connection(c, warned) {
   if (!c.answered) line += " (did not answer in time)";
   if (c.peer) line += ` · peer ${c.peer}`;
   if (c.stage) line += ` · ${c.stage}`;
+  if (c.worker !== null && c.worker !== undefined) line += ` · worker ${c.worker}`;
   if (c.alpn) line += ` · ${c.alpn}`;
   if (c.rtt_ms !== null) line += ` · rtt ${c.rtt_ms.toFixed(2)} ms (min ${c.min_rtt_ms.toFixed(2)})`;
   line += ` · streams ${c.streams_open}/${c.streams_limit_bidi}`;

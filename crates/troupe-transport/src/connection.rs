@@ -955,20 +955,11 @@ impl<A: ConnectionApp> ConnState<A> {
                 } else {
                     debug!("application message dropped: connection not established");
                 }
-                // Coalesce: flush once after the messages already queued are handled.
-                if !self.flush_scheduled {
-                    self.flush_scheduled = true;
-                    let _ = self.mailbox.cast(ConnMsg::Flush);
-                }
                 return self.after_app(myself, app_result).await;
             }
             Event::Child(evt) => {
                 let mut cx = cx!(self, myself);
                 app_result = self.app.on_child_event(&mut cx, evt).await;
-                if !self.flush_scheduled {
-                    self.flush_scheduled = true;
-                    let _ = self.mailbox.cast(ConnMsg::Flush);
-                }
                 return self.after_app(myself, app_result).await;
             }
             Event::Close {
@@ -987,10 +978,24 @@ impl<A: ConnectionApp> ConnState<A> {
         self.flush(myself, force_rearm).await;
     }
 
+    /// After an application message or a child's event: flush once after the messages already
+    /// queued are handled. Nothing else waiting (the common case under light load): now, with
+    /// no message; otherwise one `Flush` queued behind them. An application error closes the
+    /// connection, which is flushed at once.
     async fn after_app(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, r: Result<(), AppError>) {
         if let Err(e) = r {
             self.app_error(e);
             self.flush(myself, false).await;
+            return;
+        }
+        if self.flush_scheduled {
+            return;
+        }
+        if self.mailbox.meter().queued() <= 1 {
+            self.flush(myself, false).await;
+        } else {
+            self.flush_scheduled = true;
+            let _ = self.mailbox.cast(ConnMsg::Flush);
         }
     }
 

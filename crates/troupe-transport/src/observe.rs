@@ -138,6 +138,15 @@ impl ActorMeter {
         }
     }
 
+    /// Messages sent and not yet handled, the one being handled included (a handler that sees
+    /// 1 knows nothing else is waiting).
+    #[inline]
+    pub fn queued(&self) -> u64 {
+        self.sent
+            .load(Relaxed)
+            .saturating_sub(self.handled.load(Relaxed))
+    }
+
     /// The actor starts handling a message (`what` indexes the names given to `new`); the
     /// returned guard ends it when dropped.
     #[inline]

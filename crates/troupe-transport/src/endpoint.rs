@@ -183,12 +183,12 @@ struct WorkerIo {
 /// The threads of a server's workers, each blocked on its own single-thread runtime until this
 /// is dropped (with the endpoint actor's state, after its connections stopped).
 struct WorkerThreads {
-    handles: Vec<tokio::runtime::Handle>,
     _stop: Vec<oneshot::Sender<()>>,
 }
 
 impl WorkerThreads {
-    fn start(n: usize) -> std::io::Result<Self> {
+    /// Starts `n` threads; returns them with their runtimes' handles, in worker order.
+    fn start(n: usize) -> std::io::Result<(Self, Vec<tokio::runtime::Handle>)> {
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
         for k in 0..n {
@@ -217,10 +217,7 @@ impl WorkerThreads {
             handles.push(handle);
             stop.push(stop_tx);
         }
-        Ok(WorkerThreads {
-            handles,
-            _stop: stop,
-        })
+        Ok((WorkerThreads { _stop: stop }, handles))
     }
 }
 
@@ -237,7 +234,6 @@ struct EndpointState<M: Send + 'static> {
     /// Dropped last (with the state), after every connection stopped: ends the workers'
     /// threads.
     _threads: Option<WorkerThreads>,
-    workers: usize,
     routes: Routes,
     registry: Registry<M>,
     meter: Arc<ActorMeter>,
@@ -287,7 +283,6 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         Ok(EndpointState {
             recv_loops,
             _threads: args.threads,
-            workers,
             registry: args.registry,
             meter: args.meter,
             routes,
@@ -333,7 +328,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
                 reason,
                 verdict,
             } => {
-                let who = if st.workers == 1 {
+                let who = if st.recv_loops.len() == 1 {
                     "receive loop".to_string()
                 } else {
                     format!("receive loop of worker {worker}")
@@ -544,8 +539,12 @@ impl<A: ConnectionApp> Endpoint<A> {
         let bind_error = |source| EndpointError::Bind { addr, source };
         let n = settings.workers;
         let layout = Arc::new(CidLayout::new(&settings.cid_host_id, n)?);
-        let (sockets, threads) = if n == 1 {
-            (vec![Socket::bind(addr).map_err(bind_error)?], None)
+        let (sockets, threads, runtimes) = if n == 1 {
+            (
+                vec![Socket::bind(addr).map_err(bind_error)?],
+                None,
+                vec![None],
+            )
         } else {
             let (sockets, steering) =
                 Socket::bind_group(addr, n, &layout.steering_program()).map_err(bind_error)?;
@@ -555,17 +554,22 @@ impl<A: ConnectionApp> Endpoint<A> {
                      address changed may reach another worker, which hands them on"
                 );
             }
-            let threads = WorkerThreads::start(n)
+            let (threads, handles) = WorkerThreads::start(n)
                 .map_err(|e| EndpointError::Spawn(format!("worker threads: {e}")))?;
-            (sockets, Some(threads))
+            (
+                sockets,
+                Some(threads),
+                handles.into_iter().map(Some).collect(),
+            )
         };
         let is_server = !servers.is_empty();
         let workers: Vec<WorkerIo> = sockets
             .into_iter()
+            .zip(runtimes)
             .enumerate()
-            .map(|(worker, socket)| WorkerIo {
+            .map(|(worker, (socket, runtime))| WorkerIo {
                 socket: Arc::new(socket),
-                runtime: threads.as_ref().map(|t| t.handles[worker].clone()),
+                runtime,
                 cids: if is_server {
                     CidSource::Worker {
                         layout: layout.clone(),

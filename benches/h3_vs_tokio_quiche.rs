@@ -21,6 +21,10 @@
 //!    never ends, sent by troupe's client): the server's resident memory per stream, from
 //!    /proc, once it stopped growing, less what the connections alone took.
 //!
+//! Then instructions per small request, each server under valgrind's instruction counter
+//! (1x100 and 50x10; a second table, also written to `target/bench/instructions.json`): a
+//! count, unlike CPU time, does not move with this machine's load.
+//!
 //! Then worker scaling, troupe alone: `troupe serve --workers 2` against `--workers 1` on
 //! scenario 2, with servers and load generators unpinned, sharing every core (a second table,
 //! also written to `target/bench/workers_scaling.json`).
@@ -38,6 +42,9 @@
 //! `troupe --stream-actor-pool 0` (what parked stream actors give); `BENCH_TROUPE_BASELINE` (a
 //! `troupe` binary built from an earlier commit, measured too, to show a change's effect);
 //! `BENCH_NO_SCALING=1` skips the scaling table, `BENCH_SCALING_ONLY=1` runs only it;
+//! `BENCH_NO_INSTRUCTIONS=1` skips the instruction counts, `BENCH_INSTRUCTIONS_ONLY=1` runs
+//! only them (what `cargo xtask bench --instructions` sets), `BENCH_INSTRUCTION_REQUESTS`
+//! (10000) the requests counted;
 //! `BENCH_PROFILE=1` (what `cargo xtask bench --profile` sets; `50x10`, `handshakes` or
 //! `download` pick another scenario) runs only the profile: each server under scenario 1, sampled by `perf record --call-graph dwarf`, each profile folded
 //! and drawn as a flame graph by `inferno` (`target/bench/profile/{troupe,tokio-quiche}.svg`),
@@ -504,6 +511,10 @@ fn main() {
         scaling(&release, &settings, rounds, &out);
         return;
     }
+    if std::env::var_os("BENCH_INSTRUCTIONS_ONLY").is_some() {
+        instructions(&servers, &settings, &out);
+        return;
+    }
     let mut results: Vec<Vec<Round>> = servers.iter().map(|_| Vec::new()).collect();
     for round in 1..=rounds {
         println!("round {round} of {rounds}");
@@ -521,9 +532,95 @@ fn main() {
     let _ = std::fs::remove_file(&upload_file);
     let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
     summary(&names, &results, 1).show(&out.join("h3_vs_tokio_quiche.json"));
+    if std::env::var_os("BENCH_NO_INSTRUCTIONS").is_none() {
+        instructions(&servers, &settings, &out);
+    }
     if std::env::var_os("BENCH_NO_SCALING").is_none() {
         scaling(&release, &settings, rounds, &out);
     }
+}
+
+/// Server instructions per small request, counted by valgrind (`--tool=cachegrind
+/// --cache-sim=no`), for 1x100 and 50x10: each server runs two loads of different sizes under
+/// the counter, and the difference, divided by the difference in requests, leaves out start-up,
+/// handshakes and shutdown. Unlike CPU time, a count does not move with the machine's load
+/// (two runs agree within about 1%), so it shows changes of a few percent that the CPU figures'
+/// noise hides. It counts instructions, not cycles (a cache miss costs more than an add), and
+/// under valgrind a server runs some 50 times slower, so its batches are larger than in the
+/// timed runs: it is a second view, not a replacement.
+fn instructions(servers: &[Server], s: &Settings, out: &Path) {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        eprintln!("valgrind is missing: no instruction counts (cargo xtask bench installs it)");
+        return;
+    }
+    let extra = env_or::<usize>("BENCH_INSTRUCTION_REQUESTS", 10_000).max(100);
+    let base = 2_000;
+    println!(
+        "instructions: each server under valgrind, {base} and {} small requests per scenario",
+        base + extra
+    );
+    let mut results = Vec::new();
+    for server in servers {
+        let mut round: Round = Vec::new();
+        for (label, conns, limit) in [
+            ("1x100 small: server instructions per request", 1, 100),
+            ("50x10 small: server instructions per request", 50, 10),
+        ] {
+            let few = counted(server, s, conns, limit, base, out);
+            let many = counted(server, s, conns, limit, base + extra, out);
+            let per = many.saturating_sub(few) as f64 / extra as f64;
+            println!("  {:>13}: {label} {:.1} k", server.name, per / 1e3);
+            round.push((fig(label, "k", true), per / 1e3));
+        }
+        results.push(vec![round]);
+    }
+    let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
+    summary(&names, &results, 1).show(&out.join("instructions.json"));
+}
+
+/// Instructions `server` ran, under valgrind, from its start to its exit, serving `requests`
+/// small requests over `conns` connections of at most `limit` streams each.
+fn counted(
+    server: &Server,
+    s: &Settings,
+    conns: usize,
+    limit: usize,
+    requests: usize,
+    dir: &Path,
+) -> u64 {
+    let counts = dir.join(format!("cachegrind.{}.out", server.name));
+    let _ = std::fs::remove_file(&counts);
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--tool=cachegrind".into(),
+        "--cache-sim=no".into(),
+        format!("--cachegrind-out-file={}", counts.display()).into(),
+        server.bin.clone().into(),
+    ];
+    args.extend(server.args.iter().map(Into::into));
+    args.extend(["--max-streams".into(), limit.to_string().into()]);
+    let (proc_, addr) = start(Path::new("valgrind"), &args, server.ready, s.pin);
+    Load {
+        addr,
+        path: "/bytes/1024".to_string(),
+        streams: (requests / conns).max(1),
+        procs: conns,
+        data: None,
+        cores: s.pin.then_some("1"),
+    }
+    .run();
+    // SIGINT: the server exits cleanly, and valgrind writes the count as it does.
+    let _ = Command::new("kill")
+        .args(["-INT", &proc_.0.id().to_string()])
+        .status();
+    let mut proc_ = proc_;
+    let _ = proc_.0.wait();
+    let text = std::fs::read_to_string(&counts)
+        .unwrap_or_else(|e| panic!("valgrind wrote no counts to {}: {e}", counts.display()));
+    let _ = std::fs::remove_file(&counts);
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no summary line in valgrind's counts for {}", server.name))
 }
 
 /// Worker scaling: `troupe serve --workers 1` against `--workers 2`, 8 connections x 100

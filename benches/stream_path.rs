@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use troupe::h3::bench_support::run_requests;
 
 /// Times `iters` requests of `body` bytes on one stand-in connection.
@@ -25,7 +25,9 @@ fn timed(
 ) -> Duration {
     rt.block_on(async {
         let t = Instant::now();
-        let parked = run_requests(iters as usize, body, first, grant).await;
+        let parked = run_requests(iters as usize, body, first, grant)
+            .await
+            .parked;
         let elapsed = t.elapsed();
         assert_eq!(parked as u64, iters, "every stream actor parks");
         elapsed
@@ -62,4 +64,22 @@ criterion_group! {
         .measurement_time(Duration::from_secs(3));
     targets = message_path
 }
-criterion_main!(benches);
+/// `STREAM_PATH_REQUESTS=N` runs N requests of 1 KiB once, untimed, and exits: a fixed amount
+/// of work for an instruction counter (`valgrind --tool=cachegrind`), whose counts, unlike
+/// times, do not move with the machine's load. Two runs of different N give the instructions
+/// per request by difference (see `cargo xtask bench --instructions`).
+fn main() {
+    if let Ok(n) = std::env::var("STREAM_PATH_REQUESTS") {
+        let n: u64 = n
+            .parse()
+            .expect("STREAM_PATH_REQUESTS must be a number of requests");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        timed(&rt, n, 1024, 16 * 1024, 16 * 1024);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

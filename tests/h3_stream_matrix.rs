@@ -161,6 +161,12 @@ async fn handle(
             control.shutdown_read(0x77);
             http::Response::new(Body::from("answered"))
         }
+        // A response that fits the stream actor's first credit: handed over whole, FIN
+        // included, in one message.
+        "/12k" => {
+            drop(body);
+            http::Response::new(Body::from(vec![5u8; 12 * 1024]))
+        }
         "/panic" => panic!("handler bug (expected by this test)"),
         // Drop the request body unread, wait for go, then answer.
         "/drop-body" => {
@@ -368,6 +374,34 @@ async fn handler_drops_request_body_unread() {
 }
 
 impl Probe {
+    /// Drives the raw client until the server wrote part of `stream`'s response and holds the
+    /// rest, FIN included, for lack of room in the client's stream window (the client reads
+    /// nothing, so the window never opens): the stream actor's last hand-over waits in the
+    /// connection.
+    async fn tail_held(&self, c: &mut RawClient, stream: u64) -> troupe::h3::StreamAudit {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let a = self
+                .stats
+                .lock()
+                .unwrap()
+                .get(&stream)
+                .map(|s| s.snapshot());
+            if let Some(a) = a.filter(|a| a.bytes_sent > 0 && a.pending_out > 0) {
+                return a;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the response was not held within 5 s"
+            );
+            c.exchange().await;
+        }
+    }
+
+    async fn parked_actors(&self) -> usize {
+        parked_stream_actors(&self.server).await
+    }
+
     /// Waits for the next report while driving the raw client (its packets must flow for the
     /// server to learn anything).
     async fn next_after(&mut self, c: &mut RawClient) -> Seen {
@@ -477,4 +511,88 @@ async fn wait_for_server(
             "the server never got {what}"
         );
     }
+}
+
+/// STOP_SENDING while our whole response, FIN included, waits in the connection for room in
+/// the client's stream window. The stream actor handed it over as its last word and parked, so
+/// the connection ends the stream itself: the sending side ends with the peer's code, the
+/// figures count only the bytes quiche took, and the actor serves the connection's next stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sending_while_the_last_hand_over_waits_for_room() {
+    let p = Probe::start().await;
+    let mut c = RawClient::connect_with_windows(p.server.local_addr(), 4096, 10 << 20).await;
+    let id = c.request(&get("/12k"));
+    let held = p.tail_held(&mut c, id).await;
+    assert_eq!(held.send_end, None, "{held:?}");
+    assert!(held.bytes_sent < 4096, "{held:?}");
+    c.stop_sending(id, 0x51);
+    c.exchange().await;
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::StopSendingReceived(0x51)));
+    assert_eq!(recv, Some(StreamEnd::Fin));
+    let a = p.stats(id).snapshot();
+    assert_eq!(
+        (a.bytes_sent, a.pending_out, a.send_state),
+        (held.bytes_sent, 0, "stopped"),
+        "{a:?}"
+    );
+    assert_eq!(p.parked_actors().await, 1, "the actor was not kept");
+    // The parked actor serves the next stream, whole.
+    let next = c.request(&get("/small"));
+    let o = c.outcome(next).await;
+    assert!(o.finished && o.data == b"small", "{o:?}");
+    let (send, _) = p.ended(next).await;
+    assert_eq!(send, Some(StreamEnd::Fin));
+    assert_eq!(p.parked_actors().await, 1);
+}
+
+/// The same held last hand-over, cancelled by an operator: the connection resets what it
+/// holds (the client sees RESET_STREAM with H3_REQUEST_CANCELLED), records it, and keeps the
+/// actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_cancels_a_held_last_hand_over() {
+    let p = Probe::start().await;
+    let mut c = RawClient::connect_with_windows(p.server.local_addr(), 4096, 10 << 20).await;
+    let id = c.request(&get("/12k"));
+    let held = p.tail_held(&mut c, id).await;
+    let conn = p.server.snapshot().await.connections[0].trace_id.clone();
+    p.server.cancel_stream(&conn, id).await.unwrap();
+    let o = c.outcome(id).await;
+    assert_eq!(o.reset, Some(H3_REQUEST_CANCELLED), "{o:?}");
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::ResetSent(H3_REQUEST_CANCELLED)));
+    assert_eq!(recv, Some(StreamEnd::Fin));
+    let a = p.stats(id).snapshot();
+    assert_eq!((a.bytes_sent, a.pending_out), (held.bytes_sent, 0), "{a:?}");
+    assert_eq!(p.parked_actors().await, 1, "the actor was not kept");
+}
+
+/// A response held the same way, delivered once the client reads: the connection records the
+/// FIN and every byte, and keeps the actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_last_hand_over_completes_when_the_window_opens() {
+    let p = Probe::start().await;
+    let mut c = RawClient::connect_with_windows(p.server.local_addr(), 4096, 10 << 20).await;
+    let id = c.request(&get("/12k"));
+    p.tail_held(&mut c, id).await;
+    let o = c.outcome(id).await;
+    assert!(o.finished && o.data.len() == 12 * 1024, "{o:?}");
+    let (send, recv) = p.ended(id).await;
+    assert_eq!((send, recv), (Some(StreamEnd::Fin), Some(StreamEnd::Fin)));
+    let a = p.stats(id).snapshot();
+    assert_eq!(
+        (a.bytes_sent, a.pending_out, a.send_state),
+        (12 * 1024, 0, "fin_sent"),
+        "{a:?}"
+    );
+    assert_eq!(p.parked_actors().await, 1, "the actor was not kept");
+}
+
+fn get(path: &str) -> Vec<(&str, &str)> {
+    vec![
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", path),
+    ]
 }

@@ -53,16 +53,6 @@ async fn probe_server(
     (server, rx, kept, go)
 }
 
-async fn parked(server: &Server) -> usize {
-    server
-        .snapshot()
-        .await
-        .connections
-        .iter()
-        .map(|c| c.parked_stream_actors)
-        .sum()
-}
-
 async fn body_of(client: &troupe::h3::Client, server: &Server, path: &str) -> String {
     let resp = client.send(get(server, path)).await.unwrap();
     assert_eq!(resp.status(), 200, "{path}");
@@ -82,7 +72,8 @@ async fn a_parked_actor_serves_the_next_stream_and_old_handles_reach_nothing() {
     );
     let (_, first) = seen.recv().await.unwrap();
     eventually(Duration::from_secs(5), "the first actor parks", || async {
-        server.endpoint().serving_stream_actors().await == 0 && parked(&server).await == 1
+        server.endpoint().serving_stream_actors().await == 0
+            && parked_stream_actors(&server).await == 1
     })
     .await;
     // Alive, linked under the connection, serving nothing.
@@ -104,7 +95,7 @@ async fn a_parked_actor_serves_the_next_stream_and_old_handles_reach_nothing() {
     let (path, second) = seen.recv().await.unwrap();
     assert_eq!(path, "/held");
     assert_eq!(second, first, "the parked actor took the next stream");
-    assert_eq!(parked(&server).await, 0);
+    assert_eq!(parked_stream_actors(&server).await, 0);
     // The first stream's handle, used now: both directions of an ended stream.
     let old = kept.lock().unwrap().take().unwrap();
     old.shutdown(Some(H3_REQUEST_CANCELLED), Some(H3_REQUEST_CANCELLED));
@@ -138,7 +129,7 @@ async fn a_failed_actor_never_serves_again() {
     assert_eq!(body_of(&client, &server, "/a").await, "answer to /a");
     let (_, a) = seen.recv().await.unwrap();
     eventually(Duration::from_secs(5), "the actor parks", || async {
-        parked(&server).await == 1
+        parked_stream_actors(&server).await == 1
     })
     .await;
     let err = client.send(get(&server, "/panic")).await.unwrap_err();
@@ -177,7 +168,7 @@ async fn with_the_pool_off_every_stream_actor_stops() {
             server.endpoint().connection_children() == 0
         })
         .await;
-        assert_eq!(parked(&server).await, 0);
+        assert_eq!(parked_stream_actors(&server).await, 0);
     }
     ids.dedup();
     assert_eq!(ids.len(), 3, "three streams, three actors");
@@ -202,7 +193,8 @@ async fn the_pool_shrinks_when_the_load_ends_and_empties_with_the_connection() {
         assert!(t.await.unwrap() > 0);
     }
     eventually(Duration::from_secs(5), "two spare actors stay", || async {
-        server.endpoint().serving_stream_actors().await == 0 && parked(&server).await == 2
+        server.endpoint().serving_stream_actors().await == 0
+            && parked_stream_actors(&server).await == 2
     })
     .await;
     assert_eq!(server.endpoint().connection_children(), 2);

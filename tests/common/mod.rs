@@ -179,6 +179,17 @@ pub async fn server_connection_infos(server: &Server) -> Vec<troupe::transport::
     out
 }
 
+/// Parked stream actors over all of `server`'s connections, from its snapshot.
+pub async fn parked_stream_actors(server: &troupe::h3::Server) -> usize {
+    server
+        .snapshot()
+        .await
+        .connections
+        .iter()
+        .map(|c| c.parked_stream_actors)
+        .sum()
+}
+
 /// Polls `check` until it returns true or `deadline` passes; panics with `what` on timeout.
 pub async fn eventually<F, Fut>(deadline: Duration, what: &str, mut check: F)
 where

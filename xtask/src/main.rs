@@ -20,6 +20,9 @@ fn main() -> ExitCode {
         Some("bench") if args.get(1).map(String::as_str) == Some("--profile") => {
             bench_profile(args.get(2).map(String::as_str).unwrap_or("1x100"))
         }
+        Some("bench") if args.get(1).map(String::as_str) == Some("--instructions") => {
+            bench_instructions()
+        }
         Some("bench") if args.len() == 1 => bench(),
         _ => {
             eprintln!(
@@ -28,7 +31,9 @@ fn main() -> ExitCode {
                  \x20 test   install build dependencies, then fmt --check, clippy -D warnings, the whole test suite\n\
                  \x20 bench  the troupe vs tokio-quiche benchmark (release)\n\
                  \x20 bench --profile [1x100|50x10|handshakes|download]  flame graphs of troupe and tokio-quiche\n\
-                 \x20        under the same load, in target/bench/profile"
+                 \x20        under the same load, in target/bench/profile\n\
+                 \x20 bench --instructions  instructions per small request of troupe and tokio-quiche,\n\
+                 \x20        counted by valgrind (steady where CPU times are noisy)"
             );
             return ExitCode::from(2);
         }
@@ -329,6 +334,27 @@ fn bench_profile(scenario: &str) -> Result<(), String> {
     )
 }
 
+/// Instructions per small request of both servers, counted by valgrind.
+fn bench_instructions() -> Result<(), String> {
+    ensure_load_generator()?;
+    ensure_valgrind()?;
+    step(
+        "BENCH_INSTRUCTIONS_ONLY=1 cargo bench --bench h3_vs_tokio_quiche",
+        cargo()
+            .args(["bench", "--bench", "h3_vs_tokio_quiche"])
+            .env("BENCH_INSTRUCTIONS_ONLY", "1"),
+    )
+}
+
+fn ensure_valgrind() -> Result<(), String> {
+    if !have_command("valgrind") {
+        eprintln!("xtask: the instruction counts need valgrind; installing it");
+        apt_install(&["valgrind"])
+            .map_err(|e| format!("{e}; install the Debian package valgrind"))?;
+    }
+    Ok(())
+}
+
 fn ensure_load_generator() -> Result<(), String> {
     ensure_system_deps()?;
     // The load generator: ngtcp2's client, a C HTTP/3 client cheap enough not to be the
@@ -344,6 +370,7 @@ fn ensure_load_generator() -> Result<(), String> {
 
 fn bench() -> Result<(), String> {
     ensure_load_generator()?;
+    ensure_valgrind()?;
     step(
         "cargo bench --bench h3_vs_tokio_quiche",
         cargo().args(["bench", "--bench", "h3_vs_tokio_quiche"]),

@@ -185,6 +185,27 @@ impl StreamStats {
         }
     }
 
+    /// The connection wrote `bytes` more of what a parked actor handed over last (the actor
+    /// keeps these figures until it parks; the connection keeps them after).
+    pub(crate) fn tail_written(&self, bytes: usize) {
+        let mut g = self.lock();
+        g.audit.bytes_sent += bytes as u64;
+        g.audit.pending_out = g.audit.pending_out.saturating_sub(bytes as u64);
+    }
+
+    /// How the sending direction of a stream whose actor parked with its last hand-over ended
+    /// (a terminal state): with the FIN written, everything handed over was.
+    pub(crate) fn tail_ended(&self, end: crate::stream::SendState) {
+        let mut g = self.lock();
+        let a = &mut g.audit;
+        if end == crate::stream::SendState::FinSent {
+            a.bytes_sent += a.pending_out;
+        }
+        a.pending_out = 0;
+        a.send_end = end.end();
+        a.send_state = end.name();
+    }
+
     /// Marks the stream over (both directions ended, or its actor gone).
     pub(crate) fn end(&self) {
         let mut g = self.lock();

@@ -5,7 +5,8 @@
 //! The stand-in plays the connection's side as a connection with unlimited room would: it
 //! starts each request on a stream actor (a spawn for the first, then `Start` on the parked
 //! actor, as the pool does), answers every `Send` with `Written` at once, granting `grant` more
-//! bytes whenever the actor says it has more, and takes `Parked` as the end of a request.
+//! bytes whenever the actor says it has more, and takes `Parked`, or a `Send` marked `last`, as
+//! the end of a request.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,13 +25,8 @@ use crate::{Body, H3Settings, RecvBody};
 /// Runs `requests` GET requests, one after another, on stream actors of one stand-in
 /// connection; each handler answers with `body` bytes, which the actor hands over within a
 /// first credit of `first_credit` bytes and grants of `grant` bytes. Returns when the last
-/// stream's actor parked (or one stopped instead): how many parked.
-pub async fn run_requests(
-    requests: usize,
-    body: usize,
-    first_credit: usize,
-    grant: usize,
-) -> usize {
+/// stream's actor parked (or one stopped instead), with what the run took.
+pub async fn run_requests(requests: usize, body: usize, first_credit: usize, grant: usize) -> Run {
     let payload = Bytes::from(vec![7u8; body]);
     let handler: Arc<dyn Handler> = Arc::new(move |_req: http::Request<RecvBody>| {
         let payload = payload.clone();
@@ -47,10 +43,22 @@ pub async fn run_requests(
     let (conn, handle) = Actor::spawn(None, StandIn, args)
         .await
         .expect("spawn the stand-in connection");
-    let parked = finished.await.unwrap_or(0);
+    let run = finished.await.unwrap_or_default();
     conn.stop(None);
     let _ = handle.await;
-    parked
+    run
+}
+
+/// What a run took.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// Streams whose actor parked.
+    pub parked: usize,
+    /// Of those, the streams whose actor parked with its last hand-over (no `Written` for it,
+    /// no `Parked`).
+    pub last_hand_overs: usize,
+    /// `Written` reports the stand-in sent.
+    pub written: usize,
 }
 
 struct StandIn;
@@ -60,7 +68,7 @@ struct StandInArgs {
     handler: Arc<dyn Handler>,
     first_credit: usize,
     grant: usize,
-    done: oneshot::Sender<usize>,
+    done: oneshot::Sender<Run>,
 }
 
 struct StandInState {
@@ -74,8 +82,8 @@ struct StandInState {
     mailbox: Tracked<ConnMsg<H3Msg>>,
     /// The actor serving the current stream.
     actor: Option<ActorRef<StreamMsg>>,
-    parked: usize,
-    done: Option<oneshot::Sender<usize>>,
+    run: Run,
+    done: Option<oneshot::Sender<Run>>,
 }
 
 impl StandInState {
@@ -105,9 +113,22 @@ impl StandInState {
         }
     }
 
+    /// The actor parked: the next request starts on it, or the run is over.
+    fn next_request(&mut self) {
+        self.run.parked += 1;
+        if self.left == 0 {
+            self.finished();
+        } else {
+            let args = self.stream_args();
+            if let Some(a) = &self.actor {
+                let _ = a.cast(StreamMsg::Start(StreamStart(Box::new(args))));
+            }
+        }
+    }
+
     fn finished(&mut self) {
         if let Some(d) = self.done.take() {
-            let _ = d.send(self.parked);
+            let _ = d.send(self.run);
         }
     }
 }
@@ -132,7 +153,7 @@ impl Actor for StandIn {
             trace_id: "bench".into(),
             mailbox: Tracked::new(myself, ActorMeter::new(ActorKind::Connection, &["message"])),
             actor: None,
-            parked: 0,
+            run: Run::default(),
             done: Some(args.done),
         })
     }
@@ -162,7 +183,9 @@ impl Actor for StandIn {
             return Ok(());
         };
         match msg {
-            H3Msg::Send { frames, more, .. } => {
+            H3Msg::Send {
+                frames, more, last, ..
+            } => {
                 let (mut bytes, mut fin) = (0, false);
                 for f in &frames {
                     match f {
@@ -174,23 +197,18 @@ impl Actor for StandIn {
                     }
                 }
                 let credit = if more { st.grant } else { 0 };
-                if let Some(a) = &st.actor {
+                if last {
+                    // The actor parked with these frames: the request is over.
+                    st.run.last_hand_overs += 1;
+                    st.next_request();
+                } else if let Some(a) = &st.actor {
                     if bytes > 0 || fin || credit > 0 {
+                        st.run.written += 1;
                         let _ = a.cast(StreamMsg::Written { bytes, fin, credit });
                     }
                 }
             }
-            H3Msg::Parked { .. } => {
-                st.parked += 1;
-                if st.left == 0 {
-                    st.finished();
-                } else {
-                    let args = st.stream_args();
-                    if let Some(a) = &st.actor {
-                        let _ = a.cast(StreamMsg::Start(StreamStart(Box::new(args))));
-                    }
-                }
-            }
+            H3Msg::Parked { .. } => st.next_request(),
             _ => {}
         }
         Ok(())
@@ -218,23 +236,33 @@ mod tests {
     use super::*;
 
     /// Zero, one, three and many requests, with bodies that fit the first credit, need one
-    /// grant, and need many: every stream's actor parks, so the next can start on it.
+    /// grant, and need many: every stream's actor parks, so the next can start on it, and it
+    /// parks with its last hand-over (the FIN), which nothing answers.
     #[tokio::test]
-    async fn every_request_parks_its_actor() {
-        for (requests, body, first, grant) in [
-            (0, 10, 16_384, 16_384),
-            (1, 10, 16_384, 16_384),
-            (3, 20_000, 16_384, 16_384),
-            (50, 262_144, 16_384, 16_384),
-            (5, 100_000, 1, 1_000),
+    async fn every_request_parks_its_actor_with_its_last_hand_over() {
+        // (requests, body, first credit, grant, `Written` reports per request)
+        for (requests, body, first, grant, written) in [
+            (0, 10, 16_384, 16_384, 0),
+            (1, 10, 16_384, 16_384, 0),
+            (3, 20_000, 16_384, 16_384, 1),
+            (50, 262_144, 16_384, 16_384, 15),
+            (5, 100_000, 1, 1_000, 100),
         ] {
-            let parked = tokio::time::timeout(
+            let run = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
                 run_requests(requests, body, first, grant),
             )
             .await
             .unwrap_or_else(|_| panic!("{requests} x {body} B did not finish"));
-            assert_eq!(parked, requests, "{requests} x {body} B");
+            assert_eq!(
+                run,
+                Run {
+                    parked: requests,
+                    last_hand_overs: requests,
+                    written: requests * written,
+                },
+                "{requests} x {body} B"
+            );
         }
     }
 }

@@ -73,6 +73,10 @@ pub struct H3App {
     scheduler: WriteScheduler,
     /// Scratch for the scheduler's order (kept so a flush allocates nothing).
     order: Vec<u64>,
+    /// Streams whose actors parked with their last hand-over and whose sending direction has
+    /// now ended, with how: retired at the end of the write pass (kept so it allocates
+    /// nothing).
+    tails: Vec<(u64, crate::stream::SendState)>,
     /// Scratch buffer for reads from quiche; chunks are copied out exactly sized.
     read_buf: Vec<u8>,
     /// Streams to read again after the next `h3::poll` (see `read_stream`).
@@ -137,6 +141,7 @@ impl H3App {
             by_actor: FxHashMap::default(),
             scheduler: WriteScheduler::default(),
             order: Vec::new(),
+            tails: Vec::new(),
             read_buf: vec![0; read::MAX_READ],
             rescan: Vec::new(),
             trace_id: Arc::from(""),
@@ -252,6 +257,23 @@ impl H3App {
 
     /// A stream actor's stream ended cleanly and the actor parked: unroute the stream, then
     /// keep the actor for a later stream or stop it (see [`pool`]).
+    /// Retires the streams whose actors parked with their last hand-over and whose sending
+    /// direction ended since: records how it ended, then keeps or stops the actor as
+    /// [`H3Msg::Parked`] would.
+    fn retire_tails(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
+        if self.tails.is_empty() {
+            return;
+        }
+        let mut tails = std::mem::take(&mut self.tails);
+        for (id, end) in tails.drain(..) {
+            if let Some(route) = self.routes.get(&id) {
+                route.stats.tail_ended(end);
+                self.on_parked(cx, id);
+            }
+        }
+        self.tails = tails;
+    }
+
     fn on_parked(&mut self, cx: &mut ConnCx<'_, H3Msg>, stream_id: u64) {
         let Some(actor_id) = self
             .routes
@@ -489,7 +511,11 @@ impl ConnectionApp for H3App {
                 stream_id,
                 frames,
                 more,
-            } => self.on_send(stream_id, frames, more),
+                last,
+            } => {
+                self.on_send(stream_id, frames, more, last);
+                self.retire_tails(cx);
+            }
             H3Msg::Credit { stream_id, bytes } => {
                 if self.add_read_credit(stream_id, bytes) {
                     self.read_stream(cx.conn, stream_id);
@@ -538,16 +564,28 @@ impl ConnectionApp for H3App {
             } => {
                 // Through the actor, which owns both directions' states: it sends what each
                 // still-open direction needs and ends the same way a handler's shutdown does.
-                let live = self.routes.get(&stream_id).is_some_and(|route| {
-                    route
+                // An actor that parked with its last hand-over owns nothing any more: the
+                // connection resets what it still holds of it.
+                let live = match self.routes.get(&stream_id) {
+                    Some(route) if route.is_tail() => {
+                        let _ = cx
+                            .conn
+                            .stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+                        self.tails
+                            .push((stream_id, crate::stream::SendState::ResetSent(code)));
+                        self.retire_tails(cx);
+                        true
+                    }
+                    Some(route) => route
                         .actor
                         .cast(StreamMsg::Shutdown {
                             stream_id,
                             read: Some(code),
                             write: Some(code),
                         })
-                        .is_ok()
-                });
+                        .is_ok(),
+                    None => false,
+                };
                 let _ = reply.send(live);
             }
             H3Msg::AttachFlow { stream_id, sink } => match self.routes.get_mut(&stream_id) {
@@ -673,6 +711,7 @@ impl ConnectionApp for H3App {
             }
         }
         self.write_streams(cx.conn);
+        self.retire_tails(cx);
         Ok(())
     }
 
@@ -704,6 +743,7 @@ impl ConnectionApp for H3App {
         self.close_flows(crate::flow::FlowEnd::ConnectionClosed);
         // Parked actors drain with the others.
         drop(self.pool.drain());
+        self.tails.clear();
         // The actors are drained, not supervised, from here: report the streams now.
         self.by_actor.clear();
         for (_, route) in self.routes.drain() {

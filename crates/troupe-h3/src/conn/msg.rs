@@ -59,6 +59,16 @@ pub enum OutFrame {
     },
 }
 
+impl OutFrame {
+    /// Whether FIN follows this frame.
+    pub fn ends_stream(&self) -> bool {
+        match self {
+            OutFrame::Headers { section, .. } => section.ends_stream(),
+            OutFrame::Data { fin, .. } => *fin,
+        }
+    }
+}
+
 /// Messages to the HTTP/3 layer of a connection actor.
 #[non_exhaustive]
 pub enum H3Msg {
@@ -72,6 +82,13 @@ pub enum H3Msg {
         /// The actor spent its credit and has more to send: grant more once these are in
         /// quiche and quiche has room.
         more: bool,
+        /// The actor's last word on the stream: these frames carry its FIN, its receiving
+        /// direction is over, and it parked as it sent them. The connection writes them,
+        /// records how the sending direction ended (FIN written, or the peer's STOP_SENDING
+        /// first) in the stream's figures, retires the stream and keeps the actor for a later
+        /// one. No `Written` answers it, and no `Parked` follows: two messages less for a
+        /// request whose response ends it.
+        last: bool,
     },
     /// The reader consumed `bytes`: the connection may read that many more.
     Credit {

@@ -10,7 +10,7 @@ use troupe_transport::Tracked;
 use super::msg::OutFrame;
 use crate::audit::StreamStats;
 use crate::priority::{Priority, PriorityCell};
-use crate::stream::StreamMsg;
+use crate::stream::{SendState, StreamMsg};
 
 /// The receiving side of a route: how many more body bytes may be read from quiche for the
 /// actor, or closed once the connection delivered the end (FIN or RESET) or sent STOP_SENDING
@@ -39,9 +39,11 @@ pub(super) enum Outbound {
     /// Credit was granted in answer to `more`; the actor's bytes (or its word that it has
     /// none yet) are on their way. Holds back less urgent streams' grants meanwhile.
     Granted,
-    /// Nothing more goes out: our FIN or RESET is written, or the peer's STOP_SENDING was
-    /// handed to the actor.
+    /// Nothing more goes out: our FIN or RESET is written.
     Closed,
+    /// Nothing more goes out: the peer's STOP_SENDING (with this code) was handed to the
+    /// actor, or recorded for it when it had already parked.
+    Stopped(u64),
 }
 
 /// What a held hand-over turns into once quiche took all of it.
@@ -51,6 +53,9 @@ pub(super) enum AfterHeld {
     Idle,
     /// The actor asked for more credit.
     Grant,
+    /// It was the actor's last hand-over (`H3Msg::Send { last: true }`): the actor parked, and
+    /// the stream is over once it is written.
+    Park,
 }
 
 /// One routed stream.
@@ -72,10 +77,28 @@ pub(super) struct Route {
 }
 
 impl Route {
+    /// Whether the actor parked with its last hand-over, which the connection still writes.
+    pub(super) fn is_tail(&self) -> bool {
+        matches!(
+            self.write,
+            Outbound::Held {
+                then: AfterHeld::Park,
+                ..
+            }
+        )
+    }
+
     /// The peer stopped our sending side: nothing more goes out, and the actor hears it once.
-    pub(super) fn peer_stopped(&mut self, code: u64) {
-        self.write = Outbound::Closed;
+    /// Returns how the sending direction ended when the actor already parked with its last
+    /// hand-over: it hears nothing then; the connection records the end and retires the stream.
+    pub(super) fn peer_stopped(&mut self, code: u64) -> Option<SendState> {
+        let tail = self.is_tail();
+        self.write = Outbound::Stopped(code);
+        if tail {
+            return Some(SendState::Stopped(code));
+        }
         let _ = self.actor.cast(StreamMsg::PeerStopSending(code));
+        None
     }
 
     /// The stream is over for the connection: its figures are final and reported, and anyone

@@ -16,7 +16,7 @@ use super::scheduler::Gate;
 use super::H3App;
 use crate::codes::{H3_INTERNAL_ERROR, H3_REQUEST_CANCELLED};
 use crate::priority::Priority;
-use crate::stream::StreamMsg;
+use crate::stream::{SendState, StreamMsg};
 
 /// quiche's HTTP/3 layer maps RFC 9218 urgency 0..=7 onto its stream urgencies 124..=131
 /// (below them: its own control and QPACK streams). A direct `stream_priority` call must add
@@ -143,8 +143,15 @@ fn write_frames(
 }
 
 impl H3App {
-    /// A stream actor handed over `frames` (within its credit); `more`: it wants more credit.
-    pub(super) fn on_send(&mut self, stream_id: u64, frames: Vec<OutFrame>, more: bool) {
+    /// A stream actor handed over `frames` (within its credit); `more`: it wants more credit;
+    /// `last`: it parked with them (see [`H3Msg::Send`](super::H3Msg::Send)).
+    pub(super) fn on_send(
+        &mut self,
+        stream_id: u64,
+        frames: Vec<OutFrame>,
+        more: bool,
+        last: bool,
+    ) {
         let Some(route) = self.routes.get_mut(&stream_id) else {
             return;
         };
@@ -159,13 +166,29 @@ impl H3App {
         }) {
             route.key = p;
         }
-        let then = if more {
-            AfterHeld::Grant
-        } else {
-            AfterHeld::Idle
+        let then = match (last, more) {
+            (true, _) => AfterHeld::Park,
+            (false, true) => AfterHeld::Grant,
+            (false, false) => AfterHeld::Idle,
         };
         match (&mut route.write, frames.is_empty()) {
-            (Outbound::Closed, _) => return,
+            (Outbound::Stopped(code), _) => {
+                // The peer stopped the stream while the actor produced these; it parked
+                // before hearing so.
+                if last {
+                    self.tails.push((stream_id, SendState::Stopped(*code)));
+                }
+                return;
+            }
+            (Outbound::Closed, _) => {
+                // A last hand-over carries the FIN, which comes once, and never follows a
+                // reset: this cannot be one. Retire it all the same, so nothing leaks.
+                debug_assert!(!last, "last hand-over on a closed stream {stream_id}");
+                if last {
+                    self.tails.push((stream_id, SendState::FinSent));
+                }
+                return;
+            }
             (
                 Outbound::Held {
                     frames: held,
@@ -174,8 +197,8 @@ impl H3App {
                 _,
             ) => {
                 held.extend(frames);
-                if more {
-                    *t = AfterHeld::Grant;
+                if then != AfterHeld::Idle {
+                    *t = then;
                 }
             }
             (w, true) => {
@@ -227,16 +250,17 @@ impl H3App {
                 continue;
             };
             let mut wrote = Wrote::default();
+            let tail = route.is_tail();
             // A less urgent stream does not write either while a more urgent one's bytes are on
             // their way: the room is theirs.
             let admitted = gate.admits(route.key);
             if let (true, Outbound::Held { frames, then }) = (admitted, &mut route.write) {
                 wrote = write_frames(h3, conn, id, route.key, &route.stats, frames);
-                if wrote.stopped.is_some() || wrote.fin {
+                if wrote.fin {
                     route.write = Outbound::Closed;
-                } else if frames.is_empty() {
+                } else if wrote.stopped.is_none() && frames.is_empty() {
                     route.write = match then {
-                        AfterHeld::Idle => Outbound::Idle,
+                        AfterHeld::Idle | AfterHeld::Park => Outbound::Idle,
                         AfterHeld::Grant => Outbound::Wants,
                     };
                 }
@@ -255,9 +279,20 @@ impl H3App {
                     Err(_) => wrote.stopped = Some(H3_REQUEST_CANCELLED),
                 }
             }
+            if tail {
+                // The actor parked with these frames: the connection keeps its figures.
+                if wrote.bytes > 0 {
+                    route.stats.tail_written(wrote.bytes);
+                }
+                if wrote.fin {
+                    self.tails.push((id, SendState::FinSent));
+                }
+            }
             if let Some(code) = wrote.stopped {
-                route.peer_stopped(code);
-            } else if wrote.bytes > 0 || wrote.fin || credit > 0 {
+                if let Some(end) = route.peer_stopped(code) {
+                    self.tails.push((id, end));
+                }
+            } else if !tail && (wrote.bytes > 0 || wrote.fin || credit > 0) {
                 let _ = route.actor.cast(StreamMsg::Written {
                     bytes: wrote.bytes,
                     fin: wrote.fin,
@@ -275,7 +310,9 @@ impl H3App {
                     self.scheduler.served(id);
                 }
                 Outbound::Held { .. } | Outbound::Wants => self.scheduler.served(id),
-                Outbound::Idle | Outbound::Closed => self.scheduler.remove(id),
+                Outbound::Idle | Outbound::Closed | Outbound::Stopped(_) => {
+                    self.scheduler.remove(id)
+                }
             }
         }
         self.order = order;
@@ -291,7 +328,8 @@ impl H3App {
         for (&id, route) in self.routes.iter_mut() {
             if matches!(route.write, Outbound::Idle | Outbound::Granted) {
                 if let Some(code) = stop_sending_code(conn, id) {
-                    route.peer_stopped(code);
+                    // Idle or granted: never a parked actor's last hand-over.
+                    let _ = route.peer_stopped(code);
                     self.scheduler.remove(id);
                 }
             }
@@ -304,9 +342,11 @@ impl H3App {
         let Some(route) = self.routes.get_mut(&id) else {
             return;
         };
-        if !matches!(route.write, Outbound::Closed) {
+        if !matches!(route.write, Outbound::Closed | Outbound::Stopped(_)) {
             if let Some(code) = stop_sending_code(conn, id) {
-                route.peer_stopped(code);
+                if let Some(end) = route.peer_stopped(code) {
+                    self.tails.push((id, end));
+                }
                 self.scheduler.remove(id);
             }
         }

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info_span, trace, warn, Instrument};
 use troupe_transport::{ActorMeter, ConnMsg, Tracked};
 
-use crate::audit::{StreamEnd, StreamStats};
+use crate::audit::StreamStats;
 use crate::body::{Body, BodyCancelled, BodyWriter, End, Frame, RecvBody};
 use crate::codes::{
     H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED,
@@ -683,6 +683,10 @@ impl StreamState {
 
     /// Copies the byte counts and how each direction ended into the shared audit figures.
     fn sync_audit(&mut self) {
+        if self.life == Life::Parked {
+            // The figures are no longer this actor's (the connection may finish them).
+            return;
+        }
         let credit = match self.credit {
             WriteCredit::Has(n) | WriteCredit::Fresh(n) => n as u64,
             WriteCredit::Asked => 0,
@@ -702,18 +706,7 @@ impl StreamState {
         }
         self.synced = now;
         let (send_state, recv_state) = (self.send.name(), self.recv.name());
-        let send_end = match self.send {
-            SendState::FinSent => Some(StreamEnd::Fin),
-            SendState::ResetSent(c) => Some(StreamEnd::ResetSent(c)),
-            SendState::Stopped(c) => Some(StreamEnd::StopSendingReceived(c)),
-            _ => None,
-        };
-        let recv_end = match self.recv {
-            RecvState::FinReceived => Some(StreamEnd::Fin),
-            RecvState::ResetReceived(c) => Some(StreamEnd::ResetReceived(c)),
-            RecvState::StopSendingSent(c) => Some(StreamEnd::StopSendingSent(c)),
-            _ => None,
-        };
+        let (send_end, recv_end) = (self.send.end(), self.recv.end());
         let (sent, received) = (self.body_sent, self.body_received);
         self.stats.update(|a| {
             a.bytes_sent = sent;
@@ -860,23 +853,32 @@ impl StreamState {
         }
     }
 
+    /// Whether this actor may serve a later stream once this one ended: parking is on, and it
+    /// has no live child (a datagram flow), which would otherwise outlive its stream.
+    fn may_park(&self, myself: &ActorRef<StreamMsg>) -> bool {
+        self.settings.stream_actor_pool > 0
+            && self.flow.is_none()
+            && myself.get_children().is_empty()
+    }
+
     /// Both directions ended: park, to serve a later stream of the connection, or stop. An
     /// actor with a live child (a datagram flow) stops, taking its children with it.
     fn finish(&mut self, myself: &ActorRef<StreamMsg>) {
-        let reuse = self.settings.stream_actor_pool > 0
-            && self.flow.is_none()
-            && myself.get_children().is_empty();
-        if !reuse {
+        if !self.may_park(myself) {
             myself.stop(None);
             return;
         }
-        // What the stream held goes now, as it would with the actor.
+        self.park();
+        self.to_conn(H3Msg::Parked { stream_id: self.id });
+    }
+
+    /// Drops what the stream held, as stopping would, and waits for the connection's next
+    /// stream; the figures synced now are the last this actor writes.
+    fn park(&mut self) {
         self.stop_producing();
         self.consumer = Consumer::Nobody;
-        self.life = Life::Parked;
-        // The final figures before the connection retires the stream.
         self.sync_audit();
-        self.to_conn(H3Msg::Parked { stream_id: self.id });
+        self.life = Life::Parked;
     }
 
     /// Nothing more will be sent and nothing more read: drop the handler (a server that has not
@@ -1108,6 +1110,11 @@ impl StreamState {
                     Poll::Pending => break,
                 }
             }
+            if !fin && failed.is_none() && self.carry.is_none() && body.is_end_stream() {
+                // Credit ran out exactly at the body's end: the FIN goes with these bytes, not
+                // in a hand-over of its own after another grant.
+                fin = true;
+            }
             if let Some(code) = failed {
                 self.drop_body();
                 // What was produced before the failure goes first, then the reset.
@@ -1116,6 +1123,7 @@ impl StreamState {
                         stream_id: self.id,
                         frames: std::mem::take(&mut frames),
                         more: false,
+                        last: false,
                     });
                 }
                 self.abort_send(code);
@@ -1151,17 +1159,34 @@ impl StreamState {
                         stream_id: self.id,
                         frames: Vec::new(),
                         more: false,
+                        last: false,
                     });
                 }
             }
         }
 
         if !frames.is_empty() || more {
+            // The FIN handed over with the receiving direction already over: nothing more can
+            // happen to the stream that this actor must hear of, so it parks now and the
+            // connection finishes the stream (no `Written`, no `Parked`).
+            let last = self.recv.is_terminal()
+                && frames.iter().any(OutFrame::ends_stream)
+                && self.may_park(myself);
+            if last {
+                // Parked (its figures final as far as it knows) before the connection can
+                // take the stream's figures over: on a multi-thread runtime it may at once.
+                trace!("stream done: last hand-over");
+                self.park();
+            }
             self.to_conn(H3Msg::Send {
                 stream_id: self.id,
                 frames,
                 more,
+                last,
             });
+            if last {
+                return;
+            }
         }
 
         if self.stop_latch.check(self.send, self.recv) {

@@ -62,6 +62,17 @@ impl SendState {
         }
     }
 
+    /// How the direction ended, once it did.
+    pub fn end(self) -> Option<crate::audit::StreamEnd> {
+        use crate::audit::StreamEnd;
+        match self {
+            SendState::FinSent => Some(StreamEnd::Fin),
+            SendState::ResetSent(c) => Some(StreamEnd::ResetSent(c)),
+            SendState::Stopped(c) => Some(StreamEnd::StopSendingReceived(c)),
+            _ => None,
+        }
+    }
+
     /// Whether the direction is finished.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -166,6 +177,17 @@ impl RecvState {
             RecvState::FinReceived => "fin_received",
             RecvState::ResetReceived(_) => "reset_received",
             RecvState::StopSendingSent(_) => "stop_sending_sent",
+        }
+    }
+
+    /// How the direction ended, once it did.
+    pub fn end(self) -> Option<crate::audit::StreamEnd> {
+        use crate::audit::StreamEnd;
+        match self {
+            RecvState::FinReceived => Some(StreamEnd::Fin),
+            RecvState::ResetReceived(c) => Some(StreamEnd::ResetReceived(c)),
+            RecvState::StopSendingSent(c) => Some(StreamEnd::StopSendingSent(c)),
+            _ => None,
         }
     }
 

@@ -68,13 +68,17 @@ pub fn parse_request(list: &[Header]) -> Result<http::request::Parts, Malformed>
         if path.is_empty() {
             return Err(bad("empty :path"));
         }
-        let mut b = Uri::builder().scheme(scheme).path_and_query(path);
+        // Part by part, as `Uri::builder` would check them, without moving the parts through
+        // a `Result` at each step (a few hundred instructions per request).
+        let invalid = |_| bad("invalid :scheme, :authority or :path");
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::try_from(scheme).map_err(invalid)?);
+        uri.path_and_query = Some(http::uri::PathAndQuery::try_from(path).map_err(invalid)?);
         if let Some(a) = authority.or_else(|| headers.get(http::header::HOST).map(|v| v.as_bytes()))
         {
-            b = b.authority(a);
+            uri.authority = Some(http::uri::Authority::try_from(a).map_err(invalid)?);
         }
-        b.build()
-            .map_err(|_| bad("invalid :scheme, :authority or :path"))?
+        Uri::from_parts(uri).map_err(|_| bad("invalid :scheme, :authority or :path"))?
     };
     // Filled in place: the builder moves its parts through a `Result` at every step.
     let (mut parts, ()) = Request::new(()).into_parts();

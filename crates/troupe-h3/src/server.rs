@@ -316,11 +316,7 @@ impl Handler for ActorHandler {
             // Backpressure: with the budget spent, this request waits here, in its own stream
             // actor, without reading its body (so QUIC flow control holds the client).
             // Each connection gets its fair share, so one client cannot starve the others.
-            let Some(conn) = req
-                .extensions()
-                .get::<crate::stream::ConnTag>()
-                .map(|t| t.0)
-            else {
+            let Some(conn) = control.as_ref().map(StreamControl::conn) else {
                 return std::future::pending().await;
             };
             let permit = budget.acquire(conn).await;

@@ -150,6 +150,10 @@ impl StreamMsg {
 pub struct StreamControl {
     actor: Tracked<StreamMsg>,
     stream_id: u64,
+    /// The connection actor the stream belongs to (the actor server's budget is shared
+    /// fairly by connection). Kept here rather than as an extension of its own: every
+    /// extension of a request is an allocation and a hash-map insert.
+    conn: ractor::ActorId,
 }
 
 impl std::fmt::Debug for StreamControl {
@@ -164,6 +168,11 @@ impl StreamControl {
     /// The QUIC stream ID.
     pub fn stream_id(&self) -> u64 {
         self.stream_id
+    }
+
+    /// The connection actor the stream belongs to.
+    pub(crate) fn conn(&self) -> ractor::ActorId {
+        self.conn
     }
 
     /// Stops receiving: STOP_SENDING with `code`; the received body ends with an error.
@@ -237,11 +246,6 @@ pub(crate) enum Role {
         flow: Option<crate::flow::DatagramFlow>,
     },
 }
-
-/// In a server request's extensions: which connection it came on (the actor server's budget
-/// is shared fairly by connection).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ConnTag(pub(crate) ractor::ActorId);
 
 /// Which end of the request this actor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,14 +574,12 @@ impl StreamState {
                 request.extensions_mut().insert(StreamControl {
                     actor: st.me.clone(),
                     stream_id: st.id,
+                    conn: st.conn.actor().get_id(),
                 });
                 request
                     .extensions_mut()
                     .insert(PrioritySignal::new(priority));
                 request.extensions_mut().insert(st.stats.clone());
-                request
-                    .extensions_mut()
-                    .insert(ConnTag(st.conn.actor().get_id()));
                 if let Some(flow) = flow {
                     request.extensions_mut().insert(flow);
                 }
@@ -945,6 +947,7 @@ impl StreamState {
             resp.extensions_mut().insert(StreamControl {
                 actor: self.me.clone(),
                 stream_id: self.id,
+                conn: self.conn.actor().get_id(),
             });
             resp.extensions_mut().insert(self.stats.clone());
             if let Some(flow) = self.flow.take() {

@@ -21,13 +21,13 @@
 //!    never ends, sent by troupe's client): the server's resident memory per stream, from
 //!    /proc, once it stopped growing, less what the connections alone took.
 //!
-//! Then instructions per small request, each server under valgrind's instruction counter
-//! (1x100 and 50x10; a second table, also written to `target/bench/instructions.json`): a
-//! count, unlike CPU time, does not move with this machine's load.
-//!
 //! Then worker scaling, troupe alone: `troupe serve --workers 2` against `--workers 1` on
 //! scenario 2, with servers and load generators unpinned, sharing every core (a second table,
 //! also written to `target/bench/workers_scaling.json`).
+//!
+//! Then instructions per small request, each server under valgrind's instruction counter
+//! (1x100 and 50x10; a third table, also written to `target/bench/instructions.json`): a
+//! count, unlike CPU time, does not move with this machine's load.
 //!
 //! Server CPU time is read from /proc, so the figures that matter (server CPU per request, per
 //! GB, per handshake) do not depend on the client's speed. Every server is measured
@@ -532,11 +532,12 @@ fn main() {
     let _ = std::fs::remove_file(&upload_file);
     let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
     summary(&names, &results, 1).show(&out.join("h3_vs_tokio_quiche.json"));
-    if std::env::var_os("BENCH_NO_INSTRUCTIONS").is_none() {
-        instructions(&servers, &settings, &out);
-    }
     if std::env::var_os("BENCH_NO_SCALING").is_none() {
         scaling(&release, &settings, rounds, &out);
+    }
+    // Last: the slowest part, and one that needs valgrind.
+    if std::env::var_os("BENCH_NO_INSTRUCTIONS").is_none() {
+        instructions(&servers, &settings, &out);
     }
 }
 

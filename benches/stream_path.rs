@@ -4,8 +4,8 @@
 //! quiche, no sockets, so what is left is the actors' own cost.
 //!
 //! - `stream_actor/request`: one GET whose 1 KiB response fits the first credit, on a parked
-//!   actor: `Start`, the handler's call, one `Send` (headers, body, FIN), one `Written`, one
-//!   `Parked` — the messages every small request costs beside quiche's work.
+//!   actor: `Start`, the handler's call, one `Send` (headers, body, FIN) marked `last` — the
+//!   messages every small request costs beside quiche's work.
 //! - `credit/256KiB`: one GET answered with 256 KiB, handed over within a first credit of
 //!   16 KiB and grants of 16 KiB or 64 KiB: each grant is one `Send{more}` and one `Written`
 //!   round trip; the figure per request divided by the grants gives one round trip's cost.
@@ -65,9 +65,10 @@ criterion_group! {
     targets = message_path
 }
 /// `STREAM_PATH_REQUESTS=N` runs N requests of 1 KiB once, untimed, and exits: a fixed amount
-/// of work for an instruction counter (`valgrind --tool=cachegrind`), whose counts, unlike
-/// times, do not move with the machine's load. Two runs of different N give the instructions
-/// per request by difference (see `cargo xtask bench --instructions`).
+/// of work for an instruction counter, whose counts, unlike times, do not move with the
+/// machine's load. Two runs of different N give the instructions per request by difference:
+/// `STREAM_PATH_REQUESTS=1000 valgrind --tool=cachegrind --cache-sim=no <this bench's binary>`,
+/// then 11000, and divide the difference of the two `I refs` by 10000.
 fn main() {
     if let Ok(n) = std::env::var("STREAM_PATH_REQUESTS") {
         let n: u64 = n

@@ -167,6 +167,16 @@ async fn handle(
             drop(body);
             http::Response::new(Body::from(vec![5u8; 12 * 1024]))
         }
+        // The same, and on the test's go the application resets the response (after the
+        // actor handed it over).
+        "/12k-then-reset" => {
+            drop(body);
+            tokio::spawn(async move {
+                go.notified().await;
+                control.shutdown_write(0x61);
+            });
+            http::Response::new(Body::from(vec![5u8; 12 * 1024]))
+        }
         "/panic" => panic!("handler bug (expected by this test)"),
         // Drop the request body unread, wait for go, then answer.
         "/drop-body" => {
@@ -388,6 +398,18 @@ impl Probe {
                 .get(&stream)
                 .map(|s| s.snapshot());
             if let Some(a) = a.filter(|a| a.bytes_sent > 0 && a.pending_out > 0) {
+                // The actor parked as it handed the response over: it heard nothing since (no
+                // `Written` for what the connection wrote).
+                let node = self.server.snapshot().await.connections[0]
+                    .streams
+                    .iter()
+                    .find(|n| n.stream_id == stream)
+                    .map(|n| n.actor.meter.messages_handled);
+                assert_eq!(
+                    node,
+                    Some(0),
+                    "the stream actor took messages after its last hand-over"
+                );
                 return a;
             }
             assert!(
@@ -561,6 +583,26 @@ async fn an_operator_cancels_a_held_last_hand_over() {
     assert_eq!(o.reset, Some(H3_REQUEST_CANCELLED), "{o:?}");
     let (send, recv) = p.ended(id).await;
     assert_eq!(send, Some(StreamEnd::ResetSent(H3_REQUEST_CANCELLED)));
+    assert_eq!(recv, Some(StreamEnd::Fin));
+    let a = p.stats(id).snapshot();
+    assert_eq!((a.bytes_sent, a.pending_out), (held.bytes_sent, 0), "{a:?}");
+    assert_eq!(p.parked_actors().await, 1, "the actor was not kept");
+}
+
+/// The same held last hand-over, reset by the application through its `StreamControl`: the
+/// parked actor passes the reset on, the connection resets what it holds, records it, and keeps
+/// the actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_resets_a_held_last_hand_over() {
+    let p = Probe::start().await;
+    let mut c = RawClient::connect_with_windows(p.server.local_addr(), 4096, 10 << 20).await;
+    let id = c.request(&get("/12k-then-reset"));
+    let held = p.tail_held(&mut c, id).await;
+    p.go.notify_one();
+    let o = c.outcome(id).await;
+    assert_eq!(o.reset, Some(0x61), "{o:?}");
+    let (send, recv) = p.ended(id).await;
+    assert_eq!(send, Some(StreamEnd::ResetSent(0x61)));
     assert_eq!(recv, Some(StreamEnd::Fin));
     let a = p.stats(id).snapshot();
     assert_eq!((a.bytes_sent, a.pending_out), (held.bytes_sent, 0), "{a:?}");

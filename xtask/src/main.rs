@@ -370,7 +370,10 @@ fn ensure_load_generator() -> Result<(), String> {
 
 fn bench() -> Result<(), String> {
     ensure_load_generator()?;
-    ensure_valgrind()?;
+    if let Err(e) = ensure_valgrind() {
+        // The instruction counts are a second view: the benchmark skips them without it.
+        eprintln!("xtask: {e}; the benchmark runs without the instruction counts");
+    }
     step(
         "cargo bench --bench h3_vs_tokio_quiche",
         cargo().args(["bench", "--bench", "h3_vs_tokio_quiche"]),

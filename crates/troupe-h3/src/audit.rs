@@ -185,22 +185,25 @@ impl StreamStats {
         }
     }
 
-    /// The connection wrote `bytes` more of what a parked actor handed over last (the actor
-    /// keeps these figures until it parks; the connection keeps them after).
-    pub(crate) fn tail_written(&self, bytes: usize) {
+    /// The connection wrote `written` body bytes of the stream in all, part of what its actor
+    /// handed over before it parked with its last hand-over (the actor keeps these figures
+    /// until it parks; the connection keeps them after). What was handed over and not written
+    /// stays pending.
+    pub(crate) fn tail_written(&self, written: u64) {
         let mut g = self.lock();
-        g.audit.bytes_sent += bytes as u64;
-        g.audit.pending_out = g.audit.pending_out.saturating_sub(bytes as u64);
+        let a = &mut g.audit;
+        // Sent and pending always add up to what the actor handed over.
+        let handed = a.bytes_sent + a.pending_out;
+        a.bytes_sent = written;
+        a.pending_out = handed.saturating_sub(written);
     }
 
     /// How the sending direction of a stream whose actor parked with its last hand-over ended
-    /// (a terminal state): with the FIN written, everything handed over was.
-    pub(crate) fn tail_ended(&self, end: crate::stream::SendState) {
+    /// (a terminal state), with `written` body bytes written into quiche in all.
+    pub(crate) fn tail_ended(&self, end: crate::stream::SendState, written: u64) {
         let mut g = self.lock();
         let a = &mut g.audit;
-        if end == crate::stream::SendState::FinSent {
-            a.bytes_sent += a.pending_out;
-        }
+        a.bytes_sent = written;
         a.pending_out = 0;
         a.send_end = end.end();
         a.send_state = end.name();

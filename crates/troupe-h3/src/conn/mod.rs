@@ -249,14 +249,13 @@ impl H3App {
                 stats,
                 signal,
                 flow: None,
+                written: 0,
             },
         );
         cx.metrics.stream_opened();
         Ok(())
     }
 
-    /// A stream actor's stream ended cleanly and the actor parked: unroute the stream, then
-    /// keep the actor for a later stream or stop it (see [`pool`]).
     /// Retires the streams whose actors parked with their last hand-over and whose sending
     /// direction ended since: records how it ended, then keeps or stops the actor as
     /// [`H3Msg::Parked`] would.
@@ -267,13 +266,15 @@ impl H3App {
         let mut tails = std::mem::take(&mut self.tails);
         for (id, end) in tails.drain(..) {
             if let Some(route) = self.routes.get(&id) {
-                route.stats.tail_ended(end);
+                route.stats.tail_ended(end, route.written);
                 self.on_parked(cx, id);
             }
         }
         self.tails = tails;
     }
 
+    /// A stream actor's stream ended cleanly and the actor parked: unroute the stream, then
+    /// keep the actor for a later stream or stop it (see [`pool`]).
     fn on_parked(&mut self, cx: &mut ConnCx<'_, H3Msg>, stream_id: u64) {
         let Some(actor_id) = self
             .routes
@@ -534,10 +535,16 @@ impl ConnectionApp for H3App {
                 }
             }
             H3Msg::Reset { stream_id, code } => {
-                let _ = cx
-                    .conn
-                    .stream_shutdown(stream_id, quiche::Shutdown::Write, code);
-                self.close_write(stream_id);
+                // Only a routed stream: an actor that parked with its last hand-over forwards a
+                // reset asked for later, and if the connection already wrote that hand-over
+                // whole (FIN included) the response is complete and stays so.
+                if self.routes.contains_key(&stream_id) {
+                    let _ = cx
+                        .conn
+                        .stream_shutdown(stream_id, quiche::Shutdown::Write, code);
+                    self.close_write(stream_id, code);
+                    self.retire_tails(cx);
+                }
             }
             H3Msg::GoAway => {
                 self.start_goaway(cx);

@@ -74,6 +74,7 @@ impl OutFrame {
 pub enum H3Msg {
     /// Frames for a stream, in order, within the write credit the connection granted (header
     /// sections are not counted: quiche takes a section whole or not at all).
+    #[non_exhaustive]
     Send {
         /// The stream.
         stream_id: u64,

@@ -74,6 +74,10 @@ pub(super) struct Route {
     pub(super) signal: Option<Arc<PriorityCell>>,
     /// Where the stream's HTTP datagrams go, once a flow is attached.
     pub(super) flow: Option<Arc<dyn crate::flow::DatagramSink>>,
+    /// Body bytes written into quiche for the stream: the figure the connection records
+    /// itself once the actor parked with its last hand-over (reports of writes still on their
+    /// way to the actor when it parked are lost with it).
+    pub(super) written: u64,
 }
 
 impl Route {

@@ -221,9 +221,14 @@ impl H3App {
         self.scheduler.insert(stream_id, route.key);
     }
 
-    /// The actor reset its sending side: nothing it handed over goes out any more.
-    pub(super) fn close_write(&mut self, stream_id: u64) {
+    /// The actor reset its sending side with `code`: nothing it handed over goes out any more.
+    /// If it had parked with its last hand-over (it forwards a reset asked for after it), the
+    /// stream is over: it is recorded, and retired with the other tails.
+    pub(super) fn close_write(&mut self, stream_id: u64, code: u64) {
         if let Some(route) = self.routes.get_mut(&stream_id) {
+            if route.is_tail() {
+                self.tails.push((stream_id, SendState::ResetSent(code)));
+            }
             route.write = Outbound::Closed;
         }
         self.scheduler.remove(stream_id);
@@ -260,11 +265,21 @@ impl H3App {
                     route.write = Outbound::Closed;
                 } else if wrote.stopped.is_none() && frames.is_empty() {
                     route.write = match then {
-                        AfterHeld::Idle | AfterHeld::Park => Outbound::Idle,
+                        AfterHeld::Idle => Outbound::Idle,
                         AfterHeld::Grant => Outbound::Wants,
+                        AfterHeld::Park => {
+                            // A last hand-over ends with its FIN, written with its last frame:
+                            // all written and no FIN cannot be. Retire it all the same.
+                            if cfg!(debug_assertions) {
+                                unreachable!("last hand-over of {id} written without its FIN");
+                            }
+                            self.tails.push((id, SendState::FinSent));
+                            Outbound::Closed
+                        }
                     };
                 }
             }
+            route.written += wrote.bytes as u64;
             let mut credit = 0;
             if matches!(route.write, Outbound::Wants) && admitted {
                 match conn.stream_capacity(id) {
@@ -281,11 +296,10 @@ impl H3App {
             }
             if tail {
                 // The actor parked with these frames: the connection keeps its figures.
-                if wrote.bytes > 0 {
-                    route.stats.tail_written(wrote.bytes);
-                }
                 if wrote.fin {
                     self.tails.push((id, SendState::FinSent));
+                } else if wrote.bytes > 0 {
+                    route.stats.tail_written(route.written);
                 }
             }
             if let Some(code) = wrote.stopped {

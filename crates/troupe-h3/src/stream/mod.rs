@@ -310,6 +310,11 @@ enum Life {
     /// Its stream ended cleanly; the connection may hand it another ([`StreamMsg::Start`]).
     /// Everything else it is sent is about an earlier stream and is ignored.
     Parked,
+    /// Parked with its last hand-over, which the connection may still be writing: as
+    /// `Parked`, except that a reset asked for through a handle of that stream
+    /// ([`StreamControl::shutdown_write`], an operator's cancel) is passed on to the
+    /// connection, which resets what it still holds (or nothing, if it wrote it all).
+    HandedOver,
 }
 
 pub(crate) struct StreamState {
@@ -487,6 +492,7 @@ impl Actor for StreamActor {
             return Ok(());
         }
         if !st.concerns(&msg) {
+            st.after_hand_over(msg);
             return Ok(());
         }
         let span = st.span.clone();
@@ -507,7 +513,8 @@ impl Actor for StreamActor {
         st: &mut StreamState,
     ) -> Result<(), ActorProcessingErr> {
         // A child (a datagram flow) never stops its stream by exiting; a failed one resets it,
-        // as a panicking handler would, and is recorded where operators look.
+        // as a panicking handler would, and is recorded where operators look. A parked actor
+        // has no stream to reset (a child linked through a stale handle): only the record.
         if let SupervisionEvent::ActorFailed(cell, err) = evt {
             let why = err.to_string();
             let _g = st.span.clone().entered();
@@ -517,9 +524,11 @@ impl Actor for StreamActor {
                 who: format!("flow {}", cell.get_id()),
                 why,
             }));
-            st.abort_both(H3_INTERNAL_ERROR);
-            st.drive(&myself);
-            st.sync_audit();
+            if st.life == Life::Serving {
+                st.abort_both(H3_INTERNAL_ERROR);
+                st.drive(&myself);
+                st.sync_audit();
+            }
         }
         Ok(())
     }
@@ -685,7 +694,7 @@ impl StreamState {
 
     /// Copies the byte counts and how each direction ended into the shared audit figures.
     fn sync_audit(&mut self) {
-        if self.life == Life::Parked {
+        if self.life != Life::Serving {
             // The figures are no longer this actor's (the connection may finish them).
             return;
         }
@@ -841,6 +850,25 @@ impl StreamState {
         }
     }
 
+    /// A message this actor does not take (it serves no stream, or another one): a reset of
+    /// the stream it parked with its last hand-over goes on to the connection; the rest is
+    /// about an earlier stream and is dropped.
+    fn after_hand_over(&self, msg: StreamMsg) {
+        if let (
+            Life::HandedOver,
+            StreamMsg::Shutdown {
+                stream_id,
+                write: Some(code),
+                ..
+            },
+        ) = (self.life, msg)
+        {
+            if stream_id == self.id {
+                self.to_conn(H3Msg::Reset { stream_id, code });
+            }
+        }
+    }
+
     /// Whether `msg` is about the stream this actor serves now. The connection only routes the
     /// current stream, so its messages are, unless the actor is parked; handles of an earlier
     /// stream (a waker, a dropped body, a `StreamControl`) name theirs.
@@ -870,17 +898,17 @@ impl StreamState {
             myself.stop(None);
             return;
         }
-        self.park();
+        self.park(Life::Parked);
         self.to_conn(H3Msg::Parked { stream_id: self.id });
     }
 
     /// Drops what the stream held, as stopping would, and waits for the connection's next
     /// stream; the figures synced now are the last this actor writes.
-    fn park(&mut self) {
+    fn park(&mut self, life: Life) {
         self.stop_producing();
         self.consumer = Consumer::Nobody;
         self.sync_audit();
-        self.life = Life::Parked;
+        self.life = life;
     }
 
     /// Nothing more will be sent and nothing more read: drop the handler (a server that has not
@@ -1179,7 +1207,7 @@ impl StreamState {
                 // Parked (its figures final as far as it knows) before the connection can
                 // take the stream's figures over: on a multi-thread runtime it may at once.
                 trace!("stream done: last hand-over");
-                self.park();
+                self.park(Life::HandedOver);
             }
             self.to_conn(H3Msg::Send {
                 stream_id: self.id,

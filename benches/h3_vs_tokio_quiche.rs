@@ -541,14 +541,15 @@ fn main() {
     }
 }
 
-/// Server instructions per small request, counted by valgrind (`--tool=cachegrind
-/// --cache-sim=no`), for 1x100 and 50x10: each server runs two loads of different sizes under
-/// the counter, and the difference, divided by the difference in requests, leaves out start-up,
+/// Server instructions per unit of work, counted by valgrind (`--tool=cachegrind
+/// --cache-sim=no`): per small request (1x100 and 50x10), per MB of a download and of an
+/// upload, per handshake. Each server runs each load twice under the counter, at two sizes, and
+/// the difference, divided by the difference in work, leaves out start-up, the first
 /// handshakes and shutdown. Unlike CPU time, a count does not move with the machine's load
-/// (two runs agree within about 1%), so it shows changes of a few percent that the CPU figures'
-/// noise hides. It counts instructions, not cycles (a cache miss costs more than an add), and
-/// under valgrind a server runs some 50 times slower, so its batches are larger than in the
-/// timed runs: it is a second view, not a replacement.
+/// (two runs agree within about 1%), so it shows changes of a few percent that the CPU
+/// figures' noise hides. It counts instructions, not cycles (a cache miss costs more than an
+/// add), and under valgrind a server runs some 50 times slower, so its batches are larger than
+/// in the timed runs: it is a second view, not a replacement.
 fn instructions(servers: &[Server], s: &Settings, out: &Path) {
     if Command::new("valgrind").arg("--version").output().is_err() {
         eprintln!("valgrind is missing: no instruction counts (cargo xtask bench installs it)");
@@ -556,38 +557,116 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
     }
     let extra = env_or::<usize>("BENCH_INSTRUCTION_REQUESTS", 10_000).max(100);
     let base = 2_000;
+    // Bulk: 16 MiB and 64 MiB; handshakes: 50 and 250.
+    let (mb_few, mb_many) = (16u64, 64u64);
+    let (hs_few, hs_many) = (50usize, 250usize);
+    let bulk_file = |mb: u64| {
+        let f = out.join(format!("upload-{mb}.bin"));
+        std::fs::File::create(&f)
+            .and_then(|h| h.set_len(mb << 20))
+            .expect("create an upload file");
+        f
+    };
+    let (up_few, up_many) = (bulk_file(mb_few), bulk_file(mb_many));
     println!(
-        "instructions: each server under valgrind, {base} and {} small requests per scenario",
+        "instructions: each server under valgrind; {base} and {} small requests, {mb_few} and \
+         {mb_many} MiB, {hs_few} and {hs_many} handshakes",
         base + extra
     );
+    let cores = s.pin.then_some("1");
+    fn load<'a>(
+        addr: SocketAddr,
+        path: String,
+        streams: usize,
+        procs: usize,
+        data: Option<&'a Path>,
+        cores: Option<&'static str>,
+    ) -> Load<'a> {
+        Load {
+            addr,
+            path,
+            streams,
+            procs,
+            data,
+            cores,
+        }
+    }
     let mut results = Vec::new();
     for server in servers {
         let mut round: Round = Vec::new();
+        let mut row = |label: &'static str, unit: &'static str, per: f64| {
+            println!("  {:>13}: {label} {per:.1} {unit}", server.name);
+            round.push((fig(label, unit, true), per));
+        };
         for (label, conns, limit) in [
             ("1x100 small: server instructions per request", 1, 100),
             ("50x10 small: server instructions per request", 50, 10),
         ] {
-            let few = counted(server, s, conns, limit, base, out);
-            let many = counted(server, s, conns, limit, base + extra, out);
-            let per = many.saturating_sub(few) as f64 / extra as f64;
-            println!("  {:>13}: {label} {:.1} k", server.name, per / 1e3);
-            round.push((fig(label, "k", true), per / 1e3));
+            let small = |n: usize| {
+                move |addr| {
+                    load(
+                        addr,
+                        "/bytes/1024".into(),
+                        (n / conns).max(1),
+                        conns,
+                        None,
+                        cores,
+                    )
+                    .run()
+                }
+            };
+            let few = counted(server, s, limit, out, small(base));
+            let many = counted(server, s, limit, out, small(base + extra));
+            row(
+                label,
+                "k",
+                many.saturating_sub(few) as f64 / extra as f64 / 1e3,
+            );
         }
+        let down = |mb: u64| {
+            move |addr| load(addr, format!("/bytes/{}", mb << 20), 1, 1, None, cores).run()
+        };
+        let few = counted(server, s, 100, out, down(mb_few));
+        let many = counted(server, s, 100, out, down(mb_many));
+        let per_mb = |few: u64, many: u64| {
+            many.saturating_sub(few) as f64 / ((mb_many - mb_few) as f64 * 1.048_576) / 1e6
+        };
+        row(
+            "download: server instructions per MB",
+            "M",
+            per_mb(few, many),
+        );
+        let few = counted(server, s, 100, out, |addr| {
+            load(addr, "/discard".into(), 1, 1, Some(&up_few), cores).run()
+        });
+        let many = counted(server, s, 100, out, |addr| {
+            load(addr, "/discard".into(), 1, 1, Some(&up_many), cores).run()
+        });
+        row("upload: server instructions per MB", "M", per_mb(few, many));
+        let shake = |n: usize| move |addr| s.rt.block_on(handshakes(addr, n, s.tck));
+        let few = counted(server, s, 100, out, shake(hs_few));
+        let many = counted(server, s, 100, out, shake(hs_many));
+        row(
+            "handshakes: server instructions per handshake",
+            "k",
+            many.saturating_sub(few) as f64 / (hs_many - hs_few) as f64 / 1e3,
+        );
         results.push(vec![round]);
     }
+    let _ = std::fs::remove_file(&up_few);
+    let _ = std::fs::remove_file(&up_many);
     let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
     summary(&names, &results, 1).show(&out.join("instructions.json"));
 }
 
-/// Instructions `server` ran, under valgrind, from its start to its exit, serving `requests`
-/// small requests over `conns` connections of at most `limit` streams each.
-fn counted(
+/// Instructions `server` ran, under valgrind, from its start to its exit, with `limit`
+/// streams per connection, serving what `load` asks of it.
+fn counted<T>(
     server: &Server,
     s: &Settings,
-    conns: usize,
     limit: usize,
-    requests: usize,
     dir: &Path,
+    load: impl FnOnce(SocketAddr) -> T,
 ) -> u64 {
     let counts = dir.join(format!("cachegrind.{}.out", server.name));
     let _ = std::fs::remove_file(&counts);
@@ -599,21 +678,12 @@ fn counted(
     ];
     args.extend(server.args.iter().map(Into::into));
     args.extend(["--max-streams".into(), limit.to_string().into()]);
-    let (proc_, addr) = start(Path::new("valgrind"), &args, server.ready, s.pin);
-    Load {
-        addr,
-        path: "/bytes/1024".to_string(),
-        streams: (requests / conns).max(1),
-        procs: conns,
-        data: None,
-        cores: s.pin.then_some("1"),
-    }
-    .run();
+    let (mut proc_, addr) = start(Path::new("valgrind"), &args, server.ready, s.pin);
+    load(addr);
     // SIGINT: the server exits cleanly, and valgrind writes the count as it does.
     let _ = Command::new("kill")
         .args(["-INT", &proc_.0.id().to_string()])
         .status();
-    let mut proc_ = proc_;
     let _ = proc_.0.wait();
     let text = std::fs::read_to_string(&counts)
         .unwrap_or_else(|e| panic!("valgrind wrote no counts to {}: {e}", counts.display()));

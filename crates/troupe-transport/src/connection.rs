@@ -383,7 +383,10 @@ pub(crate) type EstablishedTx = oneshot::Sender<Result<(), CloseReason>>;
 
 /// Everything a connection actor starts with.
 pub(crate) struct ConnArgs<A: ConnectionApp> {
-    pub(crate) conn: quiche::Connection,
+    /// Boxed: quiche's connection is several kilobytes, and spawning an actor moves its
+    /// arguments and state more than once (a quarter of the non-TLS work of a handshake went
+    /// to those copies).
+    pub(crate) conn: Box<quiche::Connection>,
     pub(crate) app: A,
     pub(crate) inbox: Arc<Inbox>,
     pub(crate) routes: Routes,
@@ -412,7 +415,7 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
 }
 
 pub(crate) struct ConnState<A: ConnectionApp> {
-    conn: quiche::Connection,
+    conn: Box<quiche::Connection>,
     app: A,
     stage: Stage,
     started: Instant,

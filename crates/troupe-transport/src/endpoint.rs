@@ -988,7 +988,7 @@ impl<A: ConnectionApp> Endpoint<A> {
         } else {
             Some(server_name)
         };
-        let mut conn = quiche::connect(sni, &scid, local, wire_peer, &mut config)?;
+        let mut conn = Box::new(quiche::connect(sni, &scid, local, wire_peer, &mut config)?);
         if let Some(ticket) = self.sessions.get(server_name) {
             // A stale or foreign ticket only means a full handshake.
             let _ = conn.set_session(&ticket);
@@ -1317,7 +1317,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
             packet.from,
             &mut server.config,
         ) {
-            Ok(c) => c,
+            Ok(c) => Box::new(c),
             Err(e) => {
                 debug!("accept failed: {e}");
                 self.routes.stats.dropped(DropReason::UnknownConnection);

@@ -92,7 +92,9 @@ impl GsoBatcher {
             1
         };
         GsoBatcher {
-            buf: vec![0; payload * max_segments],
+            // Grown as batches need it (up to `payload * max_segments`): a connection that
+            // never sends a long batch never holds (or zeroes) room for one.
+            buf: Vec::new(),
             payload,
             max_segments,
             batch: None,
@@ -110,6 +112,9 @@ impl GsoBatcher {
     pub fn slot(&mut self) -> &mut [u8] {
         debug_assert!(self.carry.is_none(), "sent() must follow a Ready");
         let at = self.batch.map_or(0, |b| b.len);
+        if self.buf.len() < at + self.payload {
+            self.buf.resize(at + self.payload, 0);
+        }
         &mut self.buf[at..at + self.payload]
     }
 
@@ -161,7 +166,10 @@ impl GsoBatcher {
 
     fn take_if_full(&mut self, short: bool) -> Option<Ready> {
         let b = self.batch?;
-        if short || b.count >= self.max_segments || b.len + self.payload > self.buf.len() {
+        if short
+            || b.count >= self.max_segments
+            || b.len + self.payload > self.payload * self.max_segments
+        {
             self.batch = None;
             Some(b.ready())
         } else {
@@ -239,6 +247,30 @@ mod tests {
     fn zero_packets_send_nothing() {
         let mut b = GsoBatcher::new(1350, 64, true);
         assert!(run(&mut b, &[]).is_empty());
+    }
+
+    #[test]
+    fn room_grows_with_the_batches_and_no_further() {
+        let mut b = GsoBatcher::new(1350, 64, true);
+        assert!(b.buffer().is_empty(), "no room before the first packet");
+        assert_eq!(segments(&mut b, &[(1200, 1)]), vec![1]);
+        assert_eq!(b.buffer().len(), 1350);
+        let three = [(1350, 1), (1350, 1), (1350, 1)];
+        assert_eq!(segments(&mut b, &three), vec![3]);
+        assert_eq!(b.buffer().len(), 3 * 1350);
+        let many = vec![(1350, 1); 200];
+        assert_eq!(
+            segments(&mut b, &many),
+            vec![b.max_segments(); 200 / b.max_segments()]
+                .into_iter()
+                .chain((200 % b.max_segments() > 0).then_some(200 % b.max_segments()))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            b.buffer().len(),
+            1350 * b.max_segments(),
+            "one full batch at most"
+        );
     }
 
     #[test]

@@ -77,8 +77,6 @@ pub struct H3App {
     /// now ended, with how: retired at the end of the write pass (kept so it allocates
     /// nothing).
     tails: Vec<(u64, crate::stream::SendState)>,
-    /// Scratch buffer for reads from quiche; chunks are copied out exactly sized.
-    read_buf: Vec<u8>,
     /// Streams to read again after the next `h3::poll` (see `read_stream`).
     rescan: Vec<u64>,
     /// The connection's trace id, shared with its stream actors' spans.
@@ -142,7 +140,6 @@ impl H3App {
             scheduler: WriteScheduler::default(),
             order: Vec::new(),
             tails: Vec::new(),
-            read_buf: vec![0; read::MAX_READ],
             rescan: Vec::new(),
             trace_id: Arc::from(""),
             datagrams: Default::default(),

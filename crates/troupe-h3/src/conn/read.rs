@@ -15,6 +15,14 @@ use crate::stream::StreamMsg;
 /// chunk and one message.
 pub(super) const MAX_READ: usize = 64 * 1024;
 
+thread_local! {
+    /// The buffer reads from quiche land in, one per thread for all the connections whose
+    /// actors run there: a read copies out exactly what it took before anything else runs, so
+    /// nothing is shared across a read. One per connection cost every connection 64 KiB,
+    /// zeroed in its handshake.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_READ]);
+}
+
 /// For a stream quiche reports finished: `Ok` for a real FIN, `Err(code)` if the peer reset it.
 ///
 /// quiche marks a reset stream finished as well, and `h3::Connection::recv_body` can queue a
@@ -50,26 +58,28 @@ impl H3App {
         let mut reset = None;
         // Each chunk is charged its length plus CHUNK_OVERHEAD, so even a peer sending 1-byte
         // DATA frames cannot make one stream hold more memory than its window.
-        while credit > CHUNK_OVERHEAD {
-            let want = (credit - CHUNK_OVERHEAD).min(MAX_READ);
-            match h3.recv_body(conn, stream_id, &mut self.read_buf[..want]) {
-                Ok(0) => break,
-                Ok(n) => {
-                    credit -= crate::body::charge(n);
-                    // Exactly sized: a small read never pins a large buffer.
-                    chunks.push(Bytes::copy_from_slice(&self.read_buf[..n]));
-                }
-                Err(h3::Error::Done) => break,
-                Err(h3::Error::TransportError(quiche::Error::StreamReset(code))) => {
-                    reset = Some(code);
-                    break;
-                }
-                Err(e) => {
-                    debug!(stream_id, "recv_body: {e}");
-                    break;
+        READ_BUF.with_borrow_mut(|buf| {
+            while credit > CHUNK_OVERHEAD {
+                let want = (credit - CHUNK_OVERHEAD).min(MAX_READ);
+                match h3.recv_body(conn, stream_id, &mut buf[..want]) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        credit -= crate::body::charge(n);
+                        // Exactly sized: a small read never pins a large buffer.
+                        chunks.push(Bytes::copy_from_slice(&buf[..n]));
+                    }
+                    Err(h3::Error::Done) => break,
+                    Err(h3::Error::TransportError(quiche::Error::StreamReset(code))) => {
+                        reset = Some(code);
+                        break;
+                    }
+                    Err(e) => {
+                        debug!(stream_id, "recv_body: {e}");
+                        break;
+                    }
                 }
             }
-        }
+        });
         // After a reset quiche reports the stream finished too: tell the two apart.
         if reset.is_none() && conn.stream_finished(stream_id) {
             reset = end_of_stream(conn, stream_id).err();

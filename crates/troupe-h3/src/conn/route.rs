@@ -1,6 +1,7 @@
 //! What a connection keeps per stream: the route to its actor and what quiche forces on the
-//! connection (the read credit, the unwritten rest of one hand-over, the scheduling key). Each
-//! direction's state lives in the stream actor alone.
+//! connection (the read credit, the unwritten rest of one hand-over, the scheduling key, and a
+//! count of the body bytes quiche took, which the stream's figures need once its actor parked
+//! with its last hand-over). Each direction's state lives in the stream actor alone.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

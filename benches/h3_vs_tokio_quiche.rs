@@ -30,13 +30,15 @@
 //! count, unlike CPU time, does not move with this machine's load.
 //!
 //! Server CPU time is read from /proc, so the figures that matter (server CPU per request, per
-//! GB, per handshake) do not depend on the client's speed. Every server is measured
-//! `BENCH_ROUNDS` times (default 3), the servers alternating, and one table gives each figure's
-//! median and min-max over the rounds, and each ratio to tokio-quiche (the median of the
-//! per-round ratios: rounds run back to back, so a round's ratio compares like with like); it
-//! is also written as JSON to `target/bench/h3_vs_tokio_quiche.json`.
+//! GB, per handshake) do not depend on the client's speed. Every scenario runs `BENCH_ROUNDS`
+//! times (default 5) against every server, each run on a server started for it; the servers
+//! take turns scenario by scenario (their runs seconds apart) and every other round in the
+//! reverse order. One table gives each figure's median and min-max over the rounds, and each
+//! ratio to tokio-quiche (the median of the per-round ratios: a round's two runs are adjacent,
+//! so its ratio compares like with like); it is also written as JSON to
+//! `target/bench/h3_vs_tokio_quiche.json`.
 //!
-//! Environment: `BENCH_ROUNDS` (3); `BENCH_REQUESTS` (50000) small requests per scenario;
+//! Environment: `BENCH_ROUNDS` (5); `BENCH_REQUESTS` (50000) small requests per scenario;
 //! `BENCH_BULK_MB` (1024) per bulk transfer; `BENCH_HANDSHAKES` (2000); `BENCH_IDLE_CONNS`
 //! (100) connections of 100 idle streams; `BENCH_NO_POOL=1` adds
 //! `troupe --stream-actor-pool 0` (what parked stream actors give); `BENCH_TROUPE_BASELINE` (a
@@ -183,39 +185,69 @@ fn measured(pid: &str, s: &Settings, units: f64, load: impl FnOnce() -> (f64, f6
     ]
 }
 
-/// Scenarios on a server started with the default stream limit (100).
-fn wide<'a>(addr: SocketAddr, pid: &str, s: &'a Settings, out: &mut Round) {
-    let load = |path: &str, streams, procs, data: Option<&'a Path>| Load {
+/// A load of gtlsclient on the load generator's core against `addr`.
+fn load_of<'a>(
+    addr: SocketAddr,
+    s: &Settings,
+    path: &str,
+    streams: usize,
+    procs: usize,
+    data: Option<&'a Path>,
+) -> Load<'a> {
+    Load {
         addr,
         path: path.to_string(),
         streams,
         procs,
         data,
         cores: s.pin.then_some("1"),
-    };
-    load("/bytes/1024", 300, 1, None).run(); // warm-up
-    let [rate, cpu, client] = measured(pid, s, s.requests as f64, || {
-        load("/bytes/1024", s.requests, 1, None).run()
-    });
+    }
+}
+
+/// One scenario: what it measures against a server just started, and appends to a round.
+type Scenario = fn(SocketAddr, &str, &Settings, &mut Round);
+
+/// The scenarios in table order, each with the stream limit its servers start with.
+const SCENARIOS: [(&str, usize, Scenario); 6] = [
+    ("1x100 small", 100, small_wide),
+    ("download", 100, download),
+    ("upload", 100, upload),
+    ("handshakes", 100, handshaking),
+    ("memory", 100, memory),
+    ("50x10 small", 10, narrow),
+];
+
+/// Small requests on one connection, 100 streams in flight.
+fn small_wide(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
+    let load = |streams| load_of(addr, s, "/bytes/1024", streams, 1, None);
+    load(300).run(); // warm-up
+    let [rate, cpu, client] = measured(pid, s, s.requests as f64, || load(s.requests).run());
     out.push((fig("1x100 small: requests/s", "req/s", false), rate));
     out.push((fig("1x100 small: server CPU per request", "us", true), cpu));
     out.push((
         fig("1x100 small: load generator CPU", "% of a core", false),
         client,
     ));
+}
 
+/// A bulk download on one connection.
+fn download(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
     let path = format!("/bytes/{}", s.bulk);
     let gb = s.bulk as f64 / 1e9;
-    let [rate, cpu, client] = measured(pid, s, gb, || load(&path, 1, 1, None).run());
+    let [rate, cpu, client] = measured(pid, s, gb, || load_of(addr, s, &path, 1, 1, None).run());
     out.push((fig("download: MB/s", "MB/s", false), rate * 1e3));
     out.push((fig("download: server CPU per GB", "s", true), cpu / 1e6));
     out.push((
         fig("download: load generator CPU", "% of a core", false),
         client,
     ));
+}
 
+/// A bulk upload on one connection.
+fn upload(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
+    let gb = s.bulk as f64 / 1e9;
     let [rate, cpu, client] = measured(pid, s, gb, || {
-        load("/discard", 1, 1, Some(&s.upload_file)).run()
+        load_of(addr, s, "/discard", 1, 1, Some(&s.upload_file)).run()
     });
     out.push((fig("upload: MB/s", "MB/s", false), rate * 1e3));
     out.push((fig("upload: server CPU per GB", "s", true), cpu / 1e6));
@@ -223,8 +255,10 @@ fn wide<'a>(addr: SocketAddr, pid: &str, s: &'a Settings, out: &mut Round) {
         fig("upload: load generator CPU", "% of a core", false),
         client,
     ));
+}
 
-    // Handshakes: 32 clients at a time, each a new connection, one request, close.
+/// Handshakes: 32 clients at a time, each a new connection, one request, close.
+fn handshaking(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
     let [rate, cpu, client] = measured(pid, s, s.handshakes as f64, || {
         s.rt.block_on(handshakes(addr, s.handshakes, s.tck))
     });
@@ -234,7 +268,10 @@ fn wide<'a>(addr: SocketAddr, pid: &str, s: &'a Settings, out: &mut Round) {
         fig("handshakes: load generator CPU", "% of a core", false),
         client,
     ));
+}
 
+/// Memory per idle stream.
+fn memory(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
     let kb = s.rt.block_on(idle_streams_kb(addr, pid, s.idle_conns));
     out.push((fig("memory: resident per idle stream", "KB", true), kb));
 }
@@ -362,14 +399,7 @@ async fn idle_streams_kb(addr: SocketAddr, pid: &str, conns: usize) -> f64 {
 fn narrow(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
     const CONNS: usize = 50;
     let per = (s.requests / CONNS).max(1);
-    let load = |streams| Load {
-        addr,
-        path: "/bytes/1024".to_string(),
-        streams,
-        procs: CONNS,
-        data: None,
-        cores: s.pin.then_some("1"),
-    };
+    let load = |streams| load_of(addr, s, "/bytes/1024", streams, CONNS, None);
     load(20).run(); // warm-up
     let [rate, cpu, client] = measured(pid, s, (per * CONNS) as f64, || load(per).run());
     out.push((fig("50x10 small: requests/s", "req/s", false), rate));
@@ -388,21 +418,53 @@ struct Server {
 }
 
 impl Server {
-    fn measure(&self, s: &Settings) -> Round {
-        let mut out = Round::new();
-        for (limit, scenario) in [
-            (100, wide as fn(SocketAddr, &str, &Settings, &mut Round)),
-            (10, narrow),
-        ] {
-            let mut args = self.args.clone();
-            args.extend(["--max-streams".to_string(), limit.to_string()]);
-            let (proc_, addr) = start(&self.bin, &args, self.ready, s.pin);
-            let pid = proc_.0.id().to_string();
-            scenario(addr, &pid, s, &mut out);
-            drop(proc_);
-        }
-        out
+    /// Starts this server with `limit` streams per connection.
+    fn start(&self, limit: usize, s: &Settings) -> (procs::Proc, SocketAddr) {
+        let mut args = self.args.clone();
+        args.extend(["--max-streams".to_string(), limit.to_string()]);
+        start(&self.bin, &args, self.ready, s.pin)
     }
+}
+
+/// Every scenario, `rounds` times, against every server, each run on a server started for it:
+/// `results[server][round]`. The servers take turns scenario by scenario, so the runs a ratio
+/// compares are seconds apart, and every other round reverses their order (troupe, then
+/// tokio-quiche; then tokio-quiche, then troupe), so a steady drift in this machine's speed
+/// weighs on both alike.
+fn timed(servers: &[Server], s: &Settings, rounds: usize) -> Vec<Vec<Round>> {
+    // [round][server] while measuring; the table wants [server][round].
+    let mut by_round = vec![vec![Round::new(); servers.len()]; rounds];
+    for (name, limit, scenario) in SCENARIOS {
+        println!("{name}");
+        for (round, row) in by_round.iter_mut().enumerate() {
+            let mut order: Vec<usize> = (0..servers.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let server = &servers[i];
+                let (proc_, addr) = server.start(limit, s);
+                let out = &mut row[i];
+                let from = out.len();
+                scenario(addr, &proc_.0.id().to_string(), s, out);
+                drop(proc_);
+                let line: Vec<String> = out[from..]
+                    .iter()
+                    .filter(|(f, _)| !f.unit.starts_with('%'))
+                    .map(|(f, v)| format!("{} {v:.1}", f.label))
+                    .collect();
+                println!(
+                    "  round {} {:>13}: {}",
+                    round + 1,
+                    server.name,
+                    line.join(" | ")
+                );
+            }
+        }
+    }
+    (0..servers.len())
+        .map(|i| by_round.iter().map(|row| row[i].clone()).collect())
+        .collect()
 }
 
 fn main() {
@@ -500,9 +562,8 @@ fn main() {
             ready: "troupe serving HTTP/3 on ",
         });
     }
-    // Rounds alternate the servers (troupe, tokio-quiche, troupe, ...) so a slow spell of this
-    // noisy machine lands on both.
-    let rounds = env_or::<usize>("BENCH_ROUNDS", 3).max(1);
+    // See `timed` for how rounds and servers alternate.
+    let rounds = env_or::<usize>("BENCH_ROUNDS", 5).max(1);
     if std::env::var_os("BENCH_PROFILE").is_some() {
         profile(&servers[..2], &settings, &out.join("profile"));
         return;
@@ -515,20 +576,7 @@ fn main() {
         instructions(&servers, &settings, &out);
         return;
     }
-    let mut results: Vec<Vec<Round>> = servers.iter().map(|_| Vec::new()).collect();
-    for round in 1..=rounds {
-        println!("round {round} of {rounds}");
-        for (i, server) in servers.iter().enumerate() {
-            let r = server.measure(&settings);
-            let line: Vec<String> = r
-                .iter()
-                .filter(|(f, _)| !f.unit.starts_with('%'))
-                .map(|(f, v)| format!("{} {v:.1}", f.label))
-                .collect();
-            println!("  {:>13}: {}", server.name, line.join(" | "));
-            results[i].push(r);
-        }
-    }
+    let results = timed(&servers, &settings, rounds);
     let _ = std::fs::remove_file(&upload_file);
     let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
     summary(&names, &results, 1).show(&out.join("h3_vs_tokio_quiche.json"));

@@ -1180,11 +1180,17 @@ impl<A: ConnectionApp> ConnState<A> {
 
     /// The connection is over: tell the application, stop the children in order, stop.
     async fn finish(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, reason: CloseReason) {
-        debug!(%reason, "connection closed");
         self.leave_handshake();
         self.stage = Stage::Closed;
         self.close_reason = Some(reason.clone());
         let info = self.info();
+        debug!(
+            %reason,
+            packets_sent = info.stats.sent,
+            packets_received = info.stats.recv,
+            packets_lost = info.stats.lost,
+            "connection closed"
+        );
         let mut cx = cx!(self, myself);
         self.app.on_closed(&mut cx, &info);
         if matches!(reason, CloseReason::HandshakeTimeout) {

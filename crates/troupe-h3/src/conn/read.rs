@@ -2,7 +2,7 @@
 //! with the quiche subtleties it must work around (edge-triggered `Data` events, resets that
 //! look like FINs).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use quiche::h3;
 use tracing::debug;
 
@@ -15,12 +15,34 @@ use crate::stream::StreamMsg;
 /// chunk and one message.
 pub(super) const MAX_READ: usize = 64 * 1024;
 
-thread_local! {
-    /// The buffer reads from quiche land in, one per thread for all the connections whose
-    /// actors run there: a read copies out exactly what it took before anything else runs, so
-    /// nothing is shared across a read. One per connection cost every connection 64 KiB,
-    /// zeroed in its handshake.
-    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_READ]);
+/// How a chunk read from quiche is handed on: in the buffer it was read into, or copied to an
+/// exactly sized one.
+///
+/// A read lands in a buffer sized to what quiche holds for the stream
+/// (`stream_readable_len`), which counts the DATA frame headers between the body bytes too, so
+/// the buffer is a little larger than the body read. Handing that buffer on saves copying
+/// every body byte once more; copying is kept for a buffer mostly empty (a peer sending tiny
+/// DATA frames, or a partial frame behind the body), so a stream's chunks never pin much more
+/// memory than the credit they are charged (their length plus [`CHUNK_OVERHEAD`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Chunk {
+    /// Hand on the buffer the read landed in.
+    InPlace,
+    /// Copy the bytes read to an exactly sized buffer, and drop the one read into.
+    Copy,
+}
+
+impl Chunk {
+    /// For `read` body bytes that landed in a buffer of `allocated` bytes: in place when the
+    /// unused part is at most 1/32 of what was read (DATA frame headers of frames of 64 bytes
+    /// or more), a copy otherwise.
+    pub(super) fn of(read: usize, allocated: usize) -> Chunk {
+        if allocated.saturating_sub(read) <= read / 32 {
+            Chunk::InPlace
+        } else {
+            Chunk::Copy
+        }
+    }
 }
 
 /// For a stream quiche reports finished: `Ok` for a real FIN, `Err(code)` if the peer reset it.
@@ -58,28 +80,31 @@ impl H3App {
         let mut reset = None;
         // Each chunk is charged its length plus CHUNK_OVERHEAD, so even a peer sending 1-byte
         // DATA frames cannot make one stream hold more memory than its window.
-        READ_BUF.with_borrow_mut(|buf| {
-            while credit > CHUNK_OVERHEAD {
-                let want = (credit - CHUNK_OVERHEAD).min(MAX_READ);
-                match h3.recv_body(conn, stream_id, &mut buf[..want]) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        credit -= crate::body::charge(n);
-                        // Exactly sized: a small read never pins a large buffer.
-                        chunks.push(Bytes::copy_from_slice(&buf[..n]));
-                    }
-                    Err(h3::Error::Done) => break,
-                    Err(h3::Error::TransportError(quiche::Error::StreamReset(code))) => {
-                        reset = Some(code);
-                        break;
-                    }
-                    Err(e) => {
-                        debug!(stream_id, "recv_body: {e}");
-                        break;
-                    }
+        while credit > CHUNK_OVERHEAD {
+            let want = (credit - CHUNK_OVERHEAD).min(MAX_READ);
+            // At least one byte: with nothing readable the read still reports a reset.
+            let size = conn.stream_readable_len(stream_id, want).max(1);
+            let mut buf = BytesMut::with_capacity(size);
+            match h3.recv_body_buf(conn, stream_id, (&mut buf).limit(size)) {
+                Ok(0) => break,
+                Ok(n) => {
+                    credit -= crate::body::charge(n);
+                    chunks.push(match Chunk::of(n, buf.capacity()) {
+                        Chunk::InPlace => buf.freeze(),
+                        Chunk::Copy => Bytes::copy_from_slice(&buf),
+                    });
+                }
+                Err(h3::Error::Done) => break,
+                Err(h3::Error::TransportError(quiche::Error::StreamReset(code))) => {
+                    reset = Some(code);
+                    break;
+                }
+                Err(e) => {
+                    debug!(stream_id, "recv_body: {e}");
+                    break;
                 }
             }
-        });
+        }
         // After a reset quiche reports the stream finished too: tell the two apart.
         if reset.is_none() && conn.stream_finished(stream_id) {
             reset = end_of_stream(conn, stream_id).err();
@@ -125,5 +150,44 @@ impl H3App {
             },
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Chunk;
+
+    #[test]
+    fn an_empty_read_is_never_kept_in_a_buffer_it_did_not_fill() {
+        assert_eq!(Chunk::of(0, 0), Chunk::InPlace);
+        assert_eq!(Chunk::of(0, 1), Chunk::Copy);
+        assert_eq!(Chunk::of(0, 64), Chunk::Copy);
+    }
+
+    #[test]
+    fn a_full_buffer_is_kept() {
+        for n in [1, 3, 1200, super::MAX_READ] {
+            assert_eq!(Chunk::of(n, n), Chunk::InPlace, "{n}");
+        }
+    }
+
+    #[test]
+    fn frame_headers_between_large_frames_are_kept() {
+        // 64 KiB read as 1,200-byte DATA frames with 3-byte headers: 54 headers.
+        let body = 54 * 1200;
+        assert_eq!(Chunk::of(body, body + 54 * 3), Chunk::InPlace);
+        // Exactly 1/32 unused, and one byte more.
+        assert_eq!(Chunk::of(3200, 3300), Chunk::InPlace);
+        assert_eq!(Chunk::of(3200, 3301), Chunk::Copy);
+    }
+
+    #[test]
+    fn tiny_frames_are_copied() {
+        // 1-byte DATA frames with 2-byte headers: a third of the buffer is body.
+        assert_eq!(Chunk::of(21_845, super::MAX_READ), Chunk::Copy);
+        assert_eq!(Chunk::of(1, 3), Chunk::Copy);
+        // Small reads get no slack at all: 31 bytes read allow none unused.
+        assert_eq!(Chunk::of(31, 32), Chunk::Copy);
+        assert_eq!(Chunk::of(32, 33), Chunk::InPlace);
     }
 }

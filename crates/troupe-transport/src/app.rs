@@ -12,7 +12,7 @@ use crate::supervision::{FailureKind, FailureRing};
 /// Everything an application hook may touch while the connection actor runs it.
 pub struct ConnCx<'a, M: Send + 'static> {
     /// The QUIC connection. Hooks run inside the connection actor, so this is exclusive.
-    pub conn: &'a mut quiche::Connection,
+    pub conn: &'a mut crate::QuicConnection,
     /// The connection actor itself: the supervisor for child actors.
     pub myself: &'a ActorRef<ConnMsg<M>>,
     /// The connection actor's counted mailbox: children and the application send through it,

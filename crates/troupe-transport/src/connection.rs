@@ -1,4 +1,4 @@
-//! The connection actor: sole owner of one `quiche::Connection`.
+//! The connection actor: sole owner of one `crate::QuicConnection`.
 //!
 //! One turn of the actor = one message: packets fed in (all that were queued), or a timer
 //! expiry, or an application message; then the application is given a chance to read and
@@ -146,7 +146,7 @@ fn reason_suffix(f: &mut std::fmt::Formatter<'_>, reason: &str) -> std::fmt::Res
     }
 }
 
-fn close_reason(conn: &quiche::Connection) -> CloseReason {
+fn close_reason(conn: &crate::QuicConnection) -> CloseReason {
     let text = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
     if let Some(e) = conn.peer_error() {
         CloseReason::Peer {
@@ -386,7 +386,7 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
     /// Boxed: quiche's connection is several kilobytes, and spawning an actor moves its
     /// arguments and state more than once (a quarter of the non-TLS work of a handshake went
     /// to those copies).
-    pub(crate) conn: Box<quiche::Connection>,
+    pub(crate) conn: Box<crate::QuicConnection>,
     pub(crate) app: A,
     pub(crate) inbox: Arc<Inbox>,
     pub(crate) routes: Routes,
@@ -415,7 +415,7 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
 }
 
 pub(crate) struct ConnState<A: ConnectionApp> {
-    conn: Box<quiche::Connection>,
+    conn: Box<crate::QuicConnection>,
     app: A,
     stage: Stage,
     started: Instant,

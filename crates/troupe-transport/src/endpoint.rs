@@ -988,7 +988,9 @@ impl<A: ConnectionApp> Endpoint<A> {
         } else {
             Some(server_name)
         };
-        let mut conn = Box::new(quiche::connect(sni, &scid, local, wire_peer, &mut config)?);
+        let mut conn = Box::new(quiche::connect_with_buffer_factory::<
+            crate::bufs::BytesFactory,
+        >(sni, &scid, local, wire_peer, &mut config)?);
         if let Some(ticket) = self.sessions.get(server_name) {
             // A stale or foreign ticket only means a full handshake.
             let _ = conn.set_session(&ticket);
@@ -1310,7 +1312,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
             extra_routes.push(hdr.dcid.clone().into_owned());
             (self.cids.mint(), None)
         };
-        let conn = match quiche::accept(
+        let conn = match quiche::accept_with_buf_factory::<crate::bufs::BytesFactory>(
             &scid,
             odcid.as_ref(),
             packet.to,

@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod app;
+pub mod bufs;
 pub mod cid;
 mod connection;
 pub mod diagnose;
@@ -29,6 +30,7 @@ mod tls;
 pub mod udp;
 
 pub use app::{AppError, ConnCx, ConnectionApp};
+pub use bufs::QuicConnection;
 pub use connection::{
     CloseReason, ConnMsg, Connection, ConnectionInfo, ErrorSpace, Stage, LOCAL_CID_LEN,
 };

@@ -70,7 +70,7 @@ impl H3App {
 
     /// Whether quiche has collected every stream whose actor ended: all our response bytes are
     /// acknowledged (a close before that would discard them).
-    pub(super) fn all_delivered(&mut self, conn: &mut quiche::Connection) -> bool {
+    pub(super) fn all_delivered(&mut self, conn: &mut troupe_transport::QuicConnection) -> bool {
         let Side::Server(s) = &mut self.side else {
             return true;
         };
@@ -96,7 +96,7 @@ impl H3App {
     }
 
     /// Server: a stream's actor ended; its bytes may still be unacknowledged.
-    pub(super) fn note_ended(&mut self, conn: &mut quiche::Connection, id: u64) {
+    pub(super) fn note_ended(&mut self, conn: &mut troupe_transport::QuicConnection, id: u64) {
         let Side::Server(s) = &mut self.side else {
             return;
         };

@@ -107,7 +107,7 @@ fn internal(e: h3::Error) -> AppError {
     }
 }
 
-fn shutdown_both(conn: &mut quiche::Connection, stream_id: u64, code: u64) {
+fn shutdown_both(conn: &mut troupe_transport::QuicConnection, stream_id: u64, code: u64) {
     let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
     let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
 }
@@ -333,7 +333,7 @@ impl H3App {
     }
 
     /// A PRIORITY_UPDATE for a routed stream: latest wins, even over the handler's own choice.
-    fn on_priority_update(&mut self, conn: &mut quiche::Connection, stream_id: u64) {
+    fn on_priority_update(&mut self, conn: &mut troupe_transport::QuicConnection, stream_id: u64) {
         // For a stream not open yet, quiche keeps the update until its request arrives (taken
         // in on_request_headers).
         if !self.routes.contains_key(&stream_id) {
@@ -398,7 +398,7 @@ impl H3App {
     }
 
     /// The stream's end as quiche reports it (FIN, or a reset that looks like one).
-    fn on_finished(&mut self, conn: &mut quiche::Connection, stream_id: u64) {
+    fn on_finished(&mut self, conn: &mut troupe_transport::QuicConnection, stream_id: u64) {
         if let Some(route) = self.routes.get_mut(&stream_id) {
             if route.read != ReadCredit::Closed {
                 route.read = ReadCredit::Closed;
@@ -417,7 +417,12 @@ impl H3App {
         self.probe_stopped(conn, stream_id);
     }
 
-    fn on_peer_reset(&mut self, conn: &mut quiche::Connection, stream_id: u64, code: u64) {
+    fn on_peer_reset(
+        &mut self,
+        conn: &mut troupe_transport::QuicConnection,
+        stream_id: u64,
+        code: u64,
+    ) {
         if let Some(route) = self.routes.get_mut(&stream_id) {
             if route.read != ReadCredit::Closed {
                 route.read = ReadCredit::Closed;

@@ -50,7 +50,10 @@ impl Chunk {
 /// quiche marks a reset stream finished as well, and `h3::Connection::recv_body` can queue a
 /// `Finished` event for it; the pending reset is still in quiche's receive buffer, so a
 /// zero-length read tells: a reset stream yields `StreamReset`, a finished one nothing.
-pub(super) fn end_of_stream(conn: &mut quiche::Connection, stream_id: u64) -> Result<(), u64> {
+pub(super) fn end_of_stream(
+    conn: &mut troupe_transport::QuicConnection,
+    stream_id: u64,
+) -> Result<(), u64> {
     let mut probe = [0u8; 1];
     match conn.stream_recv(stream_id, &mut probe[..0]) {
         Err(quiche::Error::StreamReset(code)) => Err(code),
@@ -61,7 +64,11 @@ pub(super) fn end_of_stream(conn: &mut quiche::Connection, stream_id: u64) -> Re
 impl H3App {
     /// Reads a stream's body from quiche while it has credit, and hands it over in one message
     /// (with the FIN or the reset behind it, if that was reached).
-    pub(super) fn read_stream(&mut self, conn: &mut quiche::Connection, stream_id: u64) {
+    pub(super) fn read_stream(
+        &mut self,
+        conn: &mut troupe_transport::QuicConnection,
+        stream_id: u64,
+    ) {
         let Some(h3) = self.h3.as_mut() else { return };
         let Some(route) = self.routes.get_mut(&stream_id) else {
             // No actor (it ended): nothing will consume this, discard it.

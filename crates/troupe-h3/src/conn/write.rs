@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Buf;
 use quiche::h3;
 use tracing::debug;
+use troupe_transport::bufs::QuicBuf;
 
 use super::msg::{OutFrame, Section};
 use super::route::{AfterHeld, Outbound};
@@ -45,7 +46,7 @@ struct Wrote {
 /// removed (a partly written chunk keeps its rest).
 fn write_frames(
     h3: &mut h3::Connection,
-    conn: &mut quiche::Connection,
+    conn: &mut troupe_transport::QuicConnection,
     id: u64,
     route_key: Priority,
     stats: &crate::audit::StreamStats,
@@ -107,7 +108,10 @@ fn write_frames(
                     frames.pop_front();
                     continue;
                 }
-                match h3.send_body(conn, id, bytes, *fin) {
+                // Queued in quiche by reference, not copied (`troupe_transport::bufs`); on a
+                // partial write quiche keeps the front of its handle, `bytes` moves past it.
+                let mut queued = QuicBuf::from(bytes.clone());
+                match h3.send_body_zc(conn, id, &mut queued, *fin) {
                     Ok(n) if n == bytes.len() => {
                         w.bytes += n;
                         w.fin |= *fin;
@@ -237,7 +241,7 @@ impl H3App {
     /// Serves the scheduled streams in RFC 9218 order: writes what they handed over into
     /// quiche as far as it takes it, and grants more credit, most urgent first, from the room
     /// quiche reports. Each actor hears at most once per flush.
-    pub(super) fn write_streams(&mut self, conn: &mut quiche::Connection) {
+    pub(super) fn write_streams(&mut self, conn: &mut troupe_transport::QuicConnection) {
         if self.scheduler.is_empty() {
             return;
         }
@@ -338,7 +342,7 @@ impl H3App {
     /// arrives in packets) the routes whose sending side is idle are probed: one lookup each.
     /// (quiche's own counter is in `stats()`, which walks every stream; and its writable set
     /// re-reports a stopped stream only if the stream had no send capacity before.)
-    pub(super) fn notice_stopped_streams(&mut self, conn: &mut quiche::Connection) {
+    pub(super) fn notice_stopped_streams(&mut self, conn: &mut troupe_transport::QuicConnection) {
         for (&id, route) in self.routes.iter_mut() {
             if matches!(route.write, Outbound::Idle | Outbound::Granted) {
                 if let Some(code) = stop_sending_code(conn, id) {
@@ -352,7 +356,7 @@ impl H3App {
 
     /// Hands the actor the peer's STOP_SENDING if quiche has one for `id` and the connection
     /// still routes writes for it.
-    pub(super) fn probe_stopped(&mut self, conn: &mut quiche::Connection, id: u64) {
+    pub(super) fn probe_stopped(&mut self, conn: &mut troupe_transport::QuicConnection, id: u64) {
         let Some(route) = self.routes.get_mut(&id) else {
             return;
         };
@@ -368,7 +372,7 @@ impl H3App {
 }
 
 /// The code of the peer's STOP_SENDING on `id`, if quiche has one.
-fn stop_sending_code(conn: &mut quiche::Connection, id: u64) -> Option<u64> {
+fn stop_sending_code(conn: &mut troupe_transport::QuicConnection, id: u64) -> Option<u64> {
     match conn.stream_capacity(id) {
         Err(quiche::Error::StreamStopped(code)) => Some(code),
         // Stopped, reset in reply, and already collected by quiche.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::raw::RawClient;
 use common::*;
 use futures::StreamExt;
 use troupe::h3::{Body, ClientEndpoint, H3Settings, RecvBody, Server, ServerConfig};
@@ -193,4 +194,57 @@ async fn idle_connection_closes_and_leaves_no_actor() {
     )
     .await;
     assert_eq!(server.stats().connections_closed, 1);
+}
+
+/// A request body in DATA frames of many sizes, written below quiche's HTTP/3 layer: 2,000
+/// one-byte frames (a read is mostly frame headers, so its chunk is copied out exactly sized),
+/// then frames around the size where a chunk starts being handed on as read, up to 16,000
+/// bytes. The echo must match byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_in_tiny_and_large_data_frames_echoes_exactly() {
+    init_tracing();
+    let mut config = ServerConfig::default();
+    config.quic.retry = false;
+    let server = builtin_server(config).await;
+    let mut client = RawClient::connect(server.local_addr()).await;
+    let id = client.request_open(&[
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", "/echo"),
+    ]);
+    let sizes = std::iter::repeat_n(1usize, 2000).chain([2, 31, 32, 95, 96, 97, 1000, 3000, 16000]);
+    let (mut body, mut wire) = (Vec::new(), Vec::new());
+    for size in sizes {
+        let payload: Vec<u8> = (body.len()..body.len() + size)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        wire.push(0x00); // DATA
+        if size < 64 {
+            wire.push(size as u8);
+        } else {
+            wire.extend_from_slice(&(0x4000 | size as u16).to_be_bytes());
+        }
+        wire.extend_from_slice(&payload);
+        body.extend_from_slice(&payload);
+    }
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sent < wire.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{sent} of {} bytes sent",
+            wire.len()
+        );
+        sent += client
+            .conn
+            .stream_send(id, &wire[sent..], true)
+            .unwrap_or(0);
+        client.exchange().await;
+    }
+    let o = client.outcome(id).await;
+    assert_eq!(o.status.as_deref(), Some("200"));
+    assert!(o.finished, "{o:?}");
+    assert_eq!(o.data.len(), body.len());
+    assert!(o.data == body, "the echo differs from the body sent");
 }

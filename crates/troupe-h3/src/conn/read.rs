@@ -34,8 +34,9 @@ pub(super) enum Chunk {
 
 impl Chunk {
     /// For `read` body bytes that landed in a buffer of `allocated` bytes: in place when the
-    /// unused part is at most 1/32 of what was read (DATA frame headers of frames of 64 bytes
-    /// or more), a copy otherwise.
+    /// unused part is at most 1/32 of what was read (the 3-byte headers of DATA frames of 96
+    /// bytes or more), a copy otherwise. A chunk kept in place so pins at most 1/32 more than
+    /// its length.
     pub(super) fn of(read: usize, allocated: usize) -> Chunk {
         if allocated.saturating_sub(read) <= read / 32 {
             Chunk::InPlace
@@ -89,17 +90,25 @@ impl H3App {
         // DATA frames cannot make one stream hold more memory than its window.
         while credit > CHUNK_OVERHEAD {
             let want = (credit - CHUNK_OVERHEAD).min(MAX_READ);
-            // At least one byte: with nothing readable the read still reports a reset.
-            let size = conn.stream_readable_len(stream_id, want).max(1);
-            let mut buf = BytesMut::with_capacity(size);
-            match h3.recv_body_buf(conn, stream_id, (&mut buf).limit(size)) {
-                Ok(0) => break,
-                Ok(n) => {
-                    credit -= crate::body::charge(n);
-                    chunks.push(match Chunk::of(n, buf.capacity()) {
+            let size = conn.stream_readable_len(stream_id, want);
+            let read = if size == 0 {
+                // Nothing readable: a one-byte read into no allocation still reports a reset.
+                let mut probe = [0u8; 1];
+                h3.recv_body(conn, stream_id, &mut probe)
+                    .map(|n| Bytes::copy_from_slice(&probe[..n]))
+            } else {
+                let mut buf = BytesMut::with_capacity(size);
+                h3.recv_body_buf(conn, stream_id, (&mut buf).limit(size))
+                    .map(|n| match Chunk::of(n, buf.capacity()) {
                         Chunk::InPlace => buf.freeze(),
                         Chunk::Copy => Bytes::copy_from_slice(&buf),
-                    });
+                    })
+            };
+            match read {
+                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) => {
+                    credit -= crate::body::charge(chunk.len());
+                    chunks.push(chunk);
                 }
                 Err(h3::Error::Done) => break,
                 Err(h3::Error::TransportError(quiche::Error::StreamReset(code))) => {

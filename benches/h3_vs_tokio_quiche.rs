@@ -621,24 +621,6 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
          {mb_many} MiB, {hs_few} and {hs_many} handshakes",
         base + extra
     );
-    let cores = s.pin.then_some("1");
-    fn load<'a>(
-        addr: SocketAddr,
-        path: String,
-        streams: usize,
-        procs: usize,
-        data: Option<&'a Path>,
-        cores: Option<&'static str>,
-    ) -> Load<'a> {
-        Load {
-            addr,
-            path,
-            streams,
-            procs,
-            data,
-            cores,
-        }
-    }
     let mut results = Vec::new();
     for server in servers {
         let mut round: Round = Vec::new();
@@ -651,17 +633,7 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
             ("50x10 small: server instructions per request", 50, 10),
         ] {
             let small = |n: usize| {
-                move |addr| {
-                    load(
-                        addr,
-                        "/bytes/1024".into(),
-                        (n / conns).max(1),
-                        conns,
-                        None,
-                        cores,
-                    )
-                    .run()
-                }
+                move |addr| load_of(addr, s, "/bytes/1024", (n / conns).max(1), conns, None).run()
             };
             let few = counted(server, s, limit, out, small(base));
             let many = counted(server, s, limit, out, small(base + extra));
@@ -672,7 +644,7 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
             );
         }
         let down = |mb: u64| {
-            move |addr| load(addr, format!("/bytes/{}", mb << 20), 1, 1, None, cores).run()
+            move |addr| load_of(addr, s, &format!("/bytes/{}", mb << 20), 1, 1, None).run()
         };
         let few = counted(server, s, 100, out, down(mb_few));
         let many = counted(server, s, 100, out, down(mb_many));
@@ -685,10 +657,10 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
             per_mb(few, many),
         );
         let few = counted(server, s, 100, out, |addr| {
-            load(addr, "/discard".into(), 1, 1, Some(&up_few), cores).run()
+            load_of(addr, s, "/discard", 1, 1, Some(&up_few)).run()
         });
         let many = counted(server, s, 100, out, |addr| {
-            load(addr, "/discard".into(), 1, 1, Some(&up_many), cores).run()
+            load_of(addr, s, "/discard", 1, 1, Some(&up_many)).run()
         });
         row("upload: server instructions per MB", "M", per_mb(few, many));
         let shake = |n: usize| move |addr| s.rt.block_on(handshakes(addr, n, s.tck));
@@ -918,14 +890,7 @@ fn profile(servers: &[Server], s: &Settings, dir: &Path) {
         args.extend(["--max-streams".to_string(), limit.to_string()]);
         let (proc_, addr) = start(&server.bin, &args, server.ready, s.pin);
         let pid = proc_.0.id().to_string();
-        let load = |streams| Load {
-            addr,
-            path: "/bytes/1024".to_string(),
-            streams,
-            procs: conns.max(1),
-            data: None,
-            cores: s.pin.then_some("1"),
-        };
+        let load = |streams| load_of(addr, s, "/bytes/1024", streams, conns.max(1), None);
         load(300 / conns.max(1) + 1).run(); // warm-up
         let data = dir.join(format!("{}.perf.data", server.name));
         let _ = std::fs::remove_file(&data);

@@ -12,7 +12,7 @@
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use troupe::h3::{
-    Body, ConnectionEvent, EventSink, IncomingRequest, PrioritySignal, Server, ServerConfig,
+    Body, ConnectionEvent, EventSink, IncomingRequest, Server, ServerConfig, StreamControl,
 };
 use troupe::transport::PrometheusMetrics;
 
@@ -64,7 +64,8 @@ impl Actor for App {
                     "/priority" => {
                         let p = request
                             .extensions()
-                            .get::<PrioritySignal>()
+                            .get::<StreamControl>()
+                            .and_then(StreamControl::priority_signal)
                             .map(|s| s.current());
                         format!("{p:?}\n")
                     }

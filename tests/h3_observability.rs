@@ -13,8 +13,8 @@ use common::*;
 use tokio::sync::mpsc;
 use troupe::h3::codes::{H3_INTERNAL_ERROR, H3_NO_ERROR};
 use troupe::h3::{
-    Body, ClientEndpoint, ConnectionEvent, EventSink, H3Settings, Interim, Priority,
-    PrioritySignal, RecvBody, Server, ServerConfig, StreamEnd, StreamStats,
+    Body, ClientEndpoint, ConnectionEvent, EventSink, H3Settings, Priority, RecvBody, Server,
+    ServerConfig, StreamControl, StreamEnd, StreamStats,
 };
 use troupe::transport::{CloseReason, PrometheusMetrics, QuicSettings};
 
@@ -104,6 +104,55 @@ async fn peer_settings_once_and_final_connection_figures() {
     assert!(events.try_recv().is_err());
 }
 
+/// A server request carries exactly one extension of ours, the `StreamControl`, with every
+/// handle a handler uses (stats, priority signal, interim sender); a client response's
+/// `StreamControl` carries the stats and neither server-only handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_extension_carries_every_stream_handle() {
+    init_tracing();
+    let server = Server::bind(
+        loopback(),
+        ServerConfig::default(),
+        |req: http::Request<RecvBody>| async move {
+            let control = req.extensions().get::<StreamControl>();
+            let seen = format!(
+                "{} {} {} {}",
+                req.extensions().len(),
+                control.is_some_and(|c| c.priority_signal().is_some()),
+                control.is_some_and(|c| c.interim().is_some()),
+                control.map_or(u64::MAX, |c| c.stats().snapshot().bytes_received),
+            );
+            http::Response::new(Body::from(seen))
+        },
+    )
+    .await
+    .unwrap();
+    let (_ep, client) = connect(&server).await;
+    let resp = client
+        .send(
+            http::Request::get(url(&server, "/"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let control = resp.extensions().get::<StreamControl>().unwrap().clone();
+    assert!(control.priority_signal().is_none());
+    assert!(control.interim().is_none());
+    let body = resp.into_body().collect().await.unwrap();
+    assert_eq!(std::str::from_utf8(&body).unwrap(), "1 true true 0");
+    let len = body.len() as u64;
+    eventually(
+        Duration::from_secs(5),
+        "client stats count the body",
+        || {
+            let stats = control.stats().clone();
+            async move { stats.snapshot().bytes_received == len }
+        },
+    )
+    .await;
+}
+
 /// Audit figures on both ends, read while the response streams and after it ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_audit_figures_during_and_after() {
@@ -118,7 +167,10 @@ async fn stream_audit_figures_during_and_after() {
             let slot = slot.clone();
             let mut go = go_rx.clone();
             async move {
-                *slot.lock().unwrap() = req.extensions().get::<StreamStats>().cloned();
+                *slot.lock().unwrap() = req
+                    .extensions()
+                    .get::<StreamControl>()
+                    .map(|c| c.stats().clone());
                 let got = req.into_body().collect().await.unwrap();
                 assert_eq!(got.len(), 3000);
                 let (tx, body) = Body::channel(2);
@@ -140,7 +192,12 @@ async fn stream_audit_figures_during_and_after() {
         .body(Body::from(vec![9u8; 3000]))
         .unwrap();
     let resp = client.send(req).await.unwrap();
-    let client_stats = resp.extensions().get::<StreamStats>().unwrap().clone();
+    let client_stats = resp
+        .extensions()
+        .get::<StreamControl>()
+        .unwrap()
+        .stats()
+        .clone();
     let mut body = resp.into_body();
     let mut n = 0;
     while n < 10_000 {
@@ -205,7 +262,12 @@ async fn header_wait_under_flow_control_is_measured() {
             let slot = slot.clone();
             let answered = answered_tx.clone();
             async move {
-                let s = req.extensions().get::<StreamStats>().unwrap().clone();
+                let s = req
+                    .extensions()
+                    .get::<StreamControl>()
+                    .unwrap()
+                    .stats()
+                    .clone();
                 slot.lock().unwrap().push((req.uri().path().to_owned(), s));
                 if req.uri().path() == "/big" {
                     http::Response::new(Body::from(vec![5u8; 1 << 20]))
@@ -351,7 +413,12 @@ async fn priority_signals_reach_the_handler() {
         move |req: http::Request<RecvBody>| {
             let flag = flag.clone();
             async move {
-                let mut signal = req.extensions().get::<PrioritySignal>().unwrap().clone();
+                let mut signal = req
+                    .extensions()
+                    .get::<StreamControl>()
+                    .and_then(StreamControl::priority_signal)
+                    .unwrap()
+                    .clone();
                 let initial = signal.current();
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 let updated = if req.uri().path() == "/wait-update" {
@@ -543,12 +610,19 @@ async fn urgent_first(how: Lazy) {
             let slot = slot.clone();
             async move {
                 if req.uri().path() == "/default" {
-                    *slot.lock().unwrap() = req.extensions().get::<StreamStats>().cloned();
+                    *slot.lock().unwrap() = req
+                        .extensions()
+                        .get::<StreamControl>()
+                        .map(|c| c.stats().clone());
                     return http::Response::new(Body::from(vec![1u8; SIZE]));
                 }
                 let chooses = req.uri().path() == "/lazy-interim";
                 if chooses {
-                    let interim = req.extensions().get::<Interim>().unwrap();
+                    let interim = req
+                        .extensions()
+                        .get::<StreamControl>()
+                        .and_then(StreamControl::interim)
+                        .unwrap();
                     interim
                         .send(http::StatusCode::EARLY_HINTS, http::HeaderMap::new())
                         .unwrap();

@@ -5,9 +5,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use troupe::h3::{
-    Body, Frame, Interim, InterimResponses, RecvBody, Server, ServerConfig, StreamControl,
-};
+use troupe::h3::{Body, Frame, InterimResponses, RecvBody, Server, ServerConfig, StreamControl};
 
 async fn server(handler: fn(http::Request<RecvBody>) -> http::Response<Body>) -> Server {
     init_tracing();
@@ -25,8 +23,9 @@ async fn early_hints_then_final_response() {
     let server = server(|req| {
         let interim = req
             .extensions()
-            .get::<Interim>()
-            .expect("Interim in extensions")
+            .get::<StreamControl>()
+            .and_then(StreamControl::interim)
+            .expect("Interim in the StreamControl")
             .clone();
         let mut hints = HeaderMap::new();
         hints.insert(
@@ -200,7 +199,12 @@ async fn head_is_get_without_a_body() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_interim_responses_are_cut_off() {
     let server = server(|req| {
-        let interim = req.extensions().get::<Interim>().unwrap().clone();
+        let interim = req
+            .extensions()
+            .get::<StreamControl>()
+            .and_then(StreamControl::interim)
+            .unwrap()
+            .clone();
         let n: usize = req.uri().path().trim_start_matches('/').parse().unwrap();
         for _ in 0..n {
             interim

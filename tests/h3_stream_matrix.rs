@@ -103,7 +103,12 @@ async fn handle(
     tx: mpsc::UnboundedSender<Seen>,
     go: Arc<Notify>,
 ) -> http::Response<Body> {
-    let s = req.extensions().get::<StreamStats>().unwrap().clone();
+    let s = req
+        .extensions()
+        .get::<StreamControl>()
+        .unwrap()
+        .stats()
+        .clone();
     stats.lock().unwrap().insert(s.snapshot().stream_id, s);
     let path = req.uri().path().to_owned();
     let control = req.extensions().get::<StreamControl>().unwrap().clone();

@@ -67,8 +67,9 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-/// A live handle to one stream's figures: in a server request's extensions and a client
-/// response's extensions. Cheap to clone; stays readable after the stream ends.
+/// A live handle to one stream's figures: every server request and client response has one,
+/// in the [`crate::StreamControl`] among its extensions ([`crate::StreamControl::stats`]).
+/// Cheap to clone; stays readable after the stream ends.
 #[derive(Debug, Clone)]
 pub struct StreamStats(Arc<Mutex<Inner>>);
 

@@ -1,6 +1,7 @@
 //! Extensible priorities (RFC 9218): the `priority` field and PRIORITY_UPDATE frames.
 //!
-//! A server request carries a [`PrioritySignal`] in its extensions: the client's current
+//! A server request carries a [`PrioritySignal`] (in the [`crate::StreamControl`] among its
+//! extensions): the client's current
 //! priority for the stream, from the request's `priority` header and then from each
 //! PRIORITY_UPDATE frame (the latest wins). The connection applies that priority to quiche's
 //! stream scheduler. A handler may set the response's own priority by putting a [`Priority`]
@@ -151,7 +152,8 @@ impl PriorityCell {
 }
 
 /// The client's current priority for one request, as the server sees it: the request's
-/// `priority` header, then the latest PRIORITY_UPDATE. Found in a server request's
+/// `priority` header, then the latest PRIORITY_UPDATE. Every server request has one:
+/// [`crate::StreamControl::priority_signal`] on the [`crate::StreamControl`] in its
 /// extensions.
 #[derive(Debug, Clone)]
 pub struct PrioritySignal {

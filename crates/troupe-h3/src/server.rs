@@ -231,8 +231,8 @@ impl Server {
 /// A request delivered to an application actor (see [`Server::bind_actor`]): the request,
 /// with its body streaming in, and the handle to answer it.
 pub struct IncomingRequest {
-    /// The request. Its extensions hold the stream's [`crate::StreamControl`],
-    /// [`crate::Interim`], [`crate::PrioritySignal`] and [`crate::StreamStats`].
+    /// The request. Its extensions hold the stream's [`crate::StreamControl`], which
+    /// carries its [`crate::Interim`], [`crate::PrioritySignal`] and [`crate::StreamStats`].
     pub request: Request<RecvBody>,
     /// Answers the request, once.
     pub responder: Responder,

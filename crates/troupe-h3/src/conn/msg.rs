@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
+use crate::headers::Field;
 use bytes::Bytes;
-use quiche::h3::Header;
 use tokio::sync::oneshot;
 
 use crate::body::RecvBody;
@@ -43,7 +43,7 @@ pub enum OutFrame {
     /// A header section.
     Headers {
         /// The header list.
-        list: Vec<Header>,
+        list: Vec<Field>,
         /// Which section.
         section: Section,
         /// Set on the stream's first header section: when the actor handed it over (the

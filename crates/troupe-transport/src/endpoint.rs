@@ -36,7 +36,7 @@ use crate::error::{ConnectError, EndpointError};
 use crate::metrics::DropReason;
 use crate::observe::{ActorKind, ActorMeter, Tracked};
 use crate::retry::RetryTokens;
-use crate::route::{Inbox, Offer, Packet, Routes};
+use crate::route::{short_header_dcid, Inbox, Offer, Packet, RouteMemo, Routes};
 use crate::settings::QuicSettings;
 use crate::stats::{bump, EndpointStats, EndpointStatsSnapshot};
 use crate::tls::{Identity, TlsConfig};
@@ -1188,6 +1188,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
         );
         let mut storage = vec![0u8; RECV_SLOT * RECV_BATCH];
         let mut meta = vec![RecvMeta::default(); RECV_BATCH];
+        let mut memo = RouteMemo::default();
         loop {
             let filled = {
                 let mut bufs: Vec<IoSliceMut<'_>> =
@@ -1206,6 +1207,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
                     continue;
                 }
             };
+            memo.clear();
             for (i, m) in meta.iter().enumerate().take(filled) {
                 let data = &storage[i * RECV_SLOT..i * RECV_SLOT + m.len];
                 for dgram in data.chunks(m.stride.max(1)) {
@@ -1218,12 +1220,42 @@ impl<A: ConnectionApp> RecvLoop<A> {
                         from: m.addr,
                         to: local,
                     };
-                    self.route(packet).await;
+                    // An established connection's packet (short header) goes straight to
+                    // its inbox; the others (handshakes, new connections) take the full parse.
+                    match short_header_dcid(dgram) {
+                        Some(dcid) => self.route_short(dcid, packet, &mut memo),
+                        None => self.route(packet).await,
+                    }
                 }
             }
         }
     }
 
+    /// Routes a short-header packet by the ID [`short_header_dcid`] read: to its connection's
+    /// inbox, or dropped when no connection has that ID (no stateless reset is sent).
+    fn route_short(&self, dcid: &[u8; LOCAL_CID_LEN], packet: Packet, memo: &mut RouteMemo) {
+        let stats = &self.routes.stats;
+        let Some(inbox) = memo.lookup(&self.routes, dcid) else {
+            stats.dropped(DropReason::UnknownConnection);
+            return;
+        };
+        if let CidSource::Worker { layout, worker } = &self.cids {
+            if layout.worker_of(dcid).is_some_and(|w| w != *worker) {
+                bump(&stats.datagrams_misrouted);
+            }
+        }
+        match inbox.offer(packet) {
+            Offer::Queued => {}
+            Offer::Full => stats.dropped(DropReason::QueueFull),
+            Offer::Closed => {
+                memo.clear();
+                stats.dropped(DropReason::QueueFull);
+            }
+        }
+    }
+
+    /// Routes any packet, parsing its header in full: a long header (a handshake, a new
+    /// connection, version negotiation) or one too short to be read in place.
     async fn route(&mut self, mut packet: Packet) {
         let hdr = match quiche::Header::from_slice(&mut packet.data, LOCAL_CID_LEN) {
             Ok(h) => h,

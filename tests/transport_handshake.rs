@@ -313,3 +313,55 @@ async fn a_second_connection_resumes_the_session() {
     let info = second.connection().info().await.unwrap();
     assert!(info.resumed, "the second connection did not resume");
 }
+
+/// Short-header packets nobody can read are dropped where they belong: one naming no
+/// connection is counted as an unknown connection, one too short to hold a connection ID as
+/// unparseable, and one naming a live connection (from another address, with a payload that
+/// does not decrypt) reaches that connection, which drops it and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_short_header_packets_are_dropped_where_they_belong() {
+    let server = builtin_server(ServerConfig::default()).await;
+    let (_ep, client) = connect(&server).await;
+    ordinary_requests(&server, &client, 1).await;
+    let infos = server_connection_infos(&server).await;
+    assert_eq!(infos.len(), 1);
+    // A server connection's trace id is its first connection ID, in hex.
+    let live: Vec<u8> = (0..infos[0].trace_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&infos[0].trace_id[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(live.len(), 16, "a server connection ID is 16 bytes");
+    let before = server.stats();
+
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let short = |dcid: &[u8]| {
+        let mut d = vec![0x40];
+        d.extend_from_slice(dcid);
+        d.extend_from_slice(&[0x5a; 40]);
+        d
+    };
+    sock.send_to(&short(&[0xee; 16]), server.local_addr())
+        .unwrap();
+    sock.send_to(&[0x40, 1, 2, 3, 4], server.local_addr())
+        .unwrap();
+    for _ in 0..3 {
+        sock.send_to(&short(&live), server.local_addr()).unwrap();
+    }
+    eventually(
+        Duration::from_secs(5),
+        "all five datagrams received",
+        || async { server.stats().datagrams_received >= before.datagrams_received + 5 },
+    )
+    .await;
+    let after = server.stats();
+    assert_eq!(
+        after.dropped_unknown_connection,
+        before.dropped_unknown_connection + 1
+    );
+    assert_eq!(after.dropped_unparseable, before.dropped_unparseable + 1);
+    assert_eq!(after.dropped_queue_full, before.dropped_queue_full);
+    // The connection took the three it was sent and is none the worse.
+    ordinary_requests(&server, &client, 3).await;
+    assert_eq!(server.endpoint().connection_count(), 1);
+    assert_eq!(server.stats().connections_closed, 0);
+}

@@ -1207,7 +1207,6 @@ impl<A: ConnectionApp> RecvLoop<A> {
                     continue;
                 }
             };
-            memo.clear();
             for (i, m) in meta.iter().enumerate().take(filled) {
                 let data = &storage[i * RECV_SLOT..i * RECV_SLOT + m.len];
                 for dgram in data.chunks(m.stride.max(1)) {
@@ -1228,6 +1227,9 @@ impl<A: ConnectionApp> RecvLoop<A> {
                     }
                 }
             }
+            // Forgotten before waiting for the next batch: an idle loop holds no inbox (a
+            // closed connection's would keep its queued packets alive).
+            memo.clear();
         }
     }
 

@@ -161,17 +161,17 @@ pub(crate) fn short_header_dcid(datagram: &[u8]) -> Option<&[u8; LOCAL_CID_LEN]>
 /// connection's), so a run after its first packet is routed by comparing 16 bytes instead of
 /// hashing the ID, locking a shard of the table and counting a reference up and down.
 ///
-/// The memo lives for one batch only ([`RouteMemo::clear`] before the next): a route removed
+/// The memo lives for one batch only ([`RouteMemo::clear`] after each): a route removed
 /// meanwhile (a connection retiring an ID, or closing) stops being used at the next batch, the
-/// same window as a packet that was already in the socket when the route went. A closed inbox
-/// clears it at once.
+/// same window as a packet that was already in the socket when the route went; and a loop
+/// waiting for packets holds no inbox. A closed inbox clears it at once.
 #[derive(Default)]
 pub(crate) struct RouteMemo {
     last: Option<([u8; LOCAL_CID_LEN], Arc<Inbox>)>,
 }
 
 impl RouteMemo {
-    /// Forgets the last route; called at the start of every batch.
+    /// Forgets the last route; called at the end of every batch.
     pub(crate) fn clear(&mut self) {
         self.last = None;
     }

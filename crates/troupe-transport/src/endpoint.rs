@@ -1266,14 +1266,10 @@ impl<A: ConnectionApp> RecvLoop<A> {
                 return;
             }
         };
+        // Only long headers get here (a short one that parses holds a whole ID, which
+        // `route_short` took), and the kernel's hash, not a worker byte, steers those: no
+        // misrouting to count.
         if let Some(inbox) = self.routes.get(&hdr.dcid) {
-            if let CidSource::Worker { layout, worker } = &self.cids {
-                if hdr.ty == quiche::Type::Short
-                    && layout.worker_of(&hdr.dcid).is_some_and(|w| w != *worker)
-                {
-                    bump(&self.routes.stats.datagrams_misrouted);
-                }
-            }
             match inbox.offer(packet) {
                 Offer::Queued => {}
                 Offer::Full | Offer::Closed => self.routes.stats.dropped(DropReason::QueueFull),

@@ -3,12 +3,12 @@
 
 use std::time::Instant;
 
-use crate::headers::Field;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::body::RecvBody;
 use crate::error::RequestError;
+use crate::headers::Field;
 use crate::priority::Priority;
 
 /// Which header section a [`OutFrame::Headers`] carries.

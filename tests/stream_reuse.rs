@@ -192,12 +192,14 @@ async fn the_pool_shrinks_when_the_load_ends_and_empties_with_the_connection() {
     for t in tasks {
         assert!(t.await.unwrap() > 0);
     }
+    // The trimmed actors leave the snapshot's parked count before they have finished
+    // stopping, so the children are polled too, not read once.
     eventually(Duration::from_secs(5), "two spare actors stay", || async {
         server.endpoint().serving_stream_actors().await == 0
             && parked_stream_actors(&server).await == 2
+            && server.endpoint().connection_children() == 2
     })
     .await;
-    assert_eq!(server.endpoint().connection_children(), 2);
     client.close();
     client.closed().await;
     server.endpoint().wait_idle().await;

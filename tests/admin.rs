@@ -226,12 +226,14 @@ async fn the_tree_shows_a_live_stream_and_actions_reach_one_connection_and_one_s
 }
 
 /// A handler that blocks its stream actor for 2 s: the admin endpoint's /warnings names it and
-/// it heads /top?by=busy; `/metrics` counts the running handler.
+/// it heads /top?by=busy; `/metrics` counts the running handler. The operator's queries come
+/// from a runtime of their own, as from another process: the blocked thread can stall this
+/// runtime's sockets and timers, and the admin endpoint, on its own thread, must not stall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_handler_is_warned_about_and_tops_busy_over_http() {
     let server = Arc::new(busy_server().await);
     let admin = admin_for(&server, |_| {}).await;
-    let ac = AdminClient::new(admin.local_addr(), None);
+    let admin_addr = admin.local_addr();
     let (_ep, client) = connect(&server).await;
     ordinary_requests(&server, &client, 5).await;
     let busy = {
@@ -239,51 +241,122 @@ async fn a_busy_handler_is_warned_about_and_tops_busy_over_http() {
         let req = get(&server, "/busy");
         tokio::spawn(async move { client.send(req).await.unwrap().into_body().collect().await })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let warning = loop {
-        let w = json(&ac.get("/warnings").await.unwrap());
-        let hit = w["warnings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["kind"] == "handler_busy")
-            .cloned();
-        if let Some(hit) = hit {
-            break hit;
-        }
-        assert!(std::time::Instant::now() < deadline, "no busy warning: {w}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(warning["severity"], "warning");
-    assert!(
-        warning["message"]
-            .as_str()
-            .unwrap()
-            .contains("stream 0 on connection")
-            || warning["message"].as_str().unwrap().contains("stream "),
-        "{warning}"
-    );
-    let top = json(&ac.get("/top?by=busy&n=10").await.unwrap());
-    assert_eq!(top["by"], "busy");
-    let first = &top["entries"][0];
-    assert_eq!(first["actor"], warning["actor"], "{top}");
-    assert_eq!(first["kind"], "stream");
-    assert!(first["value"].as_f64().unwrap() >= 1.0, "{top}");
-    let metrics = ac.get("/metrics").await.unwrap();
-    let running = metrics
-        .lines()
-        .find(|l| l.starts_with(r#"troupe_actor_handlers_running{kind="stream"}"#))
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(!running.ends_with(" 0.0"), "{running}");
-    // Bad queries say what is wrong.
-    let e = ac.get("/top?by=cpu").await.unwrap_err().to_string();
-    assert!(
-        e.contains("400") && e.contains("busy, mailbox, bytes or lost"),
-        "{e}"
-    );
-    let e = ac.get("/top?n=lots").await.unwrap_err().to_string();
-    assert!(e.contains("400") && e.contains("whole number"), "{e}");
+    from_another_runtime(move || async move {
+        let ac = AdminClient::new(admin_addr, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let warning = loop {
+            let w = json(&ac.get("/warnings").await.unwrap());
+            let hit = w["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["kind"] == "handler_busy")
+                .cloned();
+            if let Some(hit) = hit {
+                break hit;
+            }
+            assert!(std::time::Instant::now() < deadline, "no busy warning: {w}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(warning["severity"], "warning");
+        assert!(
+            warning["message"]
+                .as_str()
+                .unwrap()
+                .contains("stream 0 on connection")
+                || warning["message"].as_str().unwrap().contains("stream "),
+            "{warning}"
+        );
+        let top = json(&ac.get("/top?by=busy&n=10").await.unwrap());
+        assert_eq!(top["by"], "busy");
+        let first = &top["entries"][0];
+        assert_eq!(first["actor"], warning["actor"], "{top}");
+        assert_eq!(first["kind"], "stream");
+        assert!(first["value"].as_f64().unwrap() >= 1.0, "{top}");
+        let metrics = ac.get("/metrics").await.unwrap();
+        let running = metrics
+            .lines()
+            .find(|l| l.starts_with(r#"troupe_actor_handlers_running{kind="stream"}"#))
+            .unwrap_or_else(|| panic!("{metrics}"));
+        assert!(!running.ends_with(" 0.0"), "{running}");
+        // Bad queries say what is wrong.
+        let e = ac.get("/top?by=cpu").await.unwrap_err().to_string();
+        assert!(
+            e.contains("400") && e.contains("busy, mailbox, bytes or lost"),
+            "{e}"
+        );
+        let e = ac.get("/top?n=lots").await.unwrap_err().to_string();
+        assert!(e.contains("400") && e.contains("whole number"), "{e}");
+    })
+    .await;
     assert_eq!(&busy.await.unwrap().unwrap()[..], b"done");
+    admin.shutdown().await;
+}
+
+/// The admin endpoint runs on a thread of its own. A handler blocks the server's whole runtime
+/// (single-threaded here, so nothing else of it can run) for 2 s; meanwhile the endpoint
+/// answers, and its tree lists the stuck connection as not answering. Had it run on the
+/// server's runtime, its answer would have waited for the handler, and by then the connection
+/// would answer again.
+#[tokio::test(flavor = "current_thread")]
+async fn the_admin_endpoint_answers_while_a_handler_blocks_the_servers_runtime() {
+    init_tracing();
+    let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+    let entered_tx = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+    let server = Server::bind(
+        loopback(),
+        ServerConfig::default(),
+        move |req: http::Request<RecvBody>| {
+            let entered_tx = entered_tx.clone();
+            async move {
+                if req.uri().path() == "/block" {
+                    if let Some(tx) = entered_tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                    // Deliberately blocking the runtime's only thread.
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                http::Response::new(Body::from("done"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let server = Arc::new(server);
+    let admin = admin_for(&server, |_| {}).await;
+    let admin_addr = admin.local_addr();
+    let (_ep, client) = connect(&server).await;
+    ordinary_requests(&server, &client, 1).await;
+    let blocked = {
+        let req = get(&server, "/block");
+        let client = client.clone();
+        tokio::spawn(async move { client.send(req).await.unwrap().into_body().collect().await })
+    };
+    let tree = from_another_runtime(move || async move {
+        entered.await.expect("the blocking handler starts");
+        json(
+            &AdminClient::new(admin_addr, None)
+                .get("/tree")
+                .await
+                .unwrap(),
+        )
+    })
+    .await;
+    let conns = tree["endpoints"][0]["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 1, "{tree}");
+    assert_eq!(conns[0]["answered"], false, "{tree}");
+    // The handler returns and the connection answers again.
+    assert_eq!(&blocked.await.unwrap().unwrap()[..], b"done");
+    let tree = json(
+        &AdminClient::new(admin_addr, None)
+            .get("/tree")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        tree["endpoints"][0]["connections"][0]["answered"], true,
+        "{tree}"
+    );
     admin.shutdown().await;
 }
 

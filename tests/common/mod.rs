@@ -208,6 +208,36 @@ where
     }
 }
 
+/// Runs `watch` on a thread and a runtime of its own, as an operator's tool would, and returns
+/// what it returns (a panic in it fails the caller's test). For tests that observe a handler
+/// blocking a worker thread: while it blocks, tokio may leave the whole runtime's timers and
+/// sockets undriven (the idle worker can sleep on a condvar while no worker holds the driver),
+/// so a watcher on that runtime would stall with it and see nothing until the block ends.
+pub async fn from_another_runtime<F, Fut, T>(watch: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the watcher");
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(watch())));
+        let _ = tx.send(out);
+    });
+    // A oneshot wakes this task's thread directly: no timer or socket of this runtime is needed.
+    match rx
+        .await
+        .expect("the watcher's thread ended without an answer")
+    {
+        Ok(out) => out,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 pub fn check_pattern(body: &[u8], n: usize) {
     assert_eq!(body.len(), n, "body length");
     if let Some(i) = body

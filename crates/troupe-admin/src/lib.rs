@@ -147,19 +147,34 @@ pub enum AdminError {
     /// A setting is out of range.
     #[error("admin setting {0}")]
     Config(String),
+    /// The endpoint's thread or its runtime could not be started.
+    #[error("cannot start the admin endpoint's thread: {0}")]
+    Runtime(std::io::Error),
 }
 
-/// A running admin endpoint. Dropping it stops it.
+/// A running admin endpoint. Dropping it stops it at once; [`Admin::shutdown`] stops it
+/// gracefully.
+///
+/// It runs on a thread of its own with a single-threaded tokio runtime, not on the caller's
+/// runtime. The admin endpoint exists to show what is wrong with the server, and the worst
+/// thing a handler can do is block its worker thread: tokio may then leave the whole runtime's
+/// timers and sockets undriven until the handler returns (an idle worker can sleep on a
+/// condvar while no worker holds the driver). On its own runtime the endpoint keeps sampling
+/// and answering, and shows the stuck handler while it is stuck.
 pub struct Admin {
     local_addr: SocketAddr,
+    /// Dropped or sent: stop accepting and let requests in progress finish.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<()>,
-    sampler: tokio::task::JoinHandle<()>,
+    /// Dropped: stop at once (requests in progress are cut off).
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Resolves when the endpoint's thread has stopped serving and dropped its runtime.
+    stopped: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Admin {
     /// Starts the admin endpoint for `targets` (one per endpoint, e.g. each listener of a
-    /// server). Fails, before binding, if the access rules refuse the configuration.
+    /// server) on a thread of its own. Fails, before binding, if the access rules refuse the
+    /// configuration.
     pub async fn serve(
         config: AdminConfig,
         targets: Vec<Arc<dyn Target>>,
@@ -170,36 +185,38 @@ impl Admin {
                 "sample_interval must be above zero".into(),
             ));
         }
-        let listener = tokio::net::TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| AdminError::Bind {
-                addr: config.addr,
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| AdminError::Bind {
+        let bind_err = |source| AdminError::Bind {
             addr: config.addr,
             source,
-        })?;
+        };
+        // Bound here, so a bind error reaches the caller; served on the endpoint's own runtime.
+        let listener = std::net::TcpListener::bind(config.addr).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("troupe-admin")
+            .build()
+            .map_err(AdminError::Runtime)?;
         let shared = service::Shared::new(config, policy, targets);
-        let sampler = tokio::spawn(service::sample(shared.clone()));
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let app = service::router(shared);
-        let server = tokio::spawn(async move {
-            let r = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::warn!("admin endpoint stopped: {e}");
-            }
-        });
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (kill, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("troupe-admin".into())
+            .spawn(move || {
+                runtime.block_on(serve_until_stopped(listener, shared, stop_rx, kill_rx));
+                // Every task of the endpoint (the sampler, open HTTP connections) ends here.
+                drop(runtime);
+                let _ = stopped_tx.send(());
+            })
+            .map_err(AdminError::Runtime)?;
         tracing::info!(addr = %local_addr, "admin endpoint listening");
         Ok(Admin {
             local_addr,
             stop: Some(stop),
-            server,
-            sampler,
+            kill: Some(kill),
+            stopped: Some(stopped),
         })
     }
 
@@ -220,19 +237,57 @@ impl Admin {
         self.local_addr
     }
 
-    /// Stops accepting, lets requests in progress finish, and stops the sampler.
+    /// Stops accepting, lets requests in progress finish, stops the sampler, and returns once
+    /// the endpoint's thread has stopped serving.
+    ///
+    /// Cancel safety: cancelling it (dropping the future) stops the endpoint at once, as
+    /// dropping the [`Admin`] does.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.sampler.abort();
-        let _ = (&mut self.server).await;
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.await;
+        }
     }
 }
 
 impl Drop for Admin {
     fn drop(&mut self) {
-        self.sampler.abort();
-        self.server.abort();
+        // Dropping the senders ends the endpoint's thread at its next turn; nothing here
+        // blocks, so an `Admin` can be dropped inside an async context.
+        self.kill.take();
+        self.stop.take();
     }
+}
+
+/// The endpoint's thread: serves HTTP and samples until `stop` (graceful) or `kill` (at once)
+/// resolves, by a send or by its sender being dropped.
+async fn serve_until_stopped(
+    listener: std::net::TcpListener,
+    shared: Arc<service::Shared>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    kill: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("admin endpoint stopped: {e}");
+            return;
+        }
+    };
+    let sampler = tokio::spawn(service::sample(shared.clone()));
+    let app = service::router(shared);
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.await;
+    });
+    tokio::select! {
+        r = serve => {
+            if let Err(e) = r {
+                tracing::warn!("admin endpoint stopped: {e}");
+            }
+        }
+        _ = kill => {}
+    }
+    sampler.abort();
 }

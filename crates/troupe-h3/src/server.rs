@@ -98,6 +98,10 @@ impl Server {
     /// connections' transport figures and the streams' per-direction states. Taken while
     /// traffic runs; see [`Endpoint::snapshot`]. Serializable with serde.
     ///
+    /// To watch for handlers that block their thread, call it from another runtime (as the
+    /// admin endpoint does from its own thread): while a handler blocks a worker, the server's
+    /// runtime may leave its timers undriven, and a watcher on it waits with it.
+    ///
     /// Cancel safety: cancel-safe.
     pub async fn snapshot(&self) -> troupe_transport::EndpointSnapshot {
         self.endpoint.snapshot().await

@@ -211,3 +211,67 @@ async fn the_pool_shrinks_when_the_load_ends_and_empties_with_the_connection() {
         "no actor is left"
     );
 }
+
+/// A handler links a child actor under its stream actor: when the stream ends, the actor stops
+/// instead of parking (the child would otherwise outlive its stream), and the child stops with
+/// it. A handler that only asked for the cell and linked nothing leaves its actor free to park.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_with_a_linked_child_stops_with_its_stream_and_the_child_too() {
+    struct Child;
+    impl ractor::Actor for Child {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+        async fn pre_start(
+            &self,
+            _: ractor::ActorRef<()>,
+            _: (),
+        ) -> Result<(), ractor::ActorProcessingErr> {
+            Ok(())
+        }
+    }
+    init_tracing();
+    let (tx, mut children) = mpsc::unbounded_channel::<ractor::ActorRef<()>>();
+    let mut config = ServerConfig::default();
+    config.h3.stream_actor_pool = 8;
+    let server = Server::bind(loopback(), config, move |req: http::Request<RecvBody>| {
+        let tx = tx.clone();
+        async move {
+            let control = req.extensions().get::<StreamControl>().unwrap().clone();
+            let cell = control.actor_cell();
+            if req.uri().path() == "/child" {
+                let (child, _) = ractor::Actor::spawn_linked(None, Child, (), cell)
+                    .await
+                    .unwrap();
+                let _ = tx.send(child);
+            }
+            http::Response::new(Body::from("ok"))
+        }
+    })
+    .await
+    .unwrap();
+    let (_ep, client) = connect(&server).await;
+    assert_eq!(body_of(&client, &server, "/cell").await, "ok");
+    eventually(
+        Duration::from_secs(5),
+        "the actor that only lent its cell parks",
+        || async {
+            server.endpoint().serving_stream_actors().await == 0
+                && parked_stream_actors(&server).await == 1
+        },
+    )
+    .await;
+    // The parked actor takes this stream, links a child, and must not park again.
+    assert_eq!(body_of(&client, &server, "/child").await, "ok");
+    let child = children.recv().await.unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the actor with a child stops, and the child with it",
+        || async {
+            server.endpoint().connection_children() == 0
+                && parked_stream_actors(&server).await == 0
+                && child.get_status() == ractor::ActorStatus::Stopped
+        },
+    )
+    .await;
+}

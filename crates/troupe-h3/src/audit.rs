@@ -1,6 +1,7 @@
 //! Per-stream audit figures: what a stream carried and how each side ended, readable while the
 //! stream runs and after it ended.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -71,11 +72,25 @@ impl std::fmt::Debug for Inner {
 /// in the [`crate::StreamControl`] among its extensions ([`crate::StreamControl::stats`]).
 /// Cheap to clone; stays readable after the stream ends.
 #[derive(Debug, Clone)]
-pub struct StreamStats(Arc<Mutex<Inner>>);
+pub struct StreamStats(Arc<Shared>);
+
+/// The figures, and two flags read without the lock.
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Whether `inner.blocked_since` is set. Only the connection's write pass changes it, and it
+    /// reports every stream it serves on every pass: it locks only when the answer changes.
+    blocked: AtomicBool,
+    /// The stream actor's cell was handed to the application
+    /// ([`crate::StreamControl::actor_cell`]), which may have linked children under it. The
+    /// actor asks ractor for its children at the stream's end only then (a lock on a line of
+    /// memory the request touches nowhere else).
+    cell_lent: AtomicBool,
+}
 
 impl StreamStats {
     pub(crate) fn new(stream_id: u64, opened: Instant) -> Self {
-        StreamStats(Arc::new(Mutex::new(Inner {
+        let inner = Mutex::new(Inner {
             audit: StreamAudit {
                 stream_id,
                 bytes_sent: 0,
@@ -96,7 +111,22 @@ impl StreamStats {
             request: None,
             blocked_since: None,
             recv_buffer: None,
-        })))
+        });
+        StreamStats(Arc::new(Shared {
+            inner,
+            blocked: AtomicBool::new(false),
+            cell_lent: AtomicBool::new(false),
+        }))
+    }
+
+    /// Notes that the stream actor's cell was handed to the application.
+    pub(crate) fn lend_cell(&self) {
+        self.0.cell_lent.store(true, Ordering::Release);
+    }
+
+    /// Whether the stream actor's cell was handed to the application.
+    pub(crate) fn cell_lent(&self) -> bool {
+        self.0.cell_lent.load(Ordering::Acquire)
     }
 
     /// Records the request's method and path (shown in the live tree).
@@ -106,6 +136,11 @@ impl StreamStats {
 
     /// The connection's write pass: whether this stream's bytes wait for quiche's room now.
     pub(crate) fn set_blocked(&self, blocked: bool) {
+        // One writer (the connection actor): a plain load and store suffice.
+        if self.0.blocked.load(Ordering::Relaxed) == blocked {
+            return;
+        }
+        self.0.blocked.store(blocked, Ordering::Relaxed);
         let mut g = self.lock();
         match (blocked, g.blocked_since) {
             (true, None) => g.blocked_since = Some(Instant::now()),
@@ -158,7 +193,7 @@ impl StreamStats {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The figures now.
@@ -228,5 +263,51 @@ impl StreamStats {
         s.recv = a.recv_end;
         s.failed = a.failed;
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn since(s: &StreamStats) -> Option<Instant> {
+        s.lock().blocked_since
+    }
+
+    /// The write pass reports every stream on every pass; the time a stream became blocked is
+    /// kept across repeated reports, cleared when it is unblocked, and taken anew after.
+    #[test]
+    fn blocked_since_follows_changes_not_reports() {
+        let s = StreamStats::new(0, Instant::now());
+        // Unblocked from the start, reported so any number of times: nothing recorded.
+        for _ in 0..3 {
+            s.set_blocked(false);
+        }
+        assert_eq!(since(&s), None);
+        s.set_blocked(true);
+        let first = since(&s).expect("blocked");
+        for _ in 0..1000 {
+            s.set_blocked(true);
+        }
+        assert_eq!(
+            since(&s),
+            Some(first),
+            "repeated reports keep the first time"
+        );
+        s.set_blocked(false);
+        assert_eq!(since(&s), None);
+        std::thread::sleep(Duration::from_millis(2));
+        s.set_blocked(true);
+        assert!(since(&s).expect("blocked again") > first);
+    }
+
+    /// Lending the actor's cell is seen through every clone of the stats.
+    #[test]
+    fn a_lent_cell_is_seen_by_every_clone() {
+        let s = StreamStats::new(4, Instant::now());
+        let c = s.clone();
+        assert!(!s.cell_lent());
+        c.lend_cell();
+        assert!(s.cell_lent() && c.cell_lent());
     }
 }

@@ -1189,6 +1189,13 @@ impl<A: ConnectionApp> ConnState<A> {
             packets_sent = info.stats.sent,
             packets_received = info.stats.recv,
             packets_lost = info.stats.lost,
+            packets_retransmitted = info.stats.retrans,
+            bytes_received = info.stats.recv_bytes,
+            peer_data_blocked = info.stats.data_blocked_recv_count,
+            peer_stream_data_blocked = info.stats.stream_data_blocked_recv_count,
+            data_blocked = info.stats.data_blocked_sent_count,
+            stream_data_blocked = info.stats.stream_data_blocked_sent_count,
+            rtt_ms = self.conn.path_stats().find(|p| p.active).map_or(0.0, |p| p.rtt.as_secs_f64() * 1e3),
             "connection closed"
         );
         let mut cx = cx!(self, myself);

@@ -233,6 +233,7 @@ impl StreamControl {
     /// only while the stream is live: one linked later would belong to whichever stream the
     /// actor serves then.
     pub fn actor_cell(&self) -> ractor::ActorCell {
+        self.stats.lend_cell();
         self.actor.actor().get_cell()
     }
 }
@@ -917,11 +918,12 @@ impl StreamState {
     }
 
     /// Whether this actor may serve a later stream once this one ended: parking is on, and it
-    /// has no live child (a datagram flow), which would otherwise outlive its stream.
+    /// has no live child (a datagram flow), which would otherwise outlive its stream. Only a
+    /// stream whose control lent out the actor's cell can have children to ask ractor about.
     fn may_park(&self, myself: &ActorRef<StreamMsg>) -> bool {
         self.settings.stream_actor_pool > 0
             && self.flow.is_none()
-            && myself.get_children().is_empty()
+            && (!self.stats.cell_lent() || myself.get_children().is_empty())
     }
 
     /// Both directions ended: park, to serve a later stream of the connection, or stop. An

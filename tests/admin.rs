@@ -51,6 +51,29 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// Polls `/warnings` until one of `kind` is listed, and returns it; panics with the last list
+/// after `deadline`.
+async fn first_warning(ac: &AdminClient, kind: &str, deadline: Duration) -> serde_json::Value {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        let w = json(&ac.get("/warnings").await.unwrap());
+        let hit = w["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["kind"] == kind)
+            .cloned();
+        if let Some(hit) = hit {
+            return hit;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no {kind} warning within {deadline:?}: {w}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends `/held` and waits until the server routes it; returns the task awaiting its response.
 async fn hold_one(
     server: &Server,
@@ -243,21 +266,7 @@ async fn a_busy_handler_is_warned_about_and_tops_busy_over_http() {
     };
     from_another_runtime(move || async move {
         let ac = AdminClient::new(admin_addr, None);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let warning = loop {
-            let w = json(&ac.get("/warnings").await.unwrap());
-            let hit = w["warnings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|w| w["kind"] == "handler_busy")
-                .cloned();
-            if let Some(hit) = hit {
-                break hit;
-            }
-            assert!(std::time::Instant::now() < deadline, "no busy warning: {w}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let warning = first_warning(&ac, "handler_busy", Duration::from_secs(10)).await;
         assert_eq!(warning["severity"], "warning");
         assert!(
             warning["message"]
@@ -294,27 +303,30 @@ async fn a_busy_handler_is_warned_about_and_tops_busy_over_http() {
 }
 
 /// The admin endpoint runs on a thread of its own. A handler blocks the server's whole runtime
-/// (single-threaded here, so nothing else of it can run) for 2 s; meanwhile the endpoint
-/// answers, and its tree lists the stuck connection as not answering. Had it run on the
-/// server's runtime, its answer would have waited for the handler, and by then the connection
-/// would answer again.
+/// (single-threaded here, so nothing else of it can run) until the operator has looked;
+/// meanwhile the endpoint answers: its tree lists the stuck connection, by its trace id, as not
+/// answering, and `/warnings` says so. Had the endpoint run on the server's runtime, nothing
+/// would have answered while the handler blocked.
 #[tokio::test(flavor = "current_thread")]
 async fn the_admin_endpoint_answers_while_a_handler_blocks_the_servers_runtime() {
     init_tracing();
     let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
-    let entered_tx = Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let gate = Arc::new(std::sync::Mutex::new((Some(entered_tx), released)));
     let server = Server::bind(
         loopback(),
         ServerConfig::default(),
         move |req: http::Request<RecvBody>| {
-            let entered_tx = entered_tx.clone();
+            let gate = gate.clone();
             async move {
                 if req.uri().path() == "/block" {
-                    if let Some(tx) = entered_tx.lock().unwrap().take() {
+                    let mut g = gate.lock().unwrap();
+                    if let Some(tx) = g.0.take() {
                         let _ = tx.send(());
                     }
-                    // Deliberately blocking the runtime's only thread.
-                    std::thread::sleep(Duration::from_secs(2));
+                    // Deliberately blocking the runtime's only thread, until released (or
+                    // 10 s, so a failing test still ends).
+                    let _ = g.1.recv_timeout(Duration::from_secs(10));
                 }
                 http::Response::new(Body::from("done"))
             }
@@ -327,24 +339,32 @@ async fn the_admin_endpoint_answers_while_a_handler_blocks_the_servers_runtime()
     let admin_addr = admin.local_addr();
     let (_ep, client) = connect(&server).await;
     ordinary_requests(&server, &client, 1).await;
+    let trace_id = server_connection_infos(&server).await[0].trace_id.clone();
     let blocked = {
         let req = get(&server, "/block");
         let client = client.clone();
         tokio::spawn(async move { client.send(req).await.unwrap().into_body().collect().await })
     };
-    let tree = from_another_runtime(move || async move {
+    let (tree, warning) = from_another_runtime(move || async move {
         entered.await.expect("the blocking handler starts");
-        json(
-            &AdminClient::new(admin_addr, None)
-                .get("/tree")
-                .await
-                .unwrap(),
-        )
+        let ac = AdminClient::new(admin_addr, None);
+        let tree = json(&ac.get("/tree").await.unwrap());
+        // The sampler's next snapshot meets the stuck connection too.
+        let warning = first_warning(&ac, "connection_unanswered", Duration::from_secs(8)).await;
+        let _ = release.send(());
+        (tree, warning)
     })
     .await;
     let conns = tree["endpoints"][0]["connections"].as_array().unwrap();
     assert_eq!(conns.len(), 1, "{tree}");
     assert_eq!(conns[0]["answered"], false, "{tree}");
+    assert_eq!(conns[0]["trace_id"], trace_id.as_str(), "{tree}");
+    assert_eq!(warning["severity"], "warning");
+    let message = warning["message"].as_str().unwrap();
+    assert!(
+        message.contains(&trace_id) && message.contains("spawn_blocking"),
+        "{warning}"
+    );
     // The handler returns and the connection answers again.
     assert_eq!(&blocked.await.unwrap().unwrap()[..], b"done");
     let tree = json(

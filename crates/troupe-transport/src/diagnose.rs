@@ -53,6 +53,9 @@ pub enum WarningKind {
     RestartBudget,
     /// An endpoint runs without a supervisor of the application's.
     Unsupervised,
+    /// A connection actor did not answer the snapshot in time: a handler may be blocking the
+    /// thread it runs on (its streams are not listed).
+    ConnectionUnanswered,
 }
 
 /// How much a warning matters.
@@ -148,6 +151,20 @@ impl Warnings {
         );
         for c in &snap.connections {
             actor(&c.actor, format!("connection {}", c.trace_id), &mut out);
+            if !c.answered {
+                out.push(Warning {
+                    kind: WarningKind::ConnectionUnanswered,
+                    severity: Severity::Warning,
+                    actor: Some(c.actor.id.clone()),
+                    message: format!(
+                        "connection {}: did not answer within {} ms; something may be blocking \
+                         the thread it runs on (a handler doing blocking work: move it to \
+                         tokio::task::spawn_blocking); its streams are not listed",
+                        c.trace_id,
+                        crate::snapshot::SNAPSHOT_CONNECTION_TIMEOUT.as_millis()
+                    ),
+                });
+            }
             for s in &c.streams {
                 let what = format!("stream {} on connection {}", s.stream_id, c.trace_id);
                 actor(&s.actor, what.clone(), &mut out);
@@ -394,6 +411,28 @@ mod tests {
                 WarningKind::Unsupervised
             ]
         );
+    }
+
+    /// A connection that did not answer is warned about once per snapshot, naming it; the
+    /// ones that answered are not.
+    #[test]
+    fn only_a_connection_that_did_not_answer_is_warned_about() {
+        let mut w = Warnings::default();
+        let mut stuck = conn("c2", 0.0, 0, 0, vec![]);
+        stuck.answered = false;
+        let mut e = endpoint(vec![conn("c1", 0.0, 10, 0, vec![]), stuck]);
+        let warned: Vec<(WarningKind, Option<String>)> = w
+            .observe(&e, Instant::now())
+            .into_iter()
+            .map(|w| (w.kind, w.actor))
+            .collect();
+        assert_eq!(
+            warned,
+            [(WarningKind::ConnectionUnanswered, Some("c2".to_string()))]
+        );
+        // Once it answers again, nothing.
+        e.connections[1].answered = true;
+        assert!(w.observe(&e, Instant::now()).is_empty());
     }
 
     #[test]

@@ -745,12 +745,10 @@ impl<A: ConnectionApp> Endpoint<A> {
     pub async fn snapshot(&self) -> crate::snapshot::EndpointSnapshot {
         use crate::snapshot::{ActorNode, ConnectionSnapshot, EndpointSnapshot, ReceiveLoopNode};
         use crate::supervision::BudgetView;
-        let conns: Vec<Tracked<ConnMsg<A::Msg>>> = self
-            .registry
-            .iter()
-            .map(|e| e.value().mailbox.clone())
-            .collect();
-        let answers = futures::future::join_all(conns.iter().map(|c| async move {
+        let conns: Vec<crate::connection::Registered<A::Msg>> =
+            self.registry.iter().map(|e| e.value().clone()).collect();
+        let answers = futures::future::join_all(conns.iter().map(|r| async move {
+            let (c, trace_id) = (&r.mailbox, &r.trace_id);
             c.meter().on_send();
             let r = c
                 .actor()
@@ -768,7 +766,9 @@ impl<A: ConnectionApp> Endpoint<A> {
                         ActorKind::Connection,
                         c.meter().view(),
                     ));
-                    // Its children are known without it (parked ones among them are not).
+                    // Its name and children are known without it (parked ones among them
+                    // are not).
+                    s.trace_id = trace_id.to_string();
                     s.child_actors = cell.get_children().len();
                     s
                 }

@@ -2,10 +2,10 @@
 //!
 //! A server request carries a [`PrioritySignal`] (in the [`crate::StreamControl`] among its
 //! extensions): the client's current priority for the stream, from the request's `priority`
-//! header and then from each PRIORITY_UPDATE frame (the latest wins). The connection applies that priority to quiche's
-//! stream scheduler. A handler may set the response's own priority by putting a [`Priority`]
-//! in the response's extensions; it is applied when the response starts and sent as the
-//! response's `priority` header.
+//! header and then from each PRIORITY_UPDATE frame (the latest wins). The connection applies
+//! that priority to quiche's stream scheduler. A handler may set the response's own priority
+//! by putting a [`Priority`] in the response's extensions; it is applied when the response
+//! starts and sent as the response's `priority` header.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -1184,6 +1184,7 @@ impl<A: ConnectionApp> ConnState<A> {
         self.stage = Stage::Closed;
         self.close_reason = Some(reason.clone());
         let info = self.info();
+        let rtt = self.conn.path_stats().find(|p| p.active).map(|p| p.rtt);
         debug!(
             %reason,
             packets_sent = info.stats.sent,
@@ -1195,7 +1196,7 @@ impl<A: ConnectionApp> ConnState<A> {
             peer_stream_data_blocked = info.stats.stream_data_blocked_recv_count,
             data_blocked = info.stats.data_blocked_sent_count,
             stream_data_blocked = info.stats.stream_data_blocked_sent_count,
-            rtt_ms = self.conn.path_stats().find(|p| p.active).map_or(0.0, |p| p.rtt.as_secs_f64() * 1e3),
+            rtt_ms = rtt.map_or(0.0, |r| r.as_secs_f64() * 1e3),
             "connection closed"
         );
         let mut cx = cx!(self, myself);

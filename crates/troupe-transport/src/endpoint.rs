@@ -747,8 +747,8 @@ impl<A: ConnectionApp> Endpoint<A> {
         use crate::supervision::BudgetView;
         let conns: Vec<crate::connection::Registered<A::Msg>> =
             self.registry.iter().map(|e| e.value().clone()).collect();
-        let answers = futures::future::join_all(conns.iter().map(|r| async move {
-            let (c, trace_id) = (&r.mailbox, &r.trace_id);
+        let answers = futures::future::join_all(conns.iter().map(|reg| async move {
+            let (c, trace_id) = (&reg.mailbox, &reg.trace_id);
             c.meter().on_send();
             let r = c
                 .actor()

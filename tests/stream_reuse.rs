@@ -1,7 +1,8 @@
 //! Parked stream actors (`H3Settings::stream_actor_pool`): an actor whose stream ended cleanly
-//! serves the connection's next stream, one stream at a time; handles of its earlier stream
-//! reach nothing; an actor that failed never serves again; with the pool off, every stream
-//! actor stops with its stream.
+//! parks in its worker's pool, under no connection, and serves a later stream of any connection
+//! of that worker, one stream at a time; handles of its earlier stream reach nothing; an actor
+//! that failed never serves again; the pool outlives a connection and stops its actors with the
+//! server; with the pool off, every stream actor stops with its stream.
 
 mod common;
 
@@ -14,7 +15,7 @@ use troupe::h3::codes::H3_REQUEST_CANCELLED;
 use troupe::h3::{Body, RecvBody, Server, ServerConfig, StreamControl};
 
 /// What a handler saw: the path, and the actor serving it.
-type Seen = (String, ractor::ActorId);
+type Seen = (String, ractor::ActorCell);
 
 /// A server whose handler reports each request's actor, keeps `/first`'s `StreamControl`,
 /// panics on `/panic`, and holds `/held` until `go` is notified.
@@ -38,7 +39,7 @@ async fn probe_server(
         async move {
             let control = req.extensions().get::<StreamControl>().unwrap().clone();
             let path = req.uri().path().to_string();
-            let _ = tx.send((path.clone(), control.actor_cell().get_id()));
+            let _ = tx.send((path.clone(), control.actor_cell()));
             match path.as_str() {
                 "/first" => *kept.lock().unwrap() = Some(control),
                 "/panic" => panic!("handler panics on purpose"),
@@ -60,6 +61,25 @@ async fn body_of(client: &troupe::h3::Client, server: &Server, path: &str) -> St
     String::from_utf8(body.to_vec()).unwrap()
 }
 
+/// Sends `/held` on `client` in the background; the task ends with the body, once the handler
+/// is let go.
+fn held_request(
+    client: &troupe::h3::Client,
+    server: &Server,
+) -> tokio::task::JoinHandle<Result<String, String>> {
+    let (client, url) = (client.clone(), url(server, "/held"));
+    tokio::spawn(async move {
+        let req = http::Request::get(url).body(Body::empty()).unwrap();
+        let resp = client.send(req).await.map_err(|e| e.to_string())?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    })
+}
+
 /// The actor of `/first` parks, then serves `/held`; the `StreamControl` the first handler
 /// kept now names an ended stream, and shutting it down leaves the second stream untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,32 +90,26 @@ async fn a_parked_actor_serves_the_next_stream_and_old_handles_reach_nothing() {
         body_of(&client, &server, "/first").await,
         "answer to /first"
     );
-    let (_, first) = seen.recv().await.unwrap();
+    let first = seen.recv().await.unwrap().1.get_id();
     eventually(Duration::from_secs(5), "the first actor parks", || async {
         server.endpoint().serving_stream_actors().await == 0
             && parked_stream_actors(&server).await == 1
     })
     .await;
-    // Alive, linked under the connection, serving nothing.
-    assert_eq!(server.endpoint().connection_children(), 1);
+    // Alive (it serves the next stream), linked under no connection.
+    assert_eq!(server.endpoint().connection_children(), 0);
 
-    let held = {
-        let (client, url) = (client.clone(), url(&server, "/held"));
-        tokio::spawn(async move {
-            let req = http::Request::get(url).body(Body::empty()).unwrap();
-            let resp = client.send(req).await.map_err(|e| e.to_string())?;
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(String::from_utf8(body.to_vec()).unwrap())
-        })
-    };
+    let held = held_request(&client, &server);
     let (path, second) = seen.recv().await.unwrap();
     assert_eq!(path, "/held");
-    assert_eq!(second, first, "the parked actor took the next stream");
+    assert_eq!(
+        second.get_id(),
+        first,
+        "the parked actor took the next stream"
+    );
     assert_eq!(parked_stream_actors(&server).await, 0);
+    // Linked under the connection again while it serves.
+    assert_eq!(server.endpoint().connection_children(), 1);
     // The first stream's handle, used now: both directions of an ended stream.
     let old = kept.lock().unwrap().take().unwrap();
     old.shutdown(Some(H3_REQUEST_CANCELLED), Some(H3_REQUEST_CANCELLED));
@@ -127,7 +141,7 @@ async fn a_failed_actor_never_serves_again() {
     let (server, mut seen, _kept, _go) = probe_server(8).await;
     let (_ep, client) = connect(&server).await;
     assert_eq!(body_of(&client, &server, "/a").await, "answer to /a");
-    let (_, a) = seen.recv().await.unwrap();
+    let a = seen.recv().await.unwrap().1.get_id();
     eventually(Duration::from_secs(5), "the actor parks", || async {
         parked_stream_actors(&server).await == 1
     })
@@ -137,8 +151,12 @@ async fn a_failed_actor_never_serves_again() {
         err,
         troupe::h3::RequestError::StreamReset(troupe::h3::codes::H3_INTERNAL_ERROR)
     );
-    let (_, panicked) = seen.recv().await.unwrap();
-    assert_eq!(panicked, a, "the parked actor took the stream, then failed");
+    let panicked = seen.recv().await.unwrap().1;
+    assert_eq!(
+        panicked.get_id(),
+        a,
+        "the parked actor took the stream, then failed"
+    );
     eventually(
         Duration::from_secs(5),
         "the failed actor is gone",
@@ -146,8 +164,9 @@ async fn a_failed_actor_never_serves_again() {
     )
     .await;
     assert_eq!(body_of(&client, &server, "/b").await, "answer to /b");
-    let (_, b) = seen.recv().await.unwrap();
+    let b = seen.recv().await.unwrap().1.get_id();
     assert_ne!(b, a, "a failed actor is never reused");
+    assert_eq!(panicked.get_status(), ractor::ActorStatus::Stopped);
     let snap = server.snapshot().await;
     assert_eq!(snap.connections[0].failures_total, 1);
 }
@@ -163,7 +182,7 @@ async fn with_the_pool_off_every_stream_actor_stops() {
             body_of(&client, &server, path).await,
             format!("answer to {path}")
         );
-        ids.push(seen.recv().await.unwrap().1);
+        ids.push(seen.recv().await.unwrap().1.get_id());
         eventually(Duration::from_secs(5), "the stream actor stops", || async {
             server.endpoint().connection_children() == 0
         })
@@ -174,11 +193,11 @@ async fn with_the_pool_off_every_stream_actor_stops() {
     assert_eq!(ids.len(), 3, "three streams, three actors");
 }
 
-/// Many streams at once, then none: the pool keeps at most the spare two, and every actor is
-/// gone once the connection closes.
+/// Many streams at once, then none: the pool keeps the spare two, which outlive the
+/// connection; stopping the server stops every actor that ever served it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pool_shrinks_when_the_load_ends_and_empties_with_the_connection() {
-    let (server, _seen, _kept, _go) = probe_server(64).await;
+async fn the_pool_shrinks_when_the_load_ends_outlives_its_connection_and_stops_with_the_server() {
+    let (server, mut seen, _kept, _go) = probe_server(64).await;
     let (ep, client) = connect(&server).await;
     let mut tasks = Vec::new();
     for i in 0..50 {
@@ -192,13 +211,38 @@ async fn the_pool_shrinks_when_the_load_ends_and_empties_with_the_connection() {
     for t in tasks {
         assert!(t.await.unwrap() > 0);
     }
-    // The trimmed actors leave the snapshot's parked count before they have finished
-    // stopping, so the children are polled too, not read once.
+    // Every actor that served a request (some served several).
+    let mut actors = Vec::new();
+    let mut requests = 0;
+    while let Ok((_, cell)) = seen.try_recv() {
+        requests += 1;
+        if !actors
+            .iter()
+            .any(|a: &ractor::ActorCell| a.get_id() == cell.get_id())
+        {
+            actors.push(cell);
+        }
+    }
+    assert_eq!(requests, 50);
+    assert!(actors.len() >= 2, "{} actors", actors.len());
     eventually(Duration::from_secs(5), "two spare actors stay", || async {
         server.endpoint().serving_stream_actors().await == 0
             && parked_stream_actors(&server).await == 2
-            && server.endpoint().connection_children() == 2
+            && server.endpoint().connection_children() == 0
     })
+    .await;
+    // The trimmed ones have stopped (a stopped actor's cell says so); the spare two live on.
+    eventually(
+        Duration::from_secs(5),
+        "the trimmed actors stop",
+        || async {
+            let running = actors
+                .iter()
+                .filter(|a| a.get_status() != ractor::ActorStatus::Stopped)
+                .count();
+            running == 2
+        },
+    )
     .await;
     client.close();
     client.closed().await;
@@ -206,10 +250,57 @@ async fn the_pool_shrinks_when_the_load_ends_and_empties_with_the_connection() {
     drop(ep);
     assert_eq!(server.endpoint().connection_count(), 0);
     assert_eq!(
-        server.endpoint().connection_children(),
-        0,
-        "no actor is left"
+        parked_stream_actors(&server).await,
+        2,
+        "the pool is the worker's"
     );
+    server.shutdown().await;
+    eventually(Duration::from_secs(5), "no actor is left", || async {
+        actors
+            .iter()
+            .all(|a| a.get_status() == ractor::ActorStatus::Stopped)
+    })
+    .await;
+}
+
+/// An actor parked by one connection serves the next stream of another connection of the same
+/// worker, even once its first connection has closed, and moves under the new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_actor_serves_another_connection_after_its_own_closed() {
+    let (server, mut seen, _kept, go) = probe_server(8).await;
+    let (ep1, one) = connect(&server).await;
+    assert_eq!(body_of(&one, &server, "/one").await, "answer to /one");
+    let first = seen.recv().await.unwrap().1;
+    eventually(Duration::from_secs(5), "the actor parks", || async {
+        parked_stream_actors(&server).await == 1
+    })
+    .await;
+    one.close();
+    one.closed().await;
+    server.endpoint().wait_idle().await;
+    drop(ep1);
+    assert_ne!(first.get_status(), ractor::ActorStatus::Stopped);
+
+    let (_ep2, two) = connect(&server).await;
+    let held = held_request(&two, &server);
+    let (path, second) = seen.recv().await.unwrap();
+    assert_eq!(path, "/held");
+    assert_eq!(
+        second.get_id(),
+        first.get_id(),
+        "the other connection's stream took the parked actor"
+    );
+    // The tree shows it under the connection it serves now.
+    let snap = server.snapshot().await;
+    assert_eq!(snap.parked_stream_actors, 0);
+    assert_eq!(snap.connections.len(), 1);
+    assert_eq!(snap.connections[0].child_actors, 1);
+    assert_eq!(
+        snap.connections[0].streams[0].actor.id,
+        first.get_id().to_string()
+    );
+    go.notify_one();
+    assert_eq!(held.await.unwrap().unwrap(), "answer to /held");
 }
 
 /// A handler links a child actor under its stream actor: when the stream ends, the actor stops

@@ -77,7 +77,10 @@ async fn connections_spread_over_the_workers_and_stay_on_their_own() {
         ["troupe-worker-0", "troupe-worker-1"],
         "16 clients should land on both workers"
     );
-    // The live tree says which worker runs each connection.
+    // The live tree says which worker runs each connection, and each connection's streams ran
+    // on that worker's thread: the parked stream actors that served them, one after another
+    // across connections, are the worker's own (an actor of the other worker would have run
+    // the handler on its thread).
     let snapshot = server.snapshot().await;
     assert_eq!(snapshot.connections.len(), 16);
     let mut on = [0, 0];
@@ -85,6 +88,25 @@ async fn connections_spread_over_the_workers_and_stay_on_their_own() {
         on[c.worker.expect("a server connection has a worker")] += 1;
     }
     assert!(on.iter().all(|n| *n > 0), "{on:?}");
+    for (ep, client) in &clients {
+        let port = ep.local_addr().port();
+        let conn = snapshot
+            .connections
+            .iter()
+            .find(|c| c.peer.map(|p| p.port()) == Some(port))
+            .expect("every client's connection is in the tree");
+        let worker = conn.worker.unwrap();
+        assert_eq!(
+            thread_of(client, &server).await,
+            format!("troupe-worker-{worker}"),
+            "a stream ran off its connection's worker"
+        );
+    }
+    assert!(
+        snapshot.parked_stream_actors >= 2,
+        "both workers keep parked actors: {}",
+        snapshot.parked_stream_actors
+    );
     let stats = server.stats();
     assert_eq!(stats.worker_datagrams.len(), 2);
     assert!(stats.worker_datagrams.iter().all(|n| *n > 0), "{stats:?}");

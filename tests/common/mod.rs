@@ -179,15 +179,9 @@ pub async fn server_connection_infos(server: &Server) -> Vec<troupe::transport::
     out
 }
 
-/// Parked stream actors over all of `server`'s connections, from its snapshot.
+/// Parked stream actors in `server`'s worker pools, from its snapshot.
 pub async fn parked_stream_actors(server: &troupe::h3::Server) -> usize {
-    server
-        .snapshot()
-        .await
-        .connections
-        .iter()
-        .map(|c| c.parked_stream_actors)
-        .sum()
+    server.snapshot().await.parked_stream_actors
 }
 
 /// Polls `check` until it returns true or `deadline` passes; panics with `what` on timeout.

@@ -80,8 +80,8 @@ struct ServeArgs {
     /// Request streams a client may have open at once on one connection.
     #[arg(long, default_value_t = troupe::transport::QuicSettings::default().initial_max_streams_bidi, value_name = "N")]
     max_streams: u64,
-    /// Parked stream actors each connection may keep for its next streams; 0 stops every
-    /// stream actor when its stream ends (see H3Settings::stream_actor_pool).
+    /// Parked stream actors each worker may keep for later streams; 0 stops every stream
+    /// actor when its stream ends (see H3Settings::stream_actor_pool).
     #[arg(long, default_value_t = H3Settings::default().stream_actor_pool, value_name = "N")]
     stream_actor_pool: usize,
     /// On SIGINT/SIGTERM, how long requests in flight may take to finish before the

@@ -9,12 +9,13 @@ use http::{Request, Response};
 use ractor::{ActorRef, DerivedActorRef, Message};
 use tokio::sync::oneshot;
 use troupe_transport::{
-    Endpoint, EndpointError, EndpointStatsSnapshot, Identity, QuicSettings, TlsConfig,
+    AppFactory, Endpoint, EndpointError, EndpointStatsSnapshot, Identity, QuicSettings, TlsConfig,
 };
 
 use crate::body::{Body, RecvBody};
 use crate::budget::{FairBudget, FairPermit};
 use crate::codes::{H3_REQUEST_CANCELLED, H3_REQUEST_REJECTED};
+use crate::conn::pool::ServerPools;
 use crate::conn::{H3App, H3Msg};
 use crate::error::ActionError;
 use crate::events::EventSink;
@@ -60,6 +61,33 @@ pub struct ServerConfig {
     pub supervisor: Option<ractor::ActorCell>,
 }
 
+/// Makes each accepted connection's [`H3App`], and keeps the workers' parked stream actors.
+struct ServerFactory {
+    handler: Arc<dyn Handler>,
+    h3: Arc<H3Settings>,
+    events: Option<EventSink>,
+    pools: ServerPools,
+}
+
+impl AppFactory<H3App> for ServerFactory {
+    fn make(&self, worker: usize) -> H3App {
+        H3App::server(
+            self.handler.clone(),
+            self.h3.clone(),
+            self.events.clone(),
+            self.pools.for_worker(worker),
+        )
+    }
+
+    fn parked_actors(&self) -> usize {
+        self.pools.parked()
+    }
+
+    fn endpoint_stopped(&self) {
+        self.pools.close();
+    }
+}
+
 /// A running HTTP/3 server.
 pub struct Server {
     endpoint: Endpoint<H3App>,
@@ -77,7 +105,12 @@ impl Server {
         let handler: Arc<dyn Handler> = Arc::new(handler);
         let h3 = Arc::new(config.h3);
         let events = config.events;
-        let factory = Arc::new(move || H3App::server(handler.clone(), h3.clone(), events.clone()));
+        let factory = Arc::new(ServerFactory {
+            pools: ServerPools::new(h3.stream_actor_pool),
+            handler,
+            h3,
+            events,
+        });
         let (endpoint, identity) =
             Endpoint::server(addr, config.quic, config.tls, factory, config.supervisor).await?;
         Ok(Server { endpoint, identity })

@@ -105,12 +105,6 @@ pub trait ConnectionApp: Send + 'static {
         Vec::new()
     }
 
-    /// Stream actors the application keeps parked for later streams, for the live tree.
-    /// Default: none.
-    fn parked_actors(&self) -> usize {
-        0
-    }
-
     /// Datagrams the application dropped on this connection, by reason, for the live tree.
     /// Default: none.
     fn datagram_drops(&self) -> Vec<(&'static str, u64)> {

@@ -875,7 +875,6 @@ impl<A: ConnectionApp> ConnState<A> {
                 stream_data_blocked_received: stats.stream_data_blocked_recv_count,
             },
             streams_open: streams.len(),
-            parked_stream_actors: self.app.parked_actors(),
             child_actors: myself.get_cell().get_children().len(),
             streams_limit_bidi: self.max_streams_bidi,
             peer_streams_left_bidi: self.conn.peer_streams_left_bidi(),

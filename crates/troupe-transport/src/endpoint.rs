@@ -49,8 +49,31 @@ const RECV_BATCH: usize = 32;
 /// Size of one receive buffer: the largest UDP payload, which is also the most GRO coalesces.
 const RECV_SLOT: usize = 65_536;
 
-/// Builds the application instance for each connection a server accepts.
-pub type AppFactory<A> = Arc<dyn Fn() -> A + Send + Sync>;
+/// Builds the application instance for each connection a server accepts, and keeps what the
+/// applications of one endpoint share (HTTP/3: each worker's parked stream actors).
+///
+/// A closure `Fn(usize) -> A` is a factory that shares nothing.
+pub trait AppFactory<A>: Send + Sync + 'static {
+    /// The application for a connection accepted by worker `worker` (0-based, below
+    /// `QuicSettings::workers`). Called on that worker's receive loop: keep it cheap.
+    fn make(&self, worker: usize) -> A;
+
+    /// Actors the applications keep alive between uses, outside any connection (HTTP/3: the
+    /// parked stream actors), for the live tree. Default: none.
+    fn parked_actors(&self) -> usize {
+        0
+    }
+
+    /// The endpoint stopped, after its connections: stop whatever the applications kept
+    /// alive outside them. Default: nothing.
+    fn endpoint_stopped(&self) {}
+}
+
+impl<A, F: Fn(usize) -> A + Send + Sync + 'static> AppFactory<A> for F {
+    fn make(&self, worker: usize) -> A {
+        self(worker)
+    }
+}
 
 /// Messages to the endpoint actor.
 #[non_exhaustive]
@@ -223,7 +246,7 @@ impl WorkerThreads {
 
 struct ServerSide<A: ConnectionApp> {
     config: quiche::Config,
-    factory: AppFactory<A>,
+    factory: Arc<dyn AppFactory<A>>,
     /// Mints and checks Retry tokens: always at hand, since Retry is demanded under load
     /// even when `QuicSettings::retry` is off.
     tokens: RetryTokens,
@@ -231,6 +254,8 @@ struct ServerSide<A: ConnectionApp> {
 
 struct EndpointState<M: Send + 'static> {
     recv_loops: Vec<JoinHandle<()>>,
+    /// A server's [`AppFactory::endpoint_stopped`], called once its connections stopped.
+    on_stopped: Option<Box<dyn Fn() + Send + Sync>>,
     /// Dropped last (with the state), after every connection stopped: ends the workers'
     /// threads.
     _threads: Option<WorkerThreads>,
@@ -257,6 +282,9 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         let cell: ActorCell = myself.get_cell();
         let routes = args.routes.clone();
         let workers = args.workers.len();
+        let factory = args.servers.first().map(|s| s.factory.clone());
+        let on_stopped: Option<Box<dyn Fn() + Send + Sync>> =
+            factory.map(|f| Box::new(move || f.endpoint_stopped()) as _);
         let mut servers = args.servers.into_iter();
         let mut recv_loops = Vec::with_capacity(workers);
         for (worker, io) in args.workers.into_iter().enumerate() {
@@ -282,6 +310,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         }
         Ok(EndpointState {
             recv_loops,
+            on_stopped,
             _threads: args.threads,
             registry: args.registry,
             meter: args.meter,
@@ -305,6 +334,10 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
                 Some(Duration::from_secs(5)),
             )
             .await;
+        // Then what the applications kept alive outside the connections.
+        if let Some(f) = &st.on_stopped {
+            f();
+        }
         Ok(())
     }
 
@@ -438,6 +471,8 @@ pub struct Endpoint<A: ConnectionApp> {
     supervisor: Option<String>,
     /// `"server"` or `"client"`.
     role: &'static str,
+    /// A server's application factory (for what it keeps outside connections).
+    factory: Option<Arc<dyn AppFactory<A>>>,
     _app: PhantomData<fn() -> A>,
 }
 
@@ -455,7 +490,7 @@ impl<A: ConnectionApp> Endpoint<A> {
         addr: SocketAddr,
         settings: QuicSettings,
         mut tls: TlsConfig,
-        factory: AppFactory<A>,
+        factory: Arc<dyn AppFactory<A>>,
         supervisor: Option<ActorCell>,
     ) -> Result<(Self, Identity), EndpointError> {
         settings.validate()?;
@@ -478,7 +513,8 @@ impl<A: ConnectionApp> Endpoint<A> {
                 })
             })
             .collect::<Result<Vec<_>, crate::error::ConfigError>>()?;
-        let ep = Self::start(addr, settings, tls, servers, supervisor).await?;
+        let mut ep = Self::start(addr, settings, tls, servers, supervisor).await?;
+        ep.factory = Some(factory);
         info!(addr = %ep.local_addr, workers = ep.settings.workers, "QUIC server listening");
         Ok((ep, identity))
     }
@@ -629,6 +665,7 @@ impl<A: ConnectionApp> Endpoint<A> {
             meter,
             supervisor: supervisor_id,
             role,
+            factory: None,
             _app: PhantomData,
         })
     }
@@ -766,8 +803,7 @@ impl<A: ConnectionApp> Endpoint<A> {
                         ActorKind::Connection,
                         c.meter().view(),
                     ));
-                    // Its name and children are known without it (parked ones among them
-                    // are not).
+                    // Its name and children are known without it.
                     s.trace_id = trace_id.to_string();
                     s.child_actors = cell.get_children().len();
                     s
@@ -808,12 +844,13 @@ impl<A: ConnectionApp> Endpoint<A> {
             failures_total,
             failure_counts,
             counters,
+            parked_stream_actors: self.factory.as_ref().map_or(0, |f| f.parked_actors()),
             connections,
         }
     }
 
     /// Number of actors running under all connection actors: for HTTP/3, the stream actors
-    /// serving a stream and the parked ones (see [`Endpoint::serving_stream_actors`]).
+    /// serving a stream (parked ones are under no connection).
     pub fn connection_children(&self) -> usize {
         self.actor
             .get_children()
@@ -822,15 +859,14 @@ impl<A: ConnectionApp> Endpoint<A> {
             .sum()
     }
 
-    /// Number of actors under all connections that serve a stream now: their children less
-    /// the actors parked for later streams (from a snapshot: a connection that does not answer
-    /// in time counts all its children, never fewer than serve).
+    /// Number of actors under all connections that serve a stream now, from a snapshot (the
+    /// actors parked for later streams are under no connection).
     pub async fn serving_stream_actors(&self) -> usize {
         self.snapshot()
             .await
             .connections
             .iter()
-            .map(|c| c.child_actors.saturating_sub(c.parked_stream_actors))
+            .map(|c| c.child_actors)
             .sum()
     }
 
@@ -1365,7 +1401,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
         let (closed_tx, _closed_rx) = watch::channel(None);
         let args = ConnArgs {
             conn,
-            app: (server.factory)(),
+            app: server.factory.make(self.worker),
             inbox,
             routes: self.routes.clone(),
             socket: self.socket.clone(),

@@ -71,6 +71,9 @@ fn endpoint_line(out: &mut String, e: &EndpointSnapshot) {
     if let Some(f) = e.failures.last() {
         let _ = write!(out, " (last: {}: {})", f.who, one_line(&f.why));
     }
+    if e.parked_stream_actors > 0 {
+        let _ = write!(out, "  parked stream actors {}", e.parked_stream_actors);
+    }
     match &e.supervisor {
         Some(s) => {
             let _ = write!(out, "  supervisor {s}");
@@ -117,9 +120,6 @@ fn connection_line(out: &mut String, c: &ConnectionSnapshot) {
         c.streams_open,
         c.streams_limit_bidi
     );
-    if c.parked_stream_actors > 0 {
-        let _ = write!(out, " (+{} parked)", c.parked_stream_actors);
-    }
     if let Some(idle) = c.idle_timeout_left_secs {
         let _ = write!(out, "  idle timeout in {idle:.1}s");
     }

@@ -70,6 +70,9 @@ pub struct EndpointSnapshot {
     pub failure_counts: Vec<crate::supervision::FailureCount>,
     /// The endpoint's counters.
     pub counters: crate::stats::EndpointStatsSnapshot,
+    /// Stream actors parked for later streams, in the workers' pools (alive, serving none,
+    /// under no connection: a connection's tree holds only the actors serving its streams).
+    pub parked_stream_actors: usize,
     /// Every live connection.
     pub connections: Vec<ConnectionSnapshot>,
 }
@@ -162,10 +165,8 @@ pub struct ConnectionSnapshot {
     pub blocked: BlockedCounts,
     /// Streams open now (routed to a stream actor).
     pub streams_open: usize,
-    /// Stream actors parked for this connection's next streams (alive, serving none).
-    pub parked_stream_actors: usize,
-    /// Actors linked under this connection now: its streams' actors and the parked ones (an
-    /// actor told to stop counts until it has).
+    /// Actors linked under this connection now: its streams' actors (an actor told to stop
+    /// counts until it has).
     pub child_actors: usize,
     /// Bidirectional streams the peer may open at once (our limit).
     pub streams_limit_bidi: u64,
@@ -211,7 +212,6 @@ impl ConnectionSnapshot {
             bytes_received: 0,
             blocked: BlockedCounts::default(),
             streams_open: 0,
-            parked_stream_actors: 0,
             child_actors: 0,
             streams_limit_bidi: 0,
             peer_streams_left_bidi: 0,
@@ -503,6 +503,7 @@ pub(crate) mod fixtures {
             failures_total: 0,
             failure_counts: Vec::new(),
             counters: Default::default(),
+            parked_stream_actors: 0,
             connections: conns,
         }
     }

@@ -11,7 +11,8 @@
 //! - [`read`]: body bytes from quiche to stream actors, and quiche's read-side subtleties;
 //! - [`write`]: body bytes from stream actors into quiche, pulled by credit, and STOP_SENDING;
 //! - [`scheduler`]: the RFC 9218 order in which streams are served (a pure type);
-//! - [`pool`]: parked stream actors kept for the next streams (a pure type);
+//! - [`pool`]: the worker's parked stream actors, kept for later streams (and its policy, a
+//!   pure type);
 //! - [`accept`]: the server side (accepting requests, limits);
 //! - [`goaway`]: graceful shutdown of a server connection;
 //! - [`client`]: the client side (requests waiting for a stream).
@@ -21,7 +22,7 @@ mod client;
 mod datagrams;
 mod goaway;
 mod msg;
-mod pool;
+pub(crate) mod pool;
 mod read;
 mod route;
 mod scheduler;
@@ -85,19 +86,9 @@ pub struct H3App {
     datagrams: Arc<crate::flow::ConnDatagrams>,
     /// Routes with a flow attached (kept with the routes, so a send need not count them).
     flows_attached: usize,
-    /// Parked stream actors, for the next streams.
-    pool: pool::StreamPool<troupe_transport::Tracked<StreamMsg>>,
-    /// Whether a pool trim is on its way.
-    pool_trim: PoolTrim,
-}
-
-/// The pool's trim timer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PoolTrim {
-    /// None pending.
-    Idle,
-    /// A `TrimPool` message comes within [`pool::TRIM_INTERVAL`].
-    Armed,
+    /// Parked stream actors for later streams: the endpoint worker's (server), or the
+    /// connection's own (client).
+    pool: Arc<pool::ActorPool>,
 }
 
 fn internal(e: h3::Error) -> AppError {
@@ -117,21 +108,28 @@ impl H3App {
         handler: Arc<dyn Handler>,
         settings: Arc<H3Settings>,
         events: Option<EventSink>,
+        pool: Arc<pool::ActorPool>,
     ) -> Self {
-        Self::new(Side::Server(ServerSide::new(handler, events)), settings)
+        Self::new(
+            Side::Server(ServerSide::new(handler, events)),
+            settings,
+            pool,
+        )
     }
 
     pub(crate) fn client(settings: Arc<H3Settings>, shared: Arc<ClientShared>) -> Self {
+        let pool = pool::ActorPool::new(settings.stream_actor_pool);
         Self::new(
             Side::Client(ClientSide {
                 waiting: Default::default(),
                 shared,
             }),
             settings,
+            pool,
         )
     }
 
-    fn new(side: Side, settings: Arc<H3Settings>) -> Self {
+    fn new(side: Side, settings: Arc<H3Settings>, pool: Arc<pool::ActorPool>) -> Self {
         H3App {
             side,
             h3: None,
@@ -144,8 +142,7 @@ impl H3App {
             trace_id: Arc::from(""),
             datagrams: Default::default(),
             flows_attached: 0,
-            pool: pool::StreamPool::new(settings.stream_actor_pool),
-            pool_trim: PoolTrim::Idle,
+            pool,
             settings,
         }
     }
@@ -195,7 +192,8 @@ impl H3App {
                 crate::stream::STREAM_MESSAGES,
             )
         };
-        let mut parked = self.pool.take();
+        let me = cx.myself.get_cell();
+        let mut parked = self.pool.take(&me);
         let mut args = StreamArgs {
             stream_id,
             conn: cx.mailbox.clone(),
@@ -227,7 +225,7 @@ impl H3App {
                 // Gone meanwhile: the next parked one, or a new one.
                 Err(ractor::MessagingErr::SendErr(StreamMsg::Start(StreamStart(back)))) => {
                     args = *back;
-                    parked = self.pool.take();
+                    parked = self.pool.take(&me);
                     args.meter = parked
                         .as_ref()
                         .map_or_else(new_meter, |p| p.meter().clone());
@@ -271,7 +269,8 @@ impl H3App {
     }
 
     /// A stream actor's stream ended cleanly and the actor parked: unroute the stream, then
-    /// keep the actor for a later stream or stop it (see [`pool`]).
+    /// give the actor back to the pool, which keeps it for a later stream or stops it (see
+    /// [`pool`]).
     fn on_parked(&mut self, cx: &mut ConnCx<'_, H3Msg>, stream_id: u64) {
         let Some(actor_id) = self
             .routes
@@ -285,44 +284,10 @@ impl H3App {
             route.retire(cx.metrics);
             self.note_ended(cx.conn, id);
             trace!(stream_id = id, "stream actor parked");
-            // After GOAWAY no new stream comes to take it.
-            let taking = match &self.side {
-                Side::Server(s) => s.goaway == goaway::Goaway::NotSent,
-                Side::Client(_) => true,
-            };
-            let stop = if taking {
-                self.pool.put(actor)
-            } else {
-                Some(actor)
-            };
-            if let Some(a) = stop {
-                a.actor().stop(None);
-            }
-            self.arm_pool_trim(cx);
+            // Even after GOAWAY: the worker's other connections take it.
+            self.pool.put(actor, &cx.myself.get_cell());
         }
         self.check_drained();
-    }
-
-    /// Trims the pool once [`pool::TRIM_INTERVAL`] from now if it holds more than a quiet
-    /// connection keeps (one timer at a time).
-    fn arm_pool_trim(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
-        if self.pool_trim == PoolTrim::Armed || !self.pool.needs_trim() {
-            return;
-        }
-        self.pool_trim = PoolTrim::Armed;
-        let me = cx.mailbox.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(pool::TRIM_INTERVAL).await;
-            let _ = me.cast(troupe_transport::ConnMsg::App(H3Msg::TrimPool));
-        });
-    }
-
-    fn on_trim_pool(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
-        self.pool_trim = PoolTrim::Idle;
-        for a in self.pool.trim() {
-            a.actor().stop(None);
-        }
-        self.arm_pool_trim(cx);
     }
 
     /// The latest PRIORITY_UPDATE for a request stream, if one is waiting and valid.
@@ -627,7 +592,6 @@ impl ConnectionApp for H3App {
             }
             H3Msg::Request(req) => self.on_request(cx, *req).await,
             H3Msg::Parked { stream_id } => self.on_parked(cx, stream_id),
-            H3Msg::TrimPool => self.on_trim_pool(cx),
         }
         Ok(())
     }
@@ -673,10 +637,6 @@ impl ConnectionApp for H3App {
             _ => {}
         }
         Ok(())
-    }
-
-    fn parked_actors(&self) -> usize {
-        self.pool.len()
     }
 
     fn datagram_drops(&self) -> Vec<(&'static str, u64)> {
@@ -750,8 +710,6 @@ impl ConnectionApp for H3App {
             }
         }
         self.close_flows(crate::flow::FlowEnd::ConnectionClosed);
-        // Parked actors drain with the others.
-        drop(self.pool.drain());
         self.tails.clear();
         // The actors are drained, not supervised, from here: report the streams now.
         self.by_actor.clear();

@@ -149,13 +149,11 @@ pub enum H3Msg {
         why: String,
     },
     /// A stream actor's stream ended cleanly (both directions) and the actor parked, ready to
-    /// serve another stream of this connection: unroute the stream, keep or stop the actor.
+    /// serve another stream: unroute the stream, give the actor back to the worker's pool.
     Parked {
         /// The stream that ended.
         stream_id: u64,
     },
-    /// The timed trim of the parked stream actors (sent to itself).
-    TrimPool,
     /// Client: start a request (boxed: a request head is large, the other messages small).
     Request(Box<PendingRequest>),
     /// Inspection: the stream IDs this connection routes to a stream actor right now.

@@ -1,17 +1,37 @@
-//! Parked stream actors a connection keeps to serve its next streams (a pure type).
+//! Parked stream actors, kept to serve later streams.
 //!
-//! A stream actor whose stream ended cleanly parks instead of stopping: the connection keeps it
-//! here and hands it the next stream it opens, so an actor's spawn and teardown are paid once
-//! for many streams, one stream at a time. An actor that failed never comes back (it is dead),
-//! and one that had children (a datagram flow) stops instead of parking.
+//! A stream actor whose stream ended cleanly parks instead of stopping: it goes back to its
+//! endpoint worker's [`ActorPool`], and the next stream any connection of that worker opens
+//! takes it, so an actor's spawn and teardown are paid once for many streams, one stream at a
+//! time. An actor that failed never comes back (it is dead), and one that had children (a
+//! datagram flow) stops instead of parking.
 //!
-//! The policy:
+//! The pool is the worker's, not a connection's: the actor parked last is the one whose memory
+//! is in cache, and with many connections each taking turns (50 connections of 10 streams),
+//! a pool per connection would hand each stream an actor untouched since that connection's
+//! previous turn. A parked actor is linked under no connection: the connection it served
+//! unlinks it when it parks, and the one it serves next links it when it takes it, so the
+//! live tree shows under each connection exactly the actors serving its streams, and the
+//! parked ones as the endpoint's count. A connection that closes leaves the pool as it was.
+//!
+//! The policy ([`StreamPool`], a pure type):
 //! - at most `max` parked actors; when full, the one parked longest ago stops;
 //! - requests come in bursts (a client's whole window in one flight, then nothing for a round
 //!   trip), so the pool is not sized by the streams open at one instant but by use over time:
 //!   every [`TRIM_INTERVAL`] it keeps at most as many as streams took from it in the interval
-//!   before, and never fewer than [`SPARE`]. A busy connection keeps its actors; one that went
+//!   before, and never fewer than [`SPARE`]. A busy worker keeps its actors; one that went
 //!   quiet is down to [`SPARE`] within two intervals (an idle actor costs about 8 KB).
+//!
+//! Lifetime: the endpoint stopping closes every pool of its server ([`ServerPools::close`]):
+//! the parked actors stop, and an actor that parks later stops at once. A pool dropped
+//! unclosed (a client connection's, or a server's that was never closed) stops its actors too.
+
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use ractor::ActorCell;
+use troupe_transport::Tracked;
+
+use crate::stream::StreamMsg;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -25,8 +45,8 @@ pub(crate) const SPARE: usize = 2;
 /// an idle connection lives.
 pub(crate) const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A connection's parked stream actors: the most recently parked is taken first (its memory is
-/// the most likely to be in cache), the one parked longest ago goes first.
+/// Parked stream actors (the policy, without the actors): the most recently parked is taken
+/// first (its memory is the most likely to be in cache), the one parked longest ago goes first.
 #[derive(Debug)]
 pub(crate) struct StreamPool<T> {
     idle: VecDeque<T>,
@@ -85,7 +105,7 @@ impl<T> StreamPool<T> {
         self.idle.drain(..excess).collect()
     }
 
-    /// Everything parked (the connection is closing, or stops taking streams).
+    /// Everything parked (the pool is closing).
     pub(crate) fn drain(&mut self) -> Vec<T> {
         self.taken = 0;
         self.idle.drain(..).collect()
@@ -94,6 +114,203 @@ impl<T> StreamPool<T> {
     /// Parked actors now.
     pub(crate) fn len(&self) -> usize {
         self.idle.len()
+    }
+}
+
+/// Whether a pool takes actors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolStage {
+    /// Parking and taking.
+    Open,
+    /// Its endpoint stopped: nothing is kept, an actor that parks stops.
+    Closed,
+}
+
+/// The pool's trim timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrimTimer {
+    /// None pending.
+    Idle,
+    /// A trim runs within [`TRIM_INTERVAL`].
+    Armed,
+}
+
+struct PoolState {
+    idle: StreamPool<Tracked<StreamMsg>>,
+    stage: PoolStage,
+    trim: TrimTimer,
+}
+
+/// One endpoint worker's parked stream actors (a client connection has one of its own).
+///
+/// Shared by the worker's connections, which all run on the worker's runtime; the lock is held
+/// only to push or pop, never across linking, stopping or an await.
+pub(crate) struct ActorPool {
+    state: Mutex<PoolState>,
+}
+
+impl ActorPool {
+    /// A pool that never holds more than `max` actors (0: no reuse).
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(ActorPool {
+            state: Mutex::new(PoolState {
+                idle: StreamPool::new(max),
+                stage: PoolStage::Open,
+                trim: TrimTimer::Idle,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // Nothing panics while holding it; a poisoned pool is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The actor parked last, linked under `supervisor` (the connection whose stream it will
+    /// serve), if any.
+    pub(crate) fn take(&self, supervisor: &ActorCell) -> Option<Tracked<StreamMsg>> {
+        let actor = self.lock().idle.take()?;
+        actor.actor().get_cell().link(supervisor.clone());
+        Some(actor)
+    }
+
+    /// Parks `actor`, unlinking it from `supervisor` (the connection whose stream it served):
+    /// kept for a later stream, or stopped (the pool is full, or closed). Arms the trim when
+    /// the pool holds more than a quiet worker keeps; the trim runs on the caller's runtime.
+    pub(crate) fn put(self: &Arc<Self>, actor: Tracked<StreamMsg>, supervisor: &ActorCell) {
+        actor.actor().get_cell().unlink(supervisor.clone());
+        let (stop, arm) = {
+            let mut st = self.lock();
+            let stop = match st.stage {
+                PoolStage::Open => st.idle.put(actor),
+                PoolStage::Closed => Some(actor),
+            };
+            let arm = st.trim == TrimTimer::Idle && st.idle.needs_trim();
+            if arm {
+                st.trim = TrimTimer::Armed;
+            }
+            (stop, arm)
+        };
+        if let Some(a) = stop {
+            a.actor().stop(None);
+        }
+        if arm {
+            self.arm_trim();
+        }
+    }
+
+    fn arm_trim(self: &Arc<Self>) {
+        let pool: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(TRIM_INTERVAL).await;
+            if let Some(p) = pool.upgrade() {
+                p.trim();
+            }
+        });
+    }
+
+    /// The timed trim (see [`StreamPool::trim`]); re-arms while the pool holds more than a
+    /// quiet worker keeps.
+    fn trim(self: &Arc<Self>) {
+        let (stop, arm) = {
+            let mut st = self.lock();
+            let stop = st.idle.trim();
+            let arm = st.stage == PoolStage::Open && st.idle.needs_trim();
+            st.trim = if arm {
+                TrimTimer::Armed
+            } else {
+                TrimTimer::Idle
+            };
+            (stop, arm)
+        };
+        for a in stop {
+            a.actor().stop(None);
+        }
+        if arm {
+            self.arm_trim();
+        }
+    }
+
+    /// Stops every parked actor, and every actor that parks from now on.
+    pub(crate) fn close(&self) {
+        let stop = {
+            let mut st = self.lock();
+            st.stage = PoolStage::Closed;
+            st.idle.drain()
+        };
+        for a in stop {
+            a.actor().stop(None);
+        }
+    }
+
+    /// Parked actors now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().idle.len()
+    }
+}
+
+impl Drop for ActorPool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A server's pools, one per endpoint worker (made when the worker accepts its first
+/// connection).
+pub(crate) struct ServerPools {
+    workers: Mutex<Workers>,
+    max: usize,
+}
+
+struct Workers {
+    pools: Vec<Arc<ActorPool>>,
+    stage: PoolStage,
+}
+
+impl ServerPools {
+    /// Pools of at most `max` actors each.
+    pub(crate) fn new(max: usize) -> Self {
+        ServerPools {
+            workers: Mutex::new(Workers {
+                pools: Vec::new(),
+                stage: PoolStage::Open,
+            }),
+            max,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Workers> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Worker `worker`'s pool (a closed one once the server's pools are closed).
+    pub(crate) fn for_worker(&self, worker: usize) -> Arc<ActorPool> {
+        let mut w = self.lock();
+        while w.pools.len() <= worker {
+            let p = ActorPool::new(self.max);
+            if w.stage == PoolStage::Closed {
+                p.close();
+            }
+            w.pools.push(p);
+        }
+        w.pools[worker].clone()
+    }
+
+    /// Parked actors in all the workers' pools.
+    pub(crate) fn parked(&self) -> usize {
+        self.lock().pools.iter().map(|p| p.len()).sum()
+    }
+
+    /// Closes every worker's pool (see [`ActorPool::close`]).
+    pub(crate) fn close(&self) {
+        let pools = {
+            let mut w = self.lock();
+            w.stage = PoolStage::Closed;
+            w.pools.clone()
+        };
+        for p in pools {
+            p.close();
+        }
     }
 }
 

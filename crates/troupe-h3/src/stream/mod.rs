@@ -228,10 +228,10 @@ impl StreamControl {
     /// The stream actor, to link children under (a CONNECT-UDP stream's flow actor, say). A
     /// child that fails resets the stream both ways with H3_INTERNAL_ERROR and is recorded in
     /// the failure rings; a child that stops leaves the stream as it is. An actor with a live
-    /// child stops with its stream; one without may serve a later stream of the connection
-    /// once this one ended (see [`crate::H3Settings::stream_actor_pool`]), so link children
-    /// only while the stream is live: one linked later would belong to whichever stream the
-    /// actor serves then.
+    /// child stops with its stream; one without may serve a later stream (of any connection of
+    /// its worker) once this one ended (see [`crate::H3Settings::stream_actor_pool`]), so link
+    /// children only while the stream is live: one linked later would belong to whichever
+    /// stream the actor serves then.
     pub fn actor_cell(&self) -> ractor::ActorCell {
         self.stats.lend_cell();
         self.actor.actor().get_cell()
@@ -518,8 +518,8 @@ impl Actor for StreamActor {
         let meter = st.me.meter().clone();
         let _busy = meter.begin(msg.code());
         if let StreamMsg::Start(next) = msg {
-            // A parked actor takes the connection's next stream: a fresh state, as a new
-            // actor's would be.
+            // A parked actor takes a new stream (of any connection of its worker): a fresh
+            // state, as a new actor's would be.
             *st = StreamState::new(&myself, *next.0);
             st.start(&myself);
             return Ok(());
@@ -926,8 +926,8 @@ impl StreamState {
             && (!self.stats.cell_lent() || myself.get_children().is_empty())
     }
 
-    /// Both directions ended: park, to serve a later stream of the connection, or stop. An
-    /// actor with a live child (a datagram flow) stops, taking its children with it.
+    /// Both directions ended: park, to serve a later stream, or stop. An actor with a live
+    /// child (a datagram flow) stops, taking its children with it.
     fn finish(&mut self, myself: &ActorRef<StreamMsg>) {
         if !self.may_park(myself) {
             myself.stop(None);
@@ -937,7 +937,7 @@ impl StreamState {
         self.to_conn(H3Msg::Parked { stream_id: self.id });
     }
 
-    /// Drops what the stream held, as stopping would, and waits for the connection's next
+    /// Drops what the stream held, as stopping would, and waits for a connection's next
     /// stream; the figures synced now are the last this actor writes.
     fn park(&mut self, life: Life) {
         self.stop_producing();

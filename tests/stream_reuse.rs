@@ -85,7 +85,7 @@ fn held_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_actor_serves_the_next_stream_and_old_handles_reach_nothing() {
     let (server, mut seen, kept, go) = probe_server(8).await;
-    let (_ep, client) = connect(&server).await;
+    let (ep, client) = connect(&server).await;
     assert_eq!(
         body_of(&client, &server, "/first").await,
         "answer to /first"
@@ -98,6 +98,16 @@ async fn a_parked_actor_serves_the_next_stream_and_old_handles_reach_nothing() {
     .await;
     // Alive (it serves the next stream), linked under no connection.
     assert_eq!(server.endpoint().connection_children(), 0);
+    // The client's stream actor parks too, in its endpoint's pool.
+    eventually(
+        Duration::from_secs(5),
+        "the client's actor parks",
+        || async {
+            ep.snapshot().await.parked_stream_actors == 1
+                && ep.endpoint().connection_children() == 0
+        },
+    )
+    .await;
 
     let held = held_request(&client, &server);
     let (path, second) = seen.recv().await.unwrap();

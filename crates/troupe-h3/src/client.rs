@@ -10,6 +10,7 @@ use troupe_transport::{
 };
 
 use crate::body::{Body, RecvBody};
+use crate::conn::pool::ActorPool;
 use crate::conn::{ClientShared, H3App, H3Msg, PendingRequest};
 use crate::error::RequestError;
 use crate::peer_settings::PeerSettings;
@@ -19,6 +20,9 @@ use crate::settings::H3Settings;
 pub struct ClientEndpoint {
     endpoint: Endpoint<H3App>,
     h3: Arc<H3Settings>,
+    /// The parked stream actors its connections share (they stop once the endpoint and every
+    /// connection of it are gone).
+    pool: Arc<ActorPool>,
 }
 
 impl ClientEndpoint {
@@ -32,6 +36,7 @@ impl ClientEndpoint {
         h3.validate()?;
         Ok(ClientEndpoint {
             endpoint: Endpoint::client(addr, quic, tls, None).await?,
+            pool: ActorPool::new(h3.stream_actor_pool),
             h3: Arc::new(h3),
         })
     }
@@ -50,7 +55,7 @@ impl ClientEndpoint {
             .connect(
                 peer,
                 server_name,
-                H3App::client(self.h3.clone(), shared.clone()),
+                H3App::client(self.h3.clone(), shared.clone(), self.pool.clone()),
             )
             .await?;
         Ok(self.client(conn, shared))
@@ -91,7 +96,7 @@ impl ClientEndpoint {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push((peer, shared.clone()));
-                H3App::client(self.h3.clone(), shared)
+                H3App::client(self.h3.clone(), shared, self.pool.clone())
             })
             .await?;
         let shared = attempts
@@ -123,7 +128,9 @@ impl ClientEndpoint {
     ///
     /// Cancel safety: cancel-safe.
     pub async fn snapshot(&self) -> troupe_transport::EndpointSnapshot {
-        self.endpoint.snapshot().await
+        let mut s = self.endpoint.snapshot().await;
+        s.parked_stream_actors = self.pool.len();
+        s
     }
 
     /// The underlying endpoint.

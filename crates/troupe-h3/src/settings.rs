@@ -48,18 +48,17 @@ pub struct H3Settings {
     /// (`:protocol`, RFC 9220), such as CONNECT-UDP. Default off: without it a request carrying
     /// `:protocol` is malformed (H3_MESSAGE_ERROR), as RFC 9220 requires.
     pub extended_connect: bool,
-    /// Parked stream actors each endpoint worker may keep for later streams (a client
-    /// connection keeps its own). A stream actor whose stream ended cleanly parks instead of
-    /// stopping and serves a later stream of any connection of its worker (one stream at a
-    /// time), so a spawn and a teardown (about a third of a small request's cost) are paid
-    /// once for many streams, and the actor taken is the one parked last, whose memory is
-    /// still in cache. An actor that failed never serves again, and one with children (a
-    /// datagram flow) stops. Each second a worker keeps at most as many as its streams took
-    /// in the second before, and at least two, so a quiet worker holds two parked actors
-    /// (about 8 KB each) within two seconds. Default 1024: a busy worker's streams in flight
-    /// at once (every connection's window of requests arriving in one burst, say 50
-    /// connections of 10 or 10 of the default stream limit of 100) find parked actors,
-    /// within 8 MB; 0: every stream actor stops when its stream ends.
+    /// Parked stream actors each endpoint worker may keep for later streams (a client endpoint
+    /// keeps one pool for its connections). A stream actor whose stream ended cleanly parks instead
+    /// of stopping and serves a later stream of any connection of its worker (one stream at a
+    /// time), so a spawn and a teardown (about a third of a small request's cost) are paid once for
+    /// many streams, and the actor taken is the one parked last, whose memory is still in cache. An
+    /// actor that failed never serves again, and one with children (a datagram flow) stops. Each
+    /// second a worker keeps at most as many as its streams took in the second before, and at least
+    /// two, so a quiet worker holds two parked actors (about 8 KB each) within two seconds. Default
+    /// 1024: a busy worker's streams in flight at once (every connection's window of requests
+    /// arriving in one burst, say 50 connections of 10 or 10 of the default stream limit of 100)
+    /// find parked actors, within 8 MB; 0: every stream actor stops when its stream ends.
     pub stream_actor_pool: usize,
 }
 

@@ -86,8 +86,8 @@ pub struct H3App {
     datagrams: Arc<crate::flow::ConnDatagrams>,
     /// Routes with a flow attached (kept with the routes, so a send need not count them).
     flows_attached: usize,
-    /// Parked stream actors for later streams: the endpoint worker's (server), or the
-    /// connection's own (client).
+    /// Parked stream actors for later streams: the endpoint worker's (server), or the client
+    /// endpoint's.
     pool: Arc<pool::ActorPool>,
 }
 
@@ -117,8 +117,11 @@ impl H3App {
         )
     }
 
-    pub(crate) fn client(settings: Arc<H3Settings>, shared: Arc<ClientShared>) -> Self {
-        let pool = pool::ActorPool::new(settings.stream_actor_pool);
+    pub(crate) fn client(
+        settings: Arc<H3Settings>,
+        shared: Arc<ClientShared>,
+        pool: Arc<pool::ActorPool>,
+    ) -> Self {
         Self::new(
             Side::Client(ClientSide {
                 waiting: Default::default(),

@@ -22,9 +22,11 @@
 //!   before, and never fewer than [`SPARE`]. A busy worker keeps its actors; one that went
 //!   quiet is down to [`SPARE`] within two intervals (an idle actor costs about 8 KB).
 //!
+//! A client endpoint has one pool for all its connections, as a server worker has.
+//!
 //! Lifetime: the endpoint stopping closes every pool of its server ([`ServerPools::close`]):
 //! the parked actors stop, and an actor that parks later stops at once. A pool dropped
-//! unclosed (a client connection's, or a server's that was never closed) stops its actors too.
+//! unclosed (a client endpoint's, once it and its connections are gone) stops its actors too.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -36,13 +38,13 @@ use crate::stream::StreamMsg;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-/// Parked actors a quiet connection keeps: enough for a client that sends one request at a
-/// time, or a small burst, without a spawn.
+/// Parked actors a quiet worker keeps: enough for a client that sends one request at a time,
+/// or a small burst, without a spawn.
 pub(crate) const SPARE: usize = 2;
 
-/// How often a connection with more than [`SPARE`] parked actors trims its pool. One second:
-/// long against the gaps between bursts of one client (round trips), short against how long
-/// an idle connection lives.
+/// How often a pool with more than [`SPARE`] parked actors is trimmed. One second: long
+/// against the gaps between bursts of a client (round trips), short against how long a server
+/// goes quiet.
 pub(crate) const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Parked stream actors (the policy, without the actors): the most recently parked is taken
@@ -89,7 +91,7 @@ impl<T> StreamPool<T> {
         }
     }
 
-    /// Whether the pool holds more than a quiet connection keeps (a trim is due in
+    /// Whether the pool holds more than a quiet worker keeps (a trim is due in
     /// [`TRIM_INTERVAL`]).
     pub(crate) fn needs_trim(&self) -> bool {
         self.idle.len() > SPARE
@@ -141,7 +143,8 @@ struct PoolState {
     trim: TrimTimer,
 }
 
-/// One endpoint worker's parked stream actors (a client connection has one of its own).
+/// One endpoint worker's parked stream actors (a client endpoint has one for all its
+/// connections).
 ///
 /// Shared by the worker's connections, which all run on the worker's runtime; the lock is held
 /// only to push or pop, never across linking, stopping or an await.
@@ -368,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quiet_connection_is_trimmed_to_the_spare() {
+    fn a_quiet_worker_is_trimmed_to_the_spare() {
         let mut p = StreamPool::new(64);
         for a in 0..10 {
             assert_eq!(p.put(a), None);
@@ -382,7 +385,7 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_connection_keeps_what_it_used() {
+    fn a_busy_worker_keeps_what_it_used() {
         let mut p = StreamPool::new(64);
         // A burst of 50 streams, twice: the second takes the first's actors.
         for a in 0..50 {
@@ -413,5 +416,118 @@ mod tests {
         }
         assert_eq!(p.trim().len(), 15);
         assert_eq!(p.len(), 5);
+    }
+
+    /// An idle actor taking `StreamMsg`, standing in for a parked stream actor.
+    struct Idle;
+
+    impl ractor::Actor for Idle {
+        type Msg = StreamMsg;
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(
+            &self,
+            _: ractor::ActorRef<StreamMsg>,
+            _: (),
+        ) -> Result<(), ractor::ActorProcessingErr> {
+            Ok(())
+        }
+    }
+
+    /// A parent to link under, as a connection would be (an idle actor will do).
+    async fn parent() -> ractor::ActorRef<StreamMsg> {
+        ractor::Actor::spawn(None, Idle, ()).await.unwrap().0
+    }
+
+    async fn idle_actor(parent: &ActorCell) -> Tracked<StreamMsg> {
+        let (a, _) = ractor::Actor::spawn_linked(None, Idle, (), parent.clone())
+            .await
+            .unwrap();
+        let meter = troupe_transport::ActorMeter::new(troupe_transport::ActorKind::Stream, &[]);
+        Tracked::new(a, meter)
+    }
+
+    async fn stopped(a: &Tracked<StreamMsg>) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if a.actor().get_status() == ractor::ActorStatus::Stopped {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_parked_actor_moves_from_one_parent_to_the_next_through_its_workers_pool() {
+        let one = parent().await;
+        let two = parent().await;
+        let pools = ServerPools::new(8);
+        let (w0, w1) = (pools.for_worker(0), pools.for_worker(1));
+        let a = idle_actor(&one.get_cell()).await;
+        assert_eq!(one.get_children().len(), 1);
+        w0.put(a.clone(), &one.get_cell());
+        assert!(one.get_children().is_empty(), "parked under no parent");
+        assert_eq!((w0.len(), w1.len(), pools.parked()), (1, 0, 1));
+        assert!(w1.take(&two.get_cell()).is_none(), "another worker's pool");
+        let b = w0.take(&two.get_cell()).unwrap();
+        assert_eq!(b.actor().get_id(), a.actor().get_id());
+        assert_eq!(
+            two.get_children().len(),
+            1,
+            "linked under the one that took it"
+        );
+        assert_eq!(pools.parked(), 0);
+        one.stop(None);
+        two.stop(None);
+    }
+
+    #[tokio::test]
+    async fn closing_stops_the_parked_actors_and_any_that_park_later() {
+        let parent = parent().await;
+        let cell = parent.get_cell();
+        let pools = ServerPools::new(8);
+        let w0 = pools.for_worker(0);
+        let mut parked = Vec::new();
+        for _ in 0..3 {
+            let a = idle_actor(&cell).await;
+            w0.put(a.clone(), &cell);
+            parked.push(a);
+        }
+        assert_eq!(pools.parked(), 3);
+        pools.close();
+        assert_eq!(pools.parked(), 0);
+        for a in &parked {
+            assert!(stopped(a).await);
+        }
+        let late = idle_actor(&cell).await;
+        w0.put(late.clone(), &cell);
+        assert!(stopped(&late).await, "parked after the close");
+        // A worker that had no pool yet gets a closed one.
+        let w1 = pools.for_worker(1);
+        let later = idle_actor(&cell).await;
+        w1.put(later.clone(), &cell);
+        assert!(stopped(&later).await);
+        assert_eq!(pools.parked(), 0);
+        parent.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_stops_the_actor_parked_longest_ago_and_a_dropped_one_stops_all() {
+        let parent = parent().await;
+        let cell = parent.get_cell();
+        let pool = ActorPool::new(2);
+        let mut parked = Vec::new();
+        for _ in 0..3 {
+            let a = idle_actor(&cell).await;
+            pool.put(a.clone(), &cell);
+            parked.push(a);
+        }
+        assert_eq!(pool.len(), 2);
+        assert!(stopped(&parked[0]).await, "the oldest goes when full");
+        drop(pool);
+        assert!(stopped(&parked[1]).await && stopped(&parked[2]).await);
+        parent.stop(None);
     }
 }

@@ -80,6 +80,28 @@ fn held_request(
     })
 }
 
+/// Shuts both directions down through `old`, the handle of a stream that ended, while its actor
+/// serves `/held` (the one stream of the server's one connection): once the actor's mailbox is
+/// empty it has handled that message, and `/held` is still open and unharmed.
+async fn an_old_handle_reaches_nothing(server: &Server, old: StreamControl) {
+    old.shutdown(Some(H3_REQUEST_CANCELLED), Some(H3_REQUEST_CANCELLED));
+    eventually(
+        Duration::from_secs(5),
+        "the old handle's message is handled",
+        || async {
+            let snap = server.snapshot().await;
+            snap.connections[0].streams.len() == 1
+                && snap.connections[0].streams[0].actor.meter.mailbox_depth == 0
+        },
+    )
+    .await;
+    let snap = server.snapshot().await;
+    let stream = &snap.connections[0].streams[0];
+    assert_eq!(stream.path.as_deref(), Some("/held"));
+    assert_eq!(stream.send.end, None, "{stream:?}");
+    assert_eq!(stream.recv.end, Some("fin"), "{stream:?}");
+}
+
 /// The actor of `/first` parks, then serves `/held`; the `StreamControl` the first handler
 /// kept now names an ended stream, and shutting it down leaves the second stream untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,24 +144,7 @@ async fn a_parked_actor_serves_the_next_stream_and_old_handles_reach_nothing() {
     assert_eq!(server.endpoint().connection_children(), 1);
     // The first stream's handle, used now: both directions of an ended stream.
     let old = kept.lock().unwrap().take().unwrap();
-    old.shutdown(Some(H3_REQUEST_CANCELLED), Some(H3_REQUEST_CANCELLED));
-    // Once the actor's mailbox is empty it has handled that message: the second stream is
-    // still open and unharmed.
-    eventually(
-        Duration::from_secs(5),
-        "the old handle's message is handled",
-        || async {
-            let snap = server.snapshot().await;
-            snap.connections[0].streams.len() == 1
-                && snap.connections[0].streams[0].actor.meter.mailbox_depth == 0
-        },
-    )
-    .await;
-    let snap = server.snapshot().await;
-    let stream = &snap.connections[0].streams[0];
-    assert_eq!(stream.path.as_deref(), Some("/held"));
-    assert_eq!(stream.send.end, None, "{stream:?}");
-    assert_eq!(stream.recv.end, Some("fin"), "{stream:?}");
+    an_old_handle_reaches_nothing(&server, old).await;
     go.notify_one();
     assert_eq!(held.await.unwrap().unwrap(), "answer to /held");
 }
@@ -192,11 +197,13 @@ async fn with_the_pool_off_every_stream_actor_stops() {
             body_of(&client, &server, path).await,
             format!("answer to {path}")
         );
-        ids.push(seen.recv().await.unwrap().1.get_id());
+        let actor = seen.recv().await.unwrap().1;
+        ids.push(actor.get_id());
         eventually(Duration::from_secs(5), "the stream actor stops", || async {
-            server.endpoint().connection_children() == 0
+            actor.get_status() == ractor::ActorStatus::Stopped
         })
         .await;
+        assert_eq!(server.endpoint().connection_children(), 0);
         assert_eq!(parked_stream_actors(&server).await, 0);
     }
     ids.dedup();
@@ -274,12 +281,14 @@ async fn the_pool_shrinks_when_the_load_ends_outlives_its_connection_and_stops_w
 }
 
 /// An actor parked by one connection serves the next stream of another connection of the same
-/// worker, even once its first connection has closed, and moves under the new connection.
+/// worker, even once its first connection has closed, and moves under the new connection. Both
+/// streams have ID 0 (each connection numbers its own): the first stream's `StreamControl`,
+/// used while the actor serves the second, still reaches nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_actor_serves_another_connection_after_its_own_closed() {
-    let (server, mut seen, _kept, go) = probe_server(8).await;
+    let (server, mut seen, kept, go) = probe_server(8).await;
     let (ep1, one) = connect(&server).await;
-    assert_eq!(body_of(&one, &server, "/one").await, "answer to /one");
+    assert_eq!(body_of(&one, &server, "/first").await, "answer to /first");
     let first = seen.recv().await.unwrap().1;
     eventually(Duration::from_secs(5), "the actor parks", || async {
         parked_stream_actors(&server).await == 1
@@ -305,12 +314,39 @@ async fn a_parked_actor_serves_another_connection_after_its_own_closed() {
     assert_eq!(snap.parked_stream_actors, 0);
     assert_eq!(snap.connections.len(), 1);
     assert_eq!(snap.connections[0].child_actors, 1);
+    let stream = &snap.connections[0].streams[0];
+    assert_eq!(stream.actor.id, first.get_id().to_string());
     assert_eq!(
-        snap.connections[0].streams[0].actor.id,
-        first.get_id().to_string()
+        stream.stream_id, 0,
+        "the same ID as the first connection's stream"
     );
+    // The first connection's handle, for its stream 0, used now.
+    let old = kept.lock().unwrap().take().unwrap();
+    assert_eq!(old.stream_id(), 0);
+    an_old_handle_reaches_nothing(&server, old).await;
     go.notify_one();
     assert_eq!(held.await.unwrap().unwrap(), "answer to /held");
+}
+
+/// An endpoint killed (no orderly stop, no `post_stop`) still stops the actors parked in its
+/// workers' pools, though the `Server` handle that keeps the pools lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_endpoint_stops_its_parked_actors() {
+    let (server, mut seen, _kept, _go) = probe_server(8).await;
+    let (_ep, client) = connect(&server).await;
+    assert_eq!(body_of(&client, &server, "/a").await, "answer to /a");
+    let actor = seen.recv().await.unwrap().1;
+    eventually(Duration::from_secs(5), "the actor parks", || async {
+        parked_stream_actors(&server).await == 1
+    })
+    .await;
+    server.endpoint().actor().kill();
+    eventually(
+        Duration::from_secs(5),
+        "the parked actor stops with its endpoint",
+        || async { actor.get_status() == ractor::ActorStatus::Stopped },
+    )
+    .await;
 }
 
 /// A handler links a child actor under its stream actor: when the stream ends, the actor stops

@@ -89,7 +89,7 @@ async fn connections_spread_over_the_workers_and_stay_on_their_own() {
     }
     assert!(on.iter().all(|n| *n > 0), "{on:?}");
     for (ep, client) in &clients {
-        let port = ep.local_addr().port();
+        let port = ep.endpoint().local_addr().port();
         let conn = snapshot
             .connections
             .iter()

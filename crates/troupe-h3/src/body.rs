@@ -436,6 +436,8 @@ pub struct RecvBodyStats {
 pub struct RecvBody {
     shared: Arc<Shared>,
     stream_id: u64,
+    /// Which of its stream actor's streams this is (what `RecvDropped` names).
+    turn: crate::stream::Turn,
     conn: Option<Tracked<ConnMsg<H3Msg>>>,
     actor: Option<Tracked<StreamMsg>>,
     unreported: usize,
@@ -457,6 +459,7 @@ impl RecvBody {
     pub(crate) fn new(
         shared: Arc<Shared>,
         stream_id: u64,
+        turn: crate::stream::Turn,
         conn: Tracked<ConnMsg<H3Msg>>,
         actor: Tracked<StreamMsg>,
         window: usize,
@@ -464,6 +467,7 @@ impl RecvBody {
         RecvBody {
             shared,
             stream_id,
+            turn,
             conn: Some(conn),
             actor: Some(actor),
             unreported: 0,
@@ -577,7 +581,7 @@ impl Drop for RecvBody {
         let ended = self.shared.lock().end.is_some();
         if !ended {
             if let Some(a) = &self.actor {
-                let _ = a.cast(StreamMsg::RecvDropped(self.stream_id));
+                let _ = a.cast(StreamMsg::RecvDropped(self.turn));
             }
         }
     }

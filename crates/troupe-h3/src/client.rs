@@ -116,11 +116,6 @@ impl ClientEndpoint {
         }
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.endpoint.local_addr()
-    }
-
     /// The live tree of this client endpoint: endpoint -> connections -> streams, each node with its
     /// actor's figures (mailbox depth, busy time, current handler, last error), the
     /// connections' transport figures and the streams' per-direction states. Taken while

@@ -45,7 +45,7 @@ pub use priority::{Priority, PrioritySignal};
 pub use server::{Handler, IncomingRequest, Responder, Server, ServerConfig};
 pub use settings::H3Settings;
 pub use stream::state::{RecvState, Refused, SendState, StopLatch};
-pub use stream::{Interim, InterimResponses, NotInterim, StreamControl, StreamMsg};
+pub use stream::{Interim, InterimResponses, NotInterim, StreamControl, StreamMsg, Turn};
 
 // With `ractor/cluster` enabled anywhere in the graph, message types need explicit impls.
 #[cfg(feature = "cluster")]

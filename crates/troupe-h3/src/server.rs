@@ -106,7 +106,7 @@ impl Server {
         let h3 = Arc::new(config.h3);
         let events = config.events;
         let factory = Arc::new(ServerFactory {
-            pools: ServerPools::new(h3.stream_actor_pool),
+            pools: ServerPools::new(config.quic.workers, h3.stream_actor_pool),
             handler,
             h3,
             events,

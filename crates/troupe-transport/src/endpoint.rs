@@ -64,8 +64,8 @@ pub trait AppFactory<A>: Send + Sync + 'static {
         0
     }
 
-    /// The endpoint stopped, after its connections: stop whatever the applications kept
-    /// alive outside them. Default: nothing.
+    /// The endpoint actor ended (stopped, after its connections; or killed, or failed): stop
+    /// whatever the applications kept alive outside the connections. Default: nothing.
     fn endpoint_stopped(&self) {}
 }
 
@@ -252,10 +252,21 @@ struct ServerSide<A: ConnectionApp> {
     tokens: RetryTokens,
 }
 
+/// Calls [`AppFactory::endpoint_stopped`] when dropped (with the endpoint actor's state, however
+/// the actor ended).
+struct StoppedHook(Box<dyn Fn() + Send + Sync>);
+
+impl Drop for StoppedHook {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 struct EndpointState<M: Send + 'static> {
     recv_loops: Vec<JoinHandle<()>>,
-    /// A server's [`AppFactory::endpoint_stopped`], called once its connections stopped.
-    on_stopped: Option<Box<dyn Fn() + Send + Sync>>,
+    /// A server's [`AppFactory::endpoint_stopped`], called when this state is dropped: after
+    /// `post_stop` stopped the connections, or when the actor was killed or failed.
+    _on_stopped: Option<StoppedHook>,
     /// Dropped last (with the state), after every connection stopped: ends the workers'
     /// threads.
     _threads: Option<WorkerThreads>,
@@ -282,9 +293,10 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         let cell: ActorCell = myself.get_cell();
         let routes = args.routes.clone();
         let workers = args.workers.len();
-        let factory = args.servers.first().map(|s| s.factory.clone());
-        let on_stopped: Option<Box<dyn Fn() + Send + Sync>> =
-            factory.map(|f| Box::new(move || f.endpoint_stopped()) as _);
+        let on_stopped = args.servers.first().map(|s| {
+            let f = s.factory.clone();
+            StoppedHook(Box::new(move || f.endpoint_stopped()))
+        });
         let mut servers = args.servers.into_iter();
         let mut recv_loops = Vec::with_capacity(workers);
         for (worker, io) in args.workers.into_iter().enumerate() {
@@ -310,7 +322,7 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
         }
         Ok(EndpointState {
             recv_loops,
-            on_stopped,
+            _on_stopped: on_stopped,
             _threads: args.threads,
             registry: args.registry,
             meter: args.meter,
@@ -334,10 +346,6 @@ impl<A: ConnectionApp> Actor for EndpointActor<A> {
                 Some(Duration::from_secs(5)),
             )
             .await;
-        // Then what the applications kept alive outside the connections.
-        if let Some(f) = &st.on_stopped {
-            f();
-        }
         Ok(())
     }
 

@@ -555,11 +555,7 @@ impl ConnectionApp for H3App {
                     }
                     Some(route) => route
                         .actor
-                        .cast(StreamMsg::Shutdown {
-                            stream_id,
-                            read: Some(code),
-                            write: Some(code),
-                        })
+                        .cast(StreamMsg::Cancel { stream_id, code })
                         .is_ok(),
                     None => false,
                 };

@@ -17,10 +17,12 @@
 //! The policy ([`StreamPool`], a pure type):
 //! - at most `max` parked actors; when full, the one parked longest ago stops;
 //! - requests come in bursts (a client's whole window in one flight, then nothing for a round
-//!   trip), so the pool is not sized by the streams open at one instant but by use over time:
-//!   every [`TRIM_INTERVAL`] it keeps at most as many as streams took from it in the interval
-//!   before, and never fewer than [`SPARE`]. A busy worker keeps its actors; one that went
-//!   quiet is down to [`SPARE`] within two intervals (an idle actor costs about 8 KB).
+//!   trip), so the pool is not sized by the streams open at one instant but by use over an
+//!   interval: every [`TRIM_INTERVAL`] it stops the actors that sat parked through the whole
+//!   interval before (as many as the fewest parked at any moment of it: the oldest, since the
+//!   newest are taken first), keeping at least [`SPARE`]. A busy worker keeps as many as its
+//!   streams in flight at their peak, not as many as it served; one that went quiet is down to
+//!   [`SPARE`] within two intervals (an idle actor costs about 8 KB).
 //!
 //! A client endpoint has one pool for all its connections, as a server worker has.
 //!
@@ -53,8 +55,9 @@ pub(crate) const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct StreamPool<T> {
     idle: VecDeque<T>,
     max: usize,
-    /// Actors taken since the last trim.
-    taken: usize,
+    /// The fewest parked at any moment since the interval began: that many, the oldest, were
+    /// not needed in it.
+    low: usize,
 }
 
 impl<T> StreamPool<T> {
@@ -63,16 +66,14 @@ impl<T> StreamPool<T> {
         StreamPool {
             idle: VecDeque::new(),
             max,
-            taken: 0,
+            low: 0,
         }
     }
 
     /// The most recently parked actor, if any.
     pub(crate) fn take(&mut self) -> Option<T> {
         let a = self.idle.pop_back();
-        if a.is_some() {
-            self.taken += 1;
-        }
+        self.low = self.low.min(self.idle.len());
         a
     }
 
@@ -97,19 +98,26 @@ impl<T> StreamPool<T> {
         self.idle.len() > SPARE
     }
 
-    /// A trim: keeps at most as many as were taken since the last trim, and at least
-    /// [`SPARE`]; returns the ones that must stop (those parked longest ago).
+    /// An interval begins (the trim timer is armed): what is parked now is what it may find
+    /// unused at its end.
+    pub(crate) fn start_interval(&mut self) {
+        self.low = self.idle.len();
+    }
+
+    /// A trim, at the end of an interval: stops the actors parked through all of it (the
+    /// oldest), keeping at least [`SPARE`], and begins the next interval; returns the ones
+    /// that must stop.
     #[must_use = "the actors returned must be stopped"]
     pub(crate) fn trim(&mut self) -> Vec<T> {
-        let keep = self.taken.max(SPARE);
-        self.taken = 0;
-        let excess = self.idle.len().saturating_sub(keep);
-        self.idle.drain(..excess).collect()
+        let excess = self.low.min(self.idle.len()).saturating_sub(SPARE);
+        let stop = self.idle.drain(..excess).collect();
+        self.start_interval();
+        stop
     }
 
     /// Everything parked (the pool is closing).
     pub(crate) fn drain(&mut self) -> Vec<T> {
-        self.taken = 0;
+        self.low = 0;
         self.idle.drain(..).collect()
     }
 
@@ -170,11 +178,22 @@ impl ActorPool {
     }
 
     /// The actor parked last, linked under `supervisor` (the connection whose stream it will
-    /// serve), if any.
+    /// serve), if any. An actor that cannot be linked (it is stopping, or the connection's
+    /// children are being stopped) must not serve a stream unsupervised: it stops, and the
+    /// caller gets none.
     pub(crate) fn take(&self, supervisor: &ActorCell) -> Option<Tracked<StreamMsg>> {
         let actor = self.lock().idle.take()?;
-        actor.actor().get_cell().link(supervisor.clone());
-        Some(actor)
+        let cell = actor.actor().get_cell();
+        cell.link(supervisor.clone());
+        let linked = cell
+            .try_get_supervisor()
+            .is_some_and(|s| s.get_id() == supervisor.get_id());
+        if linked {
+            Some(actor)
+        } else {
+            actor.actor().stop(None);
+            None
+        }
     }
 
     /// Parks `actor`, unlinking it from `supervisor` (the connection whose stream it served):
@@ -191,6 +210,7 @@ impl ActorPool {
             let arm = st.trim == TrimTimer::Idle && st.idle.needs_trim();
             if arm {
                 st.trim = TrimTimer::Armed;
+                st.idle.start_interval();
             }
             (stop, arm)
         };
@@ -258,60 +278,33 @@ impl Drop for ActorPool {
     }
 }
 
-/// A server's pools, one per endpoint worker (made when the worker accepts its first
-/// connection).
+/// A server's pools, one per endpoint worker.
 pub(crate) struct ServerPools {
-    workers: Mutex<Workers>,
-    max: usize,
-}
-
-struct Workers {
     pools: Vec<Arc<ActorPool>>,
-    stage: PoolStage,
 }
 
 impl ServerPools {
-    /// Pools of at most `max` actors each.
-    pub(crate) fn new(max: usize) -> Self {
+    /// `workers` pools (at least one) of at most `max` actors each.
+    pub(crate) fn new(workers: usize, max: usize) -> Self {
         ServerPools {
-            workers: Mutex::new(Workers {
-                pools: Vec::new(),
-                stage: PoolStage::Open,
-            }),
-            max,
+            pools: (0..workers.max(1)).map(|_| ActorPool::new(max)).collect(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Workers> {
-        self.workers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Worker `worker`'s pool (a closed one once the server's pools are closed).
+    /// Worker `worker`'s pool (the endpoint numbers its workers below the count it was given;
+    /// a number past it wraps rather than fails).
     pub(crate) fn for_worker(&self, worker: usize) -> Arc<ActorPool> {
-        let mut w = self.lock();
-        while w.pools.len() <= worker {
-            let p = ActorPool::new(self.max);
-            if w.stage == PoolStage::Closed {
-                p.close();
-            }
-            w.pools.push(p);
-        }
-        w.pools[worker].clone()
+        self.pools[worker % self.pools.len()].clone()
     }
 
     /// Parked actors in all the workers' pools.
     pub(crate) fn parked(&self) -> usize {
-        self.lock().pools.iter().map(|p| p.len()).sum()
+        self.pools.iter().map(|p| p.len()).sum()
     }
 
     /// Closes every worker's pool (see [`ActorPool::close`]).
     pub(crate) fn close(&self) {
-        let pools = {
-            let mut w = self.lock();
-            w.stage = PoolStage::Closed;
-            w.pools.clone()
-        };
-        for p in pools {
+        for p in &self.pools {
             p.close();
         }
     }
@@ -377,6 +370,7 @@ mod tests {
             assert_eq!(p.put(a), None);
         }
         assert!(p.needs_trim());
+        p.start_interval();
         // Nothing was taken in the interval: the oldest eight go.
         assert_eq!(p.trim(), (0..8).collect::<Vec<_>>());
         assert_eq!(p.len(), SPARE);
@@ -391,13 +385,14 @@ mod tests {
         for a in 0..50 {
             assert_eq!(p.put(a), None);
         }
+        p.start_interval();
         for _ in 0..50 {
             assert!(p.take().is_some());
         }
         for a in 0..50 {
             assert_eq!(p.put(a), None);
         }
-        assert!(p.trim().is_empty(), "50 were taken: 50 stay");
+        assert!(p.trim().is_empty(), "50 were in use at once: 50 stay");
         assert_eq!(p.len(), 50);
         // The load ends: the next trim leaves the spare only.
         assert_eq!(p.trim().len(), 50 - SPARE);
@@ -405,17 +400,40 @@ mod tests {
     }
 
     #[test]
-    fn a_trim_keeps_as_many_as_were_taken() {
+    fn a_trim_keeps_what_was_in_use_at_the_peak_not_what_was_served() {
         let mut p = StreamPool::new(64);
         for a in 0..20 {
             assert_eq!(p.put(a), None);
         }
+        p.start_interval();
+        // Five streams one after another: one actor in use at a time.
         for _ in 0..5 {
             let a = p.take().unwrap();
             assert_eq!(p.put(a), None);
         }
-        assert_eq!(p.trim().len(), 15);
+        // Then three at once.
+        let three: Vec<_> = (0..3).map(|_| p.take().unwrap()).collect();
+        for a in three {
+            assert_eq!(p.put(a), None);
+        }
+        // 17 sat parked through the interval: all but the spare two stop, the oldest first.
+        assert_eq!(p.trim(), (0..15).collect::<Vec<_>>());
         assert_eq!(p.len(), 5);
+    }
+
+    #[test]
+    fn a_trim_without_a_begun_interval_or_after_a_drain_stops_nothing_it_did_not_see() {
+        let mut p = StreamPool::new(8);
+        for a in 0..8 {
+            assert_eq!(p.put(a), None);
+        }
+        // No interval began: nothing was seen unused.
+        assert!(p.trim().is_empty());
+        // The trim began one: a quiet one stops all but the spare.
+        assert_eq!(p.trim().len(), 6);
+        assert_eq!(p.drain().len(), 2);
+        assert_eq!(p.put(9), None);
+        assert!(p.trim().is_empty());
     }
 
     /// An idle actor taking `StreamMsg`, standing in for a parked stream actor.
@@ -463,8 +481,13 @@ mod tests {
     async fn a_parked_actor_moves_from_one_parent_to_the_next_through_its_workers_pool() {
         let one = parent().await;
         let two = parent().await;
-        let pools = ServerPools::new(8);
+        let pools = ServerPools::new(2, 8);
         let (w0, w1) = (pools.for_worker(0), pools.for_worker(1));
+        assert!(
+            Arc::ptr_eq(&w0, &pools.for_worker(0)),
+            "one pool per worker"
+        );
+        assert!(!Arc::ptr_eq(&w0, &w1));
         let a = idle_actor(&one.get_cell()).await;
         assert_eq!(one.get_children().len(), 1);
         w0.put(a.clone(), &one.get_cell());
@@ -487,7 +510,7 @@ mod tests {
     async fn closing_stops_the_parked_actors_and_any_that_park_later() {
         let parent = parent().await;
         let cell = parent.get_cell();
-        let pools = ServerPools::new(8);
+        let pools = ServerPools::new(2, 8);
         let w0 = pools.for_worker(0);
         let mut parked = Vec::new();
         for _ in 0..3 {
@@ -504,10 +527,9 @@ mod tests {
         let late = idle_actor(&cell).await;
         w0.put(late.clone(), &cell);
         assert!(stopped(&late).await, "parked after the close");
-        // A worker that had no pool yet gets a closed one.
-        let w1 = pools.for_worker(1);
+        // Every worker's pool closed.
         let later = idle_actor(&cell).await;
-        w1.put(later.clone(), &cell);
+        pools.for_worker(1).put(later.clone(), &cell);
         assert!(stopped(&later).await);
         assert_eq!(pools.parked(), 0);
         parent.stop(None);

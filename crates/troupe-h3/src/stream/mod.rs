@@ -91,18 +91,18 @@ pub enum StreamMsg {
         credit: usize,
     },
     /// A future or body stream this actor polls for the stream is ready to make progress.
-    /// Ignored unless it names the stream the actor serves now (a parked actor serves later
-    /// streams; wakers of an earlier one may still fire).
-    Poll(u64),
+    /// Ignored unless it names the actor's turn now (a parked actor serves later streams;
+    /// wakers of an earlier one may still fire).
+    Poll(Turn),
     /// The application dropped the stream's received body before its end (ignored unless it
-    /// names the stream the actor serves now).
-    RecvDropped(u64),
+    /// names the actor's turn now).
+    RecvDropped(Turn),
     /// The application shuts the stream down: stop receiving with `read`, reset sending with
-    /// `write` (each an HTTP/3 error code), either or both. Ignored unless it names the stream
-    /// the actor serves now.
+    /// `write` (each an HTTP/3 error code), either or both. Ignored unless it names the actor's
+    /// turn now.
     Shutdown {
-        /// The stream.
-        stream_id: u64,
+        /// The stream's turn.
+        turn: Turn,
         /// STOP_SENDING code.
         read: Option<u64>,
         /// RESET_STREAM code.
@@ -110,7 +110,23 @@ pub enum StreamMsg {
     },
     /// From the connection to a parked actor: serve this new stream.
     Start(StreamStart),
+    /// From the connection (an operator's cancel): shut the stream `stream_id` down both ways
+    /// with `code`. Ignored unless the actor serves that stream now. An ID is enough here,
+    /// unlike for the application's handles: a connection casts this before it gives the actor
+    /// back to the pool, so it arrives before any later stream's `Start`.
+    Cancel {
+        /// The stream.
+        stream_id: u64,
+        /// STOP_SENDING and RESET_STREAM code.
+        code: u64,
+    },
 }
+
+/// Which of the streams one stream actor served a handle belongs to: the actor counts the
+/// streams it takes. A stream ID would not do: a parked actor serves streams of any
+/// connection of its worker, and every connection numbers its streams from 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn(u64);
 
 /// A new stream for a parked stream actor (opaque: only the connection makes one).
 pub struct StreamStart(pub(crate) Box<StreamArgs>);
@@ -126,6 +142,7 @@ pub(crate) const STREAM_MESSAGES: &[&str] = &[
     "body dropped",
     "shutdown",
     "start",
+    "cancel",
 ];
 
 impl StreamMsg {
@@ -140,6 +157,7 @@ impl StreamMsg {
             StreamMsg::RecvDropped(_) => 6,
             StreamMsg::Shutdown { .. } => 7,
             StreamMsg::Start(_) => 8,
+            StreamMsg::Cancel { .. } => 9,
         }
     }
 }
@@ -158,6 +176,7 @@ impl StreamMsg {
 pub struct StreamControl {
     actor: Tracked<StreamMsg>,
     stream_id: u64,
+    turn: Turn,
     /// The connection actor the stream belongs to (the actor server's budget is shared
     /// fairly by connection).
     conn: ractor::ActorId,
@@ -219,7 +238,7 @@ impl StreamControl {
     /// Either or both. A direction already finished is left as it is.
     pub fn shutdown(&self, read: Option<u64>, write: Option<u64>) {
         let _ = self.actor.cast(StreamMsg::Shutdown {
-            stream_id: self.stream_id,
+            turn: self.turn,
             read,
             write,
         });
@@ -355,6 +374,8 @@ pub(crate) struct StreamState {
     /// Client: an extended CONNECT's datagram flow, until the response carries it.
     flow: Option<crate::flow::DatagramFlow>,
     id: u64,
+    /// Which of this actor's streams it is: what handles name.
+    turn: Turn,
     kind: Kind,
     conn: Tracked<ConnMsg<H3Msg>>,
     /// Counted references to this actor, for what it hands out (waker, body, control).
@@ -466,7 +487,7 @@ impl Interim {
 /// handled. One per stream: a waker of an earlier stream of a reused actor wakes nothing.
 struct ActorWaker {
     actor: Tracked<StreamMsg>,
-    stream_id: u64,
+    turn: Turn,
     scheduled: AtomicBool,
 }
 
@@ -477,7 +498,7 @@ impl Wake for ActorWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.scheduled.swap(true, Ordering::AcqRel) {
-            let _ = self.actor.cast(StreamMsg::Poll(self.stream_id));
+            let _ = self.actor.cast(StreamMsg::Poll(self.turn));
         }
     }
 }
@@ -494,7 +515,7 @@ impl Actor for StreamActor {
     ) -> Result<StreamState, ActorProcessingErr> {
         // Runs inside the connection actor's handler (spawn_linked): keep it trivial (no user
         // code, no I/O; a few allocations).
-        Ok(StreamState::new(&myself, args))
+        Ok(StreamState::new(&myself, args, Turn(0)))
     }
 
     async fn post_start(
@@ -520,7 +541,8 @@ impl Actor for StreamActor {
         if let StreamMsg::Start(next) = msg {
             // A parked actor takes a new stream (of any connection of its worker): a fresh
             // state, as a new actor's would be.
-            *st = StreamState::new(&myself, *next.0);
+            let turn = Turn(st.turn.0 + 1);
+            *st = StreamState::new(&myself, *next.0, turn);
             st.start(&myself);
             return Ok(());
         }
@@ -570,17 +592,18 @@ impl Actor for StreamActor {
 impl StreamState {
     /// The state for serving the stream `args` describe (a new actor's, or a parked actor's
     /// next: nothing of an earlier stream is kept).
-    fn new(myself: &ActorRef<StreamMsg>, args: StreamArgs) -> StreamState {
+    fn new(myself: &ActorRef<StreamMsg>, args: StreamArgs, turn: Turn) -> StreamState {
         let span = info_span!(parent: None, "stream", conn_id = %args.trace_id, stream_id = args.stream_id);
         let me = Tracked::new(myself.clone(), args.meter);
         let waker = Arc::new(ActorWaker {
             actor: me.clone(),
-            stream_id: args.stream_id,
+            turn,
             scheduled: AtomicBool::new(false),
         });
         let mut st = StreamState {
             life: Life::Serving,
             id: args.stream_id,
+            turn,
             kind: Kind::Client,
             conn: args.conn,
             me,
@@ -673,6 +696,7 @@ impl StreamState {
                 request.extensions_mut().insert(StreamControl {
                     actor: self.me.clone(),
                     stream_id: self.id,
+                    turn: self.turn,
                     conn: self.conn.actor().get_id(),
                     stats: self.stats.clone(),
                     priority: Some(PrioritySignal::new(priority)),
@@ -701,6 +725,7 @@ impl StreamState {
         RecvBody::new(
             shared,
             self.id,
+            self.turn,
             self.conn.clone(),
             self.me.clone(),
             self.settings.recv_window,
@@ -843,25 +868,8 @@ impl StreamState {
                 }
             }
             StreamMsg::Poll(_) => self.waker.scheduled.store(false, Ordering::Release),
-            StreamMsg::Shutdown { read, write, .. } => {
-                if let Some(code) = write {
-                    self.drop_body();
-                    self.abort_send(code);
-                }
-                if let Some(code) = read {
-                    if self.recv.on_stop_sending(code).is_ok() {
-                        if let Some(w) = self.writer() {
-                            w.end(End::Aborted(format!(
-                                "receiving shut down by the application (0x{code:x})"
-                            )));
-                        }
-                        self.to_conn(H3Msg::StopSending {
-                            stream_id: self.id,
-                            code,
-                        });
-                    }
-                }
-            }
+            StreamMsg::Shutdown { read, write, .. } => self.shut_down(read, write),
+            StreamMsg::Cancel { code, .. } => self.shut_down(Some(code), Some(code)),
             StreamMsg::RecvDropped(_) => {
                 // RFC 9114 §4.1.2: once a server's response is under way, the rest of the
                 // request is simply not needed (H3_NO_ERROR); otherwise (a server that has not
@@ -891,27 +899,55 @@ impl StreamState {
         if let (
             Life::HandedOver,
             StreamMsg::Shutdown {
-                stream_id,
+                turn,
                 write: Some(code),
                 ..
             },
         ) = (self.life, msg)
         {
-            if stream_id == self.id {
-                self.to_conn(H3Msg::Reset { stream_id, code });
+            if turn == self.turn {
+                self.to_conn(H3Msg::Reset {
+                    stream_id: self.id,
+                    code,
+                });
+            }
+        }
+    }
+
+    /// The application or an operator shuts the stream down: stop receiving with `read`, reset
+    /// sending with `write`; a direction already finished is left as it is.
+    fn shut_down(&mut self, read: Option<u64>, write: Option<u64>) {
+        if let Some(code) = write {
+            self.drop_body();
+            self.abort_send(code);
+        }
+        if let Some(code) = read {
+            if self.recv.on_stop_sending(code).is_ok() {
+                if let Some(w) = self.writer() {
+                    w.end(End::Aborted(format!(
+                        "receiving shut down by the application (0x{code:x})"
+                    )));
+                }
+                self.to_conn(H3Msg::StopSending {
+                    stream_id: self.id,
+                    code,
+                });
             }
         }
     }
 
     /// Whether `msg` is about the stream this actor serves now. The connection only routes the
     /// current stream, so its messages are, unless the actor is parked; handles of an earlier
-    /// stream (a waker, a dropped body, a `StreamControl`) name theirs.
+    /// stream (a waker, a dropped body, a `StreamControl`) name its turn, which no later
+    /// stream has (a stream ID could: the next stream may be another connection's, with the
+    /// same ID).
     fn concerns(&self, msg: &StreamMsg) -> bool {
         match msg {
-            StreamMsg::Poll(id)
-            | StreamMsg::RecvDropped(id)
-            | StreamMsg::Shutdown { stream_id: id, .. } => {
-                self.life == Life::Serving && *id == self.id
+            StreamMsg::Poll(turn)
+            | StreamMsg::RecvDropped(turn)
+            | StreamMsg::Shutdown { turn, .. } => self.life == Life::Serving && *turn == self.turn,
+            StreamMsg::Cancel { stream_id, .. } => {
+                self.life == Life::Serving && *stream_id == self.id
             }
             _ => self.life == Life::Serving,
         }
@@ -1010,6 +1046,7 @@ impl StreamState {
             resp.extensions_mut().insert(StreamControl {
                 actor: self.me.clone(),
                 stream_id: self.id,
+                turn: self.turn,
                 conn: self.conn.actor().get_id(),
                 stats: self.stats.clone(),
                 priority: None,

@@ -339,6 +339,15 @@ mod tests {
         firsts
     }
 
+    /// Receives batches of at most `per` buffers until `n` datagrams came; their first bytes.
+    async fn all(socket: &Socket, n: usize, per: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.extend(batch(socket, per).await);
+        }
+        got
+    }
+
     fn pair() -> (Socket, Socket) {
         let rx = Socket::bind("127.0.0.1:0".parse().unwrap()).expect("bind");
         let tx = Socket::bind("127.0.0.1:0".parse().unwrap()).expect("bind");
@@ -357,11 +366,7 @@ mod tests {
     async fn a_full_batch_leaves_the_rest_receivable() {
         let (rx, tx) = pair();
         send(&tx, rx.local_addr(), 0..5).await;
-        let mut got = Vec::new();
-        while got.len() < 5 {
-            got.extend(batch(&rx, 2).await);
-        }
-        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        assert_eq!(all(&rx, 5, 2).await, vec![0, 1, 2, 3, 4]);
     }
 
     /// A short batch clears the readiness, and a datagram arriving after it still wakes the
@@ -370,11 +375,7 @@ mod tests {
     async fn a_datagram_after_a_short_batch_wakes_the_receive() {
         let (rx, tx) = pair();
         send(&tx, rx.local_addr(), 0..3).await;
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            got.extend(batch(&rx, 8).await);
-        }
-        assert_eq!(got, vec![0, 1, 2]);
+        assert_eq!(all(&rx, 3, 8).await, vec![0, 1, 2]);
         for round in 3..6u8 {
             // The receive starts waiting before the datagram is sent.
             let recv = batch(&rx, 8);
@@ -406,11 +407,10 @@ mod tests {
         let (rx, tx) = pair();
         let n = BATCH_SIZE as u8 + 3;
         send(&tx, rx.local_addr(), 0..n).await;
-        let mut got = Vec::new();
-        while got.len() < n as usize {
-            got.extend(batch(&rx, BATCH_SIZE).await);
-        }
-        assert_eq!(got, (0..n).collect::<Vec<_>>());
+        assert_eq!(
+            all(&rx, n as usize, BATCH_SIZE).await,
+            (0..n).collect::<Vec<_>>()
+        );
     }
 
     /// A connected socket never takes a short batch as the end of its queue.

@@ -46,7 +46,8 @@
 //! `BENCH_NO_SCALING=1` skips the scaling table, `BENCH_SCALING_ONLY=1` runs only it;
 //! `BENCH_NO_INSTRUCTIONS=1` skips the instruction counts, `BENCH_INSTRUCTIONS_ONLY=1` runs
 //! only them (what `cargo xtask bench --instructions` sets), `BENCH_INSTRUCTION_REQUESTS`
-//! (10000) the requests counted;
+//! (10000) the requests counted; `BENCH_NO_SYSCALLS=1` skips the system call counts (`perf
+//! stat`), `BENCH_SYSCALLS_ONLY=1` runs only them;
 //! `BENCH_PROFILE=1` (what `cargo xtask bench --profile` sets; `50x10`, `handshakes` or
 //! `download` pick another scenario) runs only the profile: each server under scenario 1, sampled by `perf record --call-graph dwarf`, each profile folded
 //! and drawn as a flame graph by `inferno` (`target/bench/profile/{troupe,tokio-quiche}.svg`),
@@ -587,10 +588,18 @@ fn main() {
         instructions(&servers, &settings, &out);
         return;
     }
+    if std::env::var_os("BENCH_SYSCALLS_ONLY").is_some() {
+        syscalls(&servers, &settings, &out);
+        let _ = std::fs::remove_file(&upload_file);
+        return;
+    }
     let results = timed(&servers, &settings, rounds);
-    let _ = std::fs::remove_file(&upload_file);
     let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
     summary(&names, &results, 1).show(&out.join("h3_vs_tokio_quiche.json"));
+    if std::env::var_os("BENCH_NO_SYSCALLS").is_none() {
+        syscalls(&servers, &settings, &out);
+    }
+    let _ = std::fs::remove_file(&upload_file);
     if std::env::var_os("BENCH_NO_SCALING").is_none() {
         scaling(&release, &settings, rounds, &out);
     }
@@ -598,6 +607,194 @@ fn main() {
     if std::env::var_os("BENCH_NO_INSTRUCTIONS").is_none() {
         instructions(&servers, &settings, &out);
     }
+}
+
+/// The system calls counted, by the kernel's tracepoint names: the UDP sends, the UDP
+/// receives, and the waits for readiness.
+const SEND_CALLS: [&str; 3] = ["sendmsg", "sendmmsg", "sendto"];
+const RECV_CALLS: [&str; 3] = ["recvmsg", "recvmmsg", "recvfrom"];
+const WAIT_CALLS: [&str; 1] = ["epoll_wait"];
+
+/// Server system calls per unit of work, counted by the kernel's tracepoints through `perf
+/// stat` (a third view beside CPU time and instructions, steady like the counts: it moves
+/// only with how the work falls into wake-ups): sends, receives and readiness waits per 1,000
+/// small requests (1x100 and 50x10), per MB downloaded and uploaded, per handshake. Each server runs
+/// each load once under `perf stat`, from its start (a few calls) to its exit. Needs `perf`
+/// and the right to trace (root); skipped otherwise. `BENCH_NO_SYSCALLS=1` skips it,
+/// `BENCH_SYSCALLS_ONLY=1` runs only it.
+fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
+    let events: Vec<String> = SEND_CALLS
+        .iter()
+        .chain(&RECV_CALLS)
+        .chain(&WAIT_CALLS)
+        .map(|c| format!("syscalls:sys_enter_{c}"))
+        .collect();
+    let events = events.join(",");
+    let usable = Command::new("perf")
+        .args(["stat", "-x,", "-e", &events, "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|st| st.success());
+    if !usable {
+        eprintln!(
+            "perf cannot count system calls here (missing, or no right to trace): no system \
+             call counts (cargo xtask bench --profile installs perf; run as root)"
+        );
+        return;
+    }
+    println!(
+        "system calls: each server under perf stat; {} small requests, {} MiB, {} handshakes",
+        s.requests,
+        s.bulk >> 20,
+        s.handshakes
+    );
+    type Load<'a> = Box<dyn Fn(SocketAddr) + 'a>;
+    let small = |conns: usize| -> Load<'_> {
+        Box::new(move |addr| {
+            load_of(
+                addr,
+                s,
+                "/bytes/1024",
+                (s.requests / conns).max(1),
+                conns,
+                None,
+            )
+            .run();
+        })
+    };
+    let requests = |conns: usize| ((s.requests / conns).max(1) * conns) as f64 / 1e3;
+    let mb = s.bulk as f64 / 1e6;
+    // Stream limit, the load, units of work, the three figures' labels.
+    let loads: [(usize, Load<'_>, f64, [&'static str; 3]); 5] = [
+        (
+            100,
+            small(1),
+            requests(1),
+            [
+                "1x100 small: server send calls per 1k requests",
+                "1x100 small: server receive calls per 1k requests",
+                "1x100 small: server epoll_waits per 1k requests",
+            ],
+        ),
+        (
+            10,
+            small(50),
+            requests(50),
+            [
+                "50x10 small: server send calls per 1k requests",
+                "50x10 small: server receive calls per 1k requests",
+                "50x10 small: server epoll_waits per 1k requests",
+            ],
+        ),
+        (
+            100,
+            Box::new(|addr| {
+                load_of(addr, s, &format!("/bytes/{}", s.bulk), 1, 1, None).run();
+            }),
+            mb,
+            [
+                "download: server send calls per MB",
+                "download: server receive calls per MB",
+                "download: server epoll_waits per MB",
+            ],
+        ),
+        (
+            100,
+            Box::new(|addr| {
+                load_of(addr, s, "/discard", 1, 1, Some(&s.upload_file)).run();
+            }),
+            mb,
+            [
+                "upload: server send calls per MB",
+                "upload: server receive calls per MB",
+                "upload: server epoll_waits per MB",
+            ],
+        ),
+        (
+            100,
+            Box::new(|addr| {
+                s.rt.block_on(handshakes(addr, s.handshakes, s.tck));
+            }),
+            s.handshakes as f64,
+            [
+                "handshakes: server send calls per handshake",
+                "handshakes: server receive calls per handshake",
+                "handshakes: server epoll_waits per handshake",
+            ],
+        ),
+    ];
+    let mut results = Vec::new();
+    for server in servers {
+        let mut round: Round = Vec::new();
+        for (limit, load, units, labels) in &loads {
+            let counts = traced(server, s, *limit, out, &events, load);
+            let sum = |calls: &[&str]| -> f64 {
+                calls
+                    .iter()
+                    .map(|c| counts.get(*c).copied().unwrap_or(0) as f64)
+                    .sum()
+            };
+            for (label, calls) in
+                labels
+                    .iter()
+                    .zip([&SEND_CALLS[..], &RECV_CALLS[..], &WAIT_CALLS[..]])
+            {
+                let per = sum(calls) / units;
+                println!("  {:>13}: {label} {per:.3}", server.name);
+                round.push((fig(label, "calls", true), per));
+            }
+        }
+        results.push(vec![round]);
+    }
+    let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
+    summary(&names, &results, 1).show(&out.join("syscalls.json"));
+}
+
+/// The system calls `server` made under `perf stat`, from its start to its exit, with
+/// `limit` streams per connection, serving what `load` asks of it: call name -> count.
+fn traced(
+    server: &Server,
+    s: &Settings,
+    limit: usize,
+    dir: &Path,
+    events: &str,
+    load: impl Fn(SocketAddr),
+) -> std::collections::HashMap<String, u64> {
+    let counts = dir.join(format!("perf-stat.{}.csv", server.name));
+    let _ = std::fs::remove_file(&counts);
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "stat".into(),
+        "-x,".into(),
+        "-e".into(),
+        events.into(),
+        "-o".into(),
+        counts.clone().into(),
+        "--".into(),
+        server.bin.clone().into(),
+    ];
+    args.extend(server.args.iter().map(Into::into));
+    args.extend(["--max-streams".into(), limit.to_string().into()]);
+    let (mut proc_, addr) = start(Path::new("perf"), &args, server.ready, s.pin);
+    load(addr);
+    // SIGINT to the server (perf's child; perf itself waits for it on SIGINT): it exits
+    // cleanly, and perf writes the counts as it does.
+    let _ = Command::new("pkill")
+        .args(["-INT", "-P", &proc_.0.id().to_string()])
+        .status();
+    let _ = proc_.0.wait();
+    let text = std::fs::read_to_string(&counts)
+        .unwrap_or_else(|e| panic!("perf stat wrote no counts to {}: {e}", counts.display()));
+    let _ = std::fs::remove_file(&counts);
+    // CSV lines: count,unit,event,...
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            let n = f.next()?.trim().parse().ok()?;
+            let event = f.nth(1)?.strip_prefix("syscalls:sys_enter_")?;
+            Some((event.to_string(), n))
+        })
+        .collect()
 }
 
 /// Server instructions per unit of work, counted by valgrind (`--tool=cachegrind

@@ -25,9 +25,6 @@ pub struct Socket {
     /// Bound to `[::]` with IPv4-mapped addresses allowed: reaches IPv4 peers as
     /// `::ffff:a.b.c.d`.
     dual_stack: bool,
-    /// Whether a receive that fills fewer buffers than offered has emptied the queue, so the
-    /// readiness may be cleared with it (see [`recv`](Self::recv)).
-    short_read_drains: bool,
 }
 
 impl Socket {
@@ -64,7 +61,7 @@ impl Socket {
         }
         let sockets = raws
             .into_iter()
-            .map(|(raw, dual_stack)| Self::finish(raw, dual_stack, false))
+            .map(|(raw, dual_stack)| Self::finish(raw, dual_stack))
             .collect::<io::Result<Vec<_>>>()?;
         Ok((sockets, steering))
     }
@@ -74,7 +71,7 @@ impl Socket {
         if let Some(to) = connect {
             raw.connect(&to.into())?;
         }
-        Self::finish(raw, dual_stack, connect.is_some())
+        Self::finish(raw, dual_stack)
     }
 
     /// A bound socket (with `SO_REUSEPORT` set before the bind when `reuse_port`), and whether
@@ -94,7 +91,7 @@ impl Socket {
         Ok((raw, dual_stack))
     }
 
-    fn finish(raw: socket2::Socket, dual_stack: bool, connected: bool) -> io::Result<Socket> {
+    fn finish(raw: socket2::Socket, dual_stack: bool) -> io::Result<Socket> {
         let std: std::net::UdpSocket = raw.into();
         std.set_nonblocking(true)?;
         let state = UdpSocketState::new((&std).into())?;
@@ -107,11 +104,6 @@ impl Socket {
             state,
             local,
             dual_stack,
-            // A connected socket is told of ICMP errors, and one that comes in behind a batch
-            // is kept by the kernel for the next call without a new wake-up: it must not wait
-            // for one. An unconnected socket without IP_RECVERR (never set here) is told of
-            // none.
-            short_read_drains: RECV_IS_BATCHED && !connected,
         })
     }
 
@@ -204,39 +196,16 @@ impl Socket {
 
     /// Receives a batch: fills `bufs`/`meta`, returns how many buffers were filled. A buffer may
     /// hold several datagrams of `meta.stride` bytes each (GRO).
-    ///
-    /// On the unconnected sockets of endpoints (Linux), a batch that filled fewer buffers than
-    /// `bufs` has emptied the socket's queue, so the socket's readiness is cleared with it, as
-    /// tokio does for a short TCP read: the next call waits for the next datagram's wake-up
-    /// instead of first asking the kernel once more and hearing `WouldBlock` (one empty
-    /// `recvmmsg` saved per wake-up: on a 1 GiB upload, 420-480 k receive calls became 210-250
-    /// k, `perf stat -e syscalls:sys_enter_recvmmsg`). No wake-up is lost: the socket is registered
-    /// edge-triggered, so a datagram that arrives after the batch raises a new event, and tokio
-    /// skips the clear when an event newer than the one this batch was read under has come in.
-    ///
-    /// Cancel-safe: a datagram is only taken from the kernel by a call that returns it.
     pub async fn recv(
         &self,
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> io::Result<usize> {
         loop {
-            let mut short = None;
-            let capacity = bufs.len().min(meta.len()).min(quinn_udp::BATCH_SIZE);
             match self.io.try_io(Interest::READABLE, || {
-                let n = self.state.recv((&self.io).into(), bufs, meta)?;
-                if self.short_read_drains && n < capacity {
-                    // `WouldBlock` is how `try_io` is told to clear the readiness; the batch
-                    // itself is returned below.
-                    short = Some(n);
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
+                self.state.recv((&self.io).into(), bufs, meta)
             }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => match short {
-                    Some(n) => return Ok(n),
-                    None => self.io.readable().await?,
-                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.io.readable().await?,
                 r => return r,
             }
         }
@@ -260,11 +229,6 @@ impl Socket {
         })
     }
 }
-
-/// Whether quinn-udp receives with one `recvmmsg` per call, so that a call filling fewer
-/// buffers than offered has emptied the queue (elsewhere it takes one datagram per call, and a
-/// short batch says nothing).
-const RECV_IS_BATCHED: bool = cfg!(any(target_os = "linux", target_os = "android"));
 
 /// Attaches a classic BPF program to `socket`'s reuseport group (`SO_ATTACH_REUSEPORT_CBPF`).
 fn attach_steering(socket: &socket2::Socket, program: &[crate::cid::Insn]) -> io::Result<()> {
@@ -369,8 +333,8 @@ mod tests {
         assert_eq!(all(&rx, 5, 2).await, vec![0, 1, 2, 3, 4]);
     }
 
-    /// A short batch clears the readiness, and a datagram arriving after it still wakes the
-    /// next receive, once and again.
+    /// A batch that took all there was, then a datagram arriving later: it wakes the waiting
+    /// receive, once and again.
     #[tokio::test]
     async fn a_datagram_after_a_short_batch_wakes_the_receive() {
         let (rx, tx) = pair();
@@ -411,21 +375,5 @@ mod tests {
             all(&rx, n as usize, BATCH_SIZE).await,
             (0..n).collect::<Vec<_>>()
         );
-    }
-
-    /// A connected socket never takes a short batch as the end of its queue.
-    #[test]
-    fn only_unconnected_sockets_clear_on_a_short_batch() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (rx, _) = pair();
-            assert_eq!(rx.short_read_drains, RECV_IS_BATCHED);
-            let c =
-                Socket::bind_connected("127.0.0.1:0".parse().unwrap(), rx.local_addr()).unwrap();
-            assert!(!c.short_read_drains);
-        });
     }
 }

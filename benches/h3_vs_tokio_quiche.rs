@@ -762,8 +762,7 @@ fn traced(
     load: impl Fn(SocketAddr),
 ) -> std::collections::HashMap<String, u64> {
     let counts = dir.join(format!("perf-stat.{}.csv", server.name));
-    let _ = std::fs::remove_file(&counts);
-    let mut args: Vec<std::ffi::OsString> = vec![
+    let tool_args: Vec<std::ffi::OsString> = vec![
         "stat".into(),
         "-x,".into(),
         "-e".into(),
@@ -771,21 +770,14 @@ fn traced(
         "-o".into(),
         counts.clone().into(),
         "--".into(),
-        server.bin.clone().into(),
     ];
-    args.extend(server.args.iter().map(Into::into));
-    args.extend(["--max-streams".into(), limit.to_string().into()]);
-    let (mut proc_, addr) = start(Path::new("perf"), &args, server.ready, s.pin);
-    load(addr);
-    // SIGINT to the server (perf's child; perf itself waits for it on SIGINT): it exits
-    // cleanly, and perf writes the counts as it does.
-    let _ = Command::new("pkill")
-        .args(["-INT", "-P", &proc_.0.id().to_string()])
-        .status();
-    let _ = proc_.0.wait();
-    let text = std::fs::read_to_string(&counts)
-        .unwrap_or_else(|e| panic!("perf stat wrote no counts to {}: {e}", counts.display()));
-    let _ = std::fs::remove_file(&counts);
+    // perf itself waits for its workload on SIGINT: the signal goes to the server.
+    let tool = Tool {
+        bin: "perf",
+        args: tool_args,
+        signal: Signal::Child,
+    };
+    let text = run_under(&tool, server, s, limit, &counts, load);
     // CSV lines: count,unit,event,...
     text.lines()
         .filter_map(|l| {
@@ -895,29 +887,66 @@ fn counted<T>(
     load: impl FnOnce(SocketAddr) -> T,
 ) -> u64 {
     let counts = dir.join(format!("cachegrind.{}.out", server.name));
-    let _ = std::fs::remove_file(&counts);
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "--tool=cachegrind".into(),
-        "--cache-sim=no".into(),
-        format!("--cachegrind-out-file={}", counts.display()).into(),
-        server.bin.clone().into(),
-    ];
-    args.extend(server.args.iter().map(Into::into));
-    args.extend(["--max-streams".into(), limit.to_string().into()]);
-    let (mut proc_, addr) = start(Path::new("valgrind"), &args, server.ready, s.pin);
-    load(addr);
-    // SIGINT: the server exits cleanly, and valgrind writes the count as it does.
-    let _ = Command::new("kill")
-        .args(["-INT", &proc_.0.id().to_string()])
-        .status();
-    let _ = proc_.0.wait();
-    let text = std::fs::read_to_string(&counts)
-        .unwrap_or_else(|e| panic!("valgrind wrote no counts to {}: {e}", counts.display()));
-    let _ = std::fs::remove_file(&counts);
+    let tool = Tool {
+        bin: "valgrind",
+        args: vec![
+            "--tool=cachegrind".into(),
+            "--cache-sim=no".into(),
+            format!("--cachegrind-out-file={}", counts.display()).into(),
+        ],
+        signal: Signal::Itself,
+    };
+    let text = run_under(&tool, server, s, limit, &counts, load);
     text.lines()
         .find_map(|l| l.strip_prefix("summary:"))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no summary line in valgrind's counts for {}", server.name))
+}
+
+/// A program that runs a server and writes what it measured to a file when the server exits.
+struct Tool {
+    bin: &'static str,
+    /// Its arguments, before the server's command line.
+    args: Vec<std::ffi::OsString>,
+    /// Which process the SIGINT that ends a run goes to.
+    signal: Signal,
+}
+
+/// Where SIGINT goes at the end of a run: to the tool's process, which is the server
+/// (valgrind), or to the tool's child, the server (perf, which itself waits for its child).
+enum Signal {
+    Itself,
+    Child,
+}
+
+/// Runs `server` (with `limit` streams per connection) under `tool`, serving what `load` asks
+/// of it; SIGINT then ends it cleanly, and the tool writes `out`, whose text is returned (and
+/// the file removed).
+fn run_under<T>(
+    tool: &Tool,
+    server: &Server,
+    s: &Settings,
+    limit: usize,
+    out: &Path,
+    load: impl FnOnce(SocketAddr) -> T,
+) -> String {
+    let _ = std::fs::remove_file(out);
+    let mut args = tool.args.clone();
+    args.push(server.bin.clone().into());
+    args.extend(server.args.iter().map(Into::into));
+    args.extend(["--max-streams".into(), limit.to_string().into()]);
+    let (mut proc_, addr) = start(Path::new(tool.bin), &args, server.ready, s.pin);
+    load(addr);
+    let pid = proc_.0.id().to_string();
+    let _ = match tool.signal {
+        Signal::Itself => Command::new("kill").args(["-INT", &pid]).status(),
+        Signal::Child => Command::new("pkill").args(["-INT", "-P", &pid]).status(),
+    };
+    let _ = proc_.0.wait();
+    let text = std::fs::read_to_string(out)
+        .unwrap_or_else(|e| panic!("{} wrote nothing to {}: {e}", tool.bin, out.display()));
+    let _ = std::fs::remove_file(out);
+    text
 }
 
 /// Worker scaling: `troupe serve --workers 1` against `--workers 2`, 8 connections x 100

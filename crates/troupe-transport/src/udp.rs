@@ -324,8 +324,8 @@ mod tests {
         }
     }
 
-    /// A full batch leaves the readiness set: the datagrams still queued behind it are received
-    /// with no new one arriving.
+    /// A batch that filled every buffer offered: the datagrams still queued behind it are
+    /// received with no new one arriving.
     #[tokio::test]
     async fn a_full_batch_leaves_the_rest_receivable() {
         let (rx, tx) = pair();

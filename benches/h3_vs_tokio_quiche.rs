@@ -27,7 +27,9 @@
 //!
 //! Then instructions per small request, each server under valgrind's instruction counter
 //! (1x100 and 50x10; a third table, also written to `target/bench/instructions.json`): a
-//! count, unlike CPU time, does not move with this machine's load.
+//! count, unlike CPU time, does not move with this machine's load. The small-request runs
+//! also simulate an L2 cache of this machine's shape and count its misses: what a working set
+//! too large for L2 costs, which an instruction count does not show.
 //!
 //! Server CPU time is read from /proc, so the figures that matter (server CPU per request, per
 //! GB, per handshake) do not depend on the client's speed. Every scenario runs `BENCH_ROUNDS`
@@ -789,9 +791,10 @@ fn traced(
         .collect()
 }
 
-/// Server instructions per unit of work, counted by valgrind (`--tool=cachegrind
-/// --cache-sim=no`): per small request (1x100 and 50x10), per MB of a download and of an
-/// upload, per handshake. Each server runs each load twice under the counter, at two sizes, and
+/// Server instructions per unit of work, counted by valgrind (`--tool=cachegrind`): per small
+/// request (1x100 and 50x10), per MB of a download and of an upload, per handshake; for small
+/// requests also the misses of a simulated L2 cache shaped like this machine's (`--LL`, from
+/// /sys), which explain a server whose instructions are fewer but not faster. Each server runs each load twice under the counter, at two sizes, and
 /// the difference, divided by the difference in work, leaves out start-up, the first
 /// handshakes and shutdown. Unlike CPU time, a count does not move with the machine's load
 /// (two runs agree within about 1%), so it shows changes of a few percent that the CPU
@@ -814,6 +817,11 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
         f
     };
     let (up_few, up_many) = (bulk_file(mb_few), bulk_file(mb_many));
+    let l2 = l2_geometry();
+    match &l2 {
+        Some(g) => println!("small requests also under a simulated L2 cache like this machine's ({g})"),
+        None => eprintln!("this machine's L2 cache is not described in /sys (or not as cachegrind takes it): no L2 miss counts"),
+    }
     println!(
         "instructions: each server under valgrind; {base} and {} small requests, {mb_few} and \
          {mb_many} MiB, {hs_few} and {hs_many} handshakes",
@@ -826,26 +834,39 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
             println!("  {:>13}: {label} {per:.1} {unit}", server.name);
             round.push((fig(label, unit, true), per));
         };
-        for (label, conns, limit) in [
-            ("1x100 small: server instructions per request", 1, 100),
-            ("50x10 small: server instructions per request", 50, 10),
+        for (label, misses, conns, limit) in [
+            (
+                "1x100 small: server instructions per request",
+                "1x100 small: server L2 misses per request, simulated",
+                1,
+                100,
+            ),
+            (
+                "50x10 small: server instructions per request",
+                "50x10 small: server L2 misses per request, simulated",
+                50,
+                10,
+            ),
         ] {
             let small = |n: usize| {
                 move |addr| load_of(addr, s, "/bytes/1024", (n / conns).max(1), conns, None).run()
             };
-            let few = counted(server, s, limit, out, small(base));
-            let many = counted(server, s, limit, out, small(base + extra));
+            let few = counted(server, s, limit, out, l2.as_deref(), small(base));
+            let many = counted(server, s, limit, out, l2.as_deref(), small(base + extra));
             row(
                 label,
                 "k",
-                many.saturating_sub(few) as f64 / extra as f64 / 1e3,
+                many.instructions.saturating_sub(few.instructions) as f64 / extra as f64 / 1e3,
             );
+            if let (Some(f), Some(m)) = (few.l2_misses, many.l2_misses) {
+                row(misses, "misses", m.saturating_sub(f) as f64 / extra as f64);
+            }
         }
         let down = |mb: u64| {
             move |addr| load_of(addr, s, &format!("/bytes/{}", mb << 20), 1, 1, None).run()
         };
-        let few = counted(server, s, 100, out, down(mb_few));
-        let many = counted(server, s, 100, out, down(mb_many));
+        let few = counted(server, s, 100, out, None, down(mb_few)).instructions;
+        let many = counted(server, s, 100, out, None, down(mb_many)).instructions;
         let per_mb = |few: u64, many: u64| {
             many.saturating_sub(few) as f64 / ((mb_many - mb_few) as f64 * 1.048_576) / 1e6
         };
@@ -854,16 +875,18 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
             "M",
             per_mb(few, many),
         );
-        let few = counted(server, s, 100, out, |addr| {
+        let few = counted(server, s, 100, out, None, |addr| {
             load_of(addr, s, "/discard", 1, 1, Some(&up_few)).run()
-        });
-        let many = counted(server, s, 100, out, |addr| {
+        })
+        .instructions;
+        let many = counted(server, s, 100, out, None, |addr| {
             load_of(addr, s, "/discard", 1, 1, Some(&up_many)).run()
-        });
+        })
+        .instructions;
         row("upload: server instructions per MB", "M", per_mb(few, many));
         let shake = |n: usize| move |addr| s.rt.block_on(handshakes(addr, n, s.tck));
-        let few = counted(server, s, 100, out, shake(hs_few));
-        let many = counted(server, s, 100, out, shake(hs_many));
+        let few = counted(server, s, 100, out, None, shake(hs_few)).instructions;
+        let many = counted(server, s, 100, out, None, shake(hs_many)).instructions;
         row(
             "handshakes: server instructions per handshake",
             "k",
@@ -877,30 +900,90 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
     summary(&names, &results, 1).show(&out.join("instructions.json"));
 }
 
-/// Instructions `server` ran, under valgrind, from its start to its exit, with `limit`
-/// streams per connection, serving what `load` asks of it.
+/// What valgrind counted of one server run.
+struct Counts {
+    instructions: u64,
+    /// Misses of the simulated L2 cache (instruction and data, reads and writes), when one
+    /// was simulated.
+    l2_misses: Option<u64>,
+}
+
+/// This machine's L2 cache as cachegrind's `--LL` takes it (`size,ways,line`), read from
+/// /sys; `None` if it is not described there, or its sets are not a power of two.
+fn l2_geometry() -> Option<String> {
+    let dir = Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let read = |index: &str, file: &str| {
+        std::fs::read_to_string(dir.join(index).join(file))
+            .ok()
+            .map(|v| v.trim().to_string())
+    };
+    let index = (0..8)
+        .map(|i| format!("index{i}"))
+        .find(|i| read(i, "level").as_deref() == Some("2"))?;
+    let size = read(&index, "size")?;
+    let size: u64 = match size.strip_suffix('K') {
+        Some(k) => k.parse::<u64>().ok()? * 1024,
+        None => match size.strip_suffix('M') {
+            Some(m) => m.parse::<u64>().ok()? << 20,
+            None => size.parse().ok()?,
+        },
+    };
+    let ways: u64 = read(&index, "ways_of_associativity")?.parse().ok()?;
+    let line: u64 = read(&index, "coherency_line_size")?.parse().ok()?;
+    let sets = size.checked_div(ways * line)?;
+    (sets.is_power_of_two() && sets * ways * line == size).then(|| format!("{size},{ways},{line}"))
+}
+
+/// What `server` ran, under valgrind, from its start to its exit, with `limit` streams per
+/// connection, serving what `load` asks of it: its instructions and, given an L2 geometry
+/// (`size,ways,line`), its misses of a simulated cache of that shape. The simulated L2 is
+/// what the timed figures feel and the instruction count does not: a working set that does
+/// not fit it costs a trip to L3 (some 40 cycles) per miss.
 fn counted<T>(
     server: &Server,
     s: &Settings,
     limit: usize,
     dir: &Path,
+    l2: Option<&str>,
     load: impl FnOnce(SocketAddr) -> T,
-) -> u64 {
+) -> Counts {
     let counts = dir.join(format!("cachegrind.{}.out", server.name));
+    let mut args: Vec<std::ffi::OsString> = vec!["--tool=cachegrind".into()];
+    match l2 {
+        Some(g) => args.extend(["--cache-sim=yes".into(), format!("--LL={g}").into()]),
+        None => args.push("--cache-sim=no".into()),
+    }
+    args.push(format!("--cachegrind-out-file={}", counts.display()).into());
     let tool = Tool {
         bin: "valgrind",
-        args: vec![
-            "--tool=cachegrind".into(),
-            "--cache-sim=no".into(),
-            format!("--cachegrind-out-file={}", counts.display()).into(),
-        ],
+        args,
         signal: Signal::Itself,
     };
     let text = run_under(&tool, server, s, limit, &counts, load);
-    text.lines()
-        .find_map(|l| l.strip_prefix("summary:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no summary line in valgrind's counts for {}", server.name))
+    let line = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} line in valgrind's counts for {}", server.name))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (events, values) = (line("events:"), line("summary:"));
+    let event = |name: &str| {
+        events
+            .iter()
+            .position(|e| e == name)
+            .and_then(|i| values.get(i)?.parse::<u64>().ok())
+    };
+    Counts {
+        instructions: event("Ir").unwrap_or_else(|| {
+            panic!(
+                "no instruction count in valgrind's counts for {}",
+                server.name
+            )
+        }),
+        l2_misses: l2.and_then(|_| Some(event("ILmr")? + event("DLmr")? + event("DLmw")?)),
+    }
 }
 
 /// A program that runs a server and writes what it measured to a file when the server exits.

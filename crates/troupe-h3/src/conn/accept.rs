@@ -11,7 +11,7 @@ use troupe_transport::ConnCx;
 use super::goaway::Goaway;
 use super::{shutdown_both, H3App, H3Msg, Side};
 use crate::audit::StreamStats;
-use crate::codes::{H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_REJECTED};
+use crate::codes::{H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_REJECTED};
 use crate::events::EventSink;
 use crate::headers;
 use crate::priority::{Priority, PriorityCell};
@@ -130,11 +130,8 @@ impl H3App {
             flow,
         };
         let key = signalled.unwrap_or(Priority::RESPONSE_DEFAULT);
-        if Box::pin(self.spawn_stream(cx, stream_id, role, stats, Some(signal), key))
-            .await
-            .is_err()
-        {
-            shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
+        if let Some(new) = self.open_stream(cx, stream_id, role, stats, Some(signal), key) {
+            Box::pin(self.spawn_for(cx, new)).await;
         }
     }
 

@@ -8,9 +8,8 @@ use quiche::h3;
 use tracing::trace;
 use troupe_transport::ConnCx;
 
-use super::{shutdown_both, H3App, H3Msg, PendingRequest, Side};
+use super::{H3App, H3Msg, PendingRequest, Side};
 use crate::audit::StreamStats;
-use crate::codes::H3_INTERNAL_ERROR;
 use crate::error::RequestError;
 use crate::headers;
 use crate::peer_settings::PeerSettings;
@@ -139,18 +138,10 @@ impl H3App {
                     reply: req.reply,
                     flow,
                 };
-                if Box::pin(self.spawn_stream(
-                    cx,
-                    stream_id,
-                    role,
-                    stats,
-                    None,
-                    Priority::RESPONSE_DEFAULT,
-                ))
-                .await
-                .is_err()
+                if let Some(new) =
+                    self.open_stream(cx, stream_id, role, stats, None, Priority::RESPONSE_DEFAULT)
                 {
-                    shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
+                    Box::pin(self.spawn_for(cx, new)).await;
                 }
             }
             Err(h3::Error::StreamBlocked)

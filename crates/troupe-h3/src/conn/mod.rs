@@ -98,6 +98,24 @@ fn internal(e: h3::Error) -> AppError {
     }
 }
 
+/// A stream no parked actor took: what a new stream actor starts with, and what its route
+/// needs once it runs ([`H3App::open_stream`], [`H3App::spawn_for`]).
+struct NewStream {
+    args: Box<StreamArgs>,
+    read: ReadCredit,
+    write: Outbound,
+    key: Priority,
+    signal: Option<Arc<PriorityCell>>,
+}
+
+/// A new stream actor's meter.
+fn new_stream_meter() -> Arc<troupe_transport::ActorMeter> {
+    troupe_transport::ActorMeter::new(
+        troupe_transport::ActorKind::Stream,
+        crate::stream::STREAM_MESSAGES,
+    )
+}
+
 fn shutdown_both(conn: &mut troupe_transport::QuicConnection, stream_id: u64, code: u64) {
     let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Read, code);
     let _ = conn.stream_shutdown(stream_id, quiche::Shutdown::Write, code);
@@ -161,10 +179,14 @@ impl H3App {
         Ok(c)
     }
 
-    /// Callers box this future: it is large (about 2 KB with the spawn and its arguments), and
-    /// unboxed it would be part of every connection message's future, which the actor runtime
-    /// moves several times per message.
-    async fn spawn_stream(
+    /// Gives a new stream to a stream actor: a parked one from the pool when there is one (one
+    /// cast, no await), and routes it. Without one it returns what a new actor starts with: the
+    /// caller spawns it with [`H3App::spawn_for`], boxing that future. Only that path awaits,
+    /// and its future is large (about 2 KB with ractor's spawn and its arguments): kept off the
+    /// common path, a request served by a parked actor neither allocates nor copies it, and the
+    /// callers' own futures stay small (the actor runtime moves them with every message). A
+    /// stream that no actor can take is reset here with H3_INTERNAL_ERROR.
+    fn open_stream(
         &mut self,
         cx: &mut ConnCx<'_, H3Msg>,
         stream_id: u64,
@@ -172,7 +194,7 @@ impl H3App {
         stats: StreamStats,
         signal: Option<Arc<PriorityCell>>,
         key: Priority,
-    ) -> Result<(), ()> {
+    ) -> Option<Box<NewStream>> {
         // A request whose headers carried FIN has no body to read (server), or nothing more to
         // send (client).
         let read = match role {
@@ -187,55 +209,91 @@ impl H3App {
         // in one hand-over.
         let room = cx.conn.stream_capacity(stream_id).unwrap_or(0);
         let credit = room.max(INITIAL_CREDIT).min(self.settings.send_window);
-        // A parked actor takes the stream if there is one: one message instead of a spawn and,
-        // later, a teardown.
-        let new_meter = || {
-            troupe_transport::ActorMeter::new(
-                troupe_transport::ActorKind::Stream,
-                crate::stream::STREAM_MESSAGES,
-            )
-        };
         let me = cx.myself.get_cell();
         let mut parked = self.pool.take(&me);
-        let mut args = StreamArgs {
+        let mut args = Box::new(StreamArgs {
             stream_id,
             conn: cx.mailbox.clone(),
             meter: parked
                 .as_ref()
-                .map_or_else(new_meter, |p| p.meter().clone()),
+                .map_or_else(new_stream_meter, |p| p.meter().clone()),
             settings: self.settings.clone(),
             trace_id: self.trace_id.clone(),
             role,
             stats: stats.clone(),
             credit,
-        };
-        let actor = loop {
+        });
+        loop {
             let Some(p) = parked.take() else {
-                let meter = args.meter.clone();
-                match Actor::spawn_linked(None, StreamActor, args, cx.myself.get_cell()).await {
-                    Ok((actor, _)) => {
-                        cx.metrics.stream_actor_spawned();
-                        break troupe_transport::Tracked::new(actor, meter);
-                    }
-                    Err(e) => {
-                        warn!(stream_id, "cannot spawn stream actor: {e}");
-                        return Err(());
-                    }
-                }
+                return Some(Box::new(NewStream {
+                    args,
+                    read,
+                    write,
+                    key,
+                    signal,
+                }));
             };
-            match p.cast(StreamMsg::Start(StreamStart(Box::new(args)))) {
-                Ok(()) => break p,
+            match p.cast(StreamMsg::Start(StreamStart(args))) {
+                Ok(()) => {
+                    self.route(cx, stream_id, p, read, write, key, stats, signal);
+                    return None;
+                }
                 // Gone meanwhile: the next parked one, or a new one.
                 Err(ractor::MessagingErr::SendErr(StreamMsg::Start(StreamStart(back)))) => {
-                    args = *back;
+                    args = back;
                     parked = self.pool.take(&me);
                     args.meter = parked
                         .as_ref()
-                        .map_or_else(new_meter, |p| p.meter().clone());
+                        .map_or_else(new_stream_meter, |p| p.meter().clone());
                 }
-                Err(_) => return Err(()),
+                Err(_) => {
+                    shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
+                    return None;
+                }
             }
-        };
+        }
+    }
+
+    /// Spawns a stream actor for a stream no parked actor took ([`H3App::open_stream`]), and
+    /// routes it; resets the stream with H3_INTERNAL_ERROR if the spawn fails. Callers box this
+    /// future (see `open_stream`).
+    async fn spawn_for(&mut self, cx: &mut ConnCx<'_, H3Msg>, new: Box<NewStream>) {
+        let NewStream {
+            args,
+            read,
+            write,
+            key,
+            signal,
+        } = *new;
+        let stream_id = args.stream_id;
+        let stats = args.stats.clone();
+        let meter = args.meter.clone();
+        match Actor::spawn_linked(None, StreamActor, *args, cx.myself.get_cell()).await {
+            Ok((actor, _)) => {
+                cx.metrics.stream_actor_spawned();
+                let actor = troupe_transport::Tracked::new(actor, meter);
+                self.route(cx, stream_id, actor, read, write, key, stats, signal);
+            }
+            Err(e) => {
+                warn!(stream_id, "cannot spawn stream actor: {e}");
+                shutdown_both(cx.conn, stream_id, H3_INTERNAL_ERROR);
+            }
+        }
+    }
+
+    /// Routes a stream to the actor that took it.
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &mut self,
+        cx: &mut ConnCx<'_, H3Msg>,
+        stream_id: u64,
+        actor: troupe_transport::Tracked<StreamMsg>,
+        read: ReadCredit,
+        write: Outbound,
+        key: Priority,
+        stats: StreamStats,
+        signal: Option<Arc<PriorityCell>>,
+    ) {
         self.by_actor.insert(actor.actor().get_id(), stream_id);
         self.routes.insert(
             stream_id,
@@ -251,7 +309,6 @@ impl H3App {
             },
         );
         cx.metrics.stream_opened();
-        Ok(())
     }
 
     /// Retires the streams whose actors parked with their last hand-over and whose sending

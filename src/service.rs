@@ -9,7 +9,9 @@
 //! - with a root directory, other `GET` paths serve files below it, never anything outside it;
 //! - anything else: 404.
 
+use std::future::Future;
 use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -97,7 +99,10 @@ impl Builtin {
     /// included) and no body, on every route (RFC 9110 §9.3.2).
     pub async fn handle(&self, req: Request<RecvBody>) -> Response<Body> {
         let head = req.method() == Method::HEAD;
-        let mut resp = self.route(req).await;
+        let mut resp = match self.route(req) {
+            Routed::Now(resp) => resp,
+            Routed::Later(answer) => answer.await,
+        };
         if head {
             // The body (a lazy stream for /bytes/N and files) is dropped unpolled.
             *resp.body_mut() = Body::empty();
@@ -105,11 +110,15 @@ impl Builtin {
         resp
     }
 
-    async fn route(&self, req: Request<RecvBody>) -> Response<Body> {
+    /// Chooses the route. Most routes answer at once; the two that wait (a file, an upload
+    /// read to its end) return their future boxed, so the future of [`Builtin::handle`] stays
+    /// small: a handler's future is boxed and moved into place for every request, and an
+    /// unboxed file read would make every small request's about four times as large.
+    fn route(&self, req: Request<RecvBody>) -> Routed {
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         let upload = matches!(*req.method(), Method::POST | Method::PUT);
         // The route is chosen on the borrowed path; only a file path is copied out.
-        match req.uri().path() {
+        Routed::Now(match req.uri().path() {
             "/" if get => text(StatusCode::OK, GREETING),
             "/" => not_allowed("GET, HEAD"),
             "/echo" if upload => {
@@ -123,23 +132,7 @@ impl Builtin {
                 resp
             }
             "/echo" => not_allowed("POST, PUT"),
-            "/discard" if upload => {
-                let mut body = req.into_body();
-                let mut n = 0u64;
-                while let Some(chunk) = body.chunk().await {
-                    match chunk {
-                        Ok(c) => n += c.len() as u64,
-                        Err(_) => return text(StatusCode::BAD_REQUEST, "request body failed\n"),
-                    }
-                }
-                let body = format!("{n}\n");
-                sized(
-                    StatusCode::OK,
-                    "text/plain",
-                    body.len() as u64,
-                    Body::from(body),
-                )
-            }
+            "/discard" if upload => return Routed::Later(Box::pin(discard(req.into_body()))),
             "/discard" => not_allowed("POST, PUT"),
             path => match path.strip_prefix("/bytes/") {
                 Some(_) if !get => not_allowed("GET, HEAD"),
@@ -156,12 +149,41 @@ impl Builtin {
                     ),
                 },
                 None => match &self.root {
-                    Some(root) if get => serve_file(root, path).await,
+                    Some(root) if get => {
+                        let (root, path) = (root.clone(), path.to_owned());
+                        return Routed::Later(Box::pin(
+                            async move { serve_file(&root, &path).await },
+                        ));
+                    }
                     _ => text(StatusCode::NOT_FOUND, "not found\n"),
                 },
             },
+        })
+    }
+}
+
+/// What [`Builtin::route`] chose: a response now, or one that waits.
+enum Routed {
+    Now(Response<Body>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+/// `/discard`: reads the upload to its end and answers with its length in decimal.
+async fn discard(mut body: RecvBody) -> Response<Body> {
+    let mut n = 0u64;
+    while let Some(chunk) = body.chunk().await {
+        match chunk {
+            Ok(c) => n += c.len() as u64,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "request body failed\n"),
         }
     }
+    let body = format!("{n}\n");
+    sized(
+        StatusCode::OK,
+        "text/plain",
+        body.len() as u64,
+        Body::from(body),
+    )
 }
 
 /// A response with `content-type` and `content-length`, built in place: `Response::builder`

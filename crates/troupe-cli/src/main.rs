@@ -353,10 +353,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
     config.quic.workers = endpoint_workers(a.workers);
     let generated = a.cert.is_none();
     config.tls = server_tls(&a.cert, &a.key)?;
-    let handler = move |req| {
-        let svc = svc.clone();
-        async move { svc.handle(req).await }
-    };
+    // The future `handle` returns owns what it needs: returned as it is, unwrapped.
+    let handler = move |req| svc.handle(req);
     // The admin endpoint's access rules are checked before anything listens.
     let admin_config = a.admin.config(&mut config.quic)?;
     let servers = bind_servers(&a.listen, &config, handler).await?;

@@ -28,8 +28,8 @@
 //! Then instructions per small request, each server under valgrind's instruction counter
 //! (1x100 and 50x10; a third table, also written to `target/bench/instructions.json`): a
 //! count, unlike CPU time, does not move with this machine's load. The small-request runs
-//! also simulate an L2 cache of this machine's shape and count its misses: what a working set
-//! too large for L2 costs, which an instruction count does not show.
+//! also simulate an L2 cache of this machine's shape and count its misses: memory a request
+//! touches that L2 no longer holds, which an instruction count does not show.
 //!
 //! Server CPU time is read from /proc, so the figures that matter (server CPU per request, per
 //! GB, per handshake) do not depend on the client's speed. Every scenario runs `BENCH_ROUNDS`
@@ -794,7 +794,7 @@ fn traced(
 /// Server instructions per unit of work, counted by valgrind (`--tool=cachegrind`): per small
 /// request (1x100 and 50x10), per MB of a download and of an upload, per handshake; for small
 /// requests also the misses of a simulated L2 cache shaped like this machine's (`--LL`, from
-/// /sys), which explain a server whose instructions are fewer but not faster. Each server runs each load twice under the counter, at two sizes, and
+/// /sys): how much memory a request touches that L2 no longer holds. Each server runs each load twice under the counter, at two sizes, and
 /// the difference, divided by the difference in work, leaves out start-up, the first
 /// handshakes and shutdown. Unlike CPU time, a count does not move with the machine's load
 /// (two runs agree within about 1%), so it shows changes of a few percent that the CPU
@@ -936,9 +936,10 @@ fn l2_geometry() -> Option<String> {
 
 /// What `server` ran, under valgrind, from its start to its exit, with `limit` streams per
 /// connection, serving what `load` asks of it: its instructions and, given an L2 geometry
-/// (`size,ways,line`), its misses of a simulated cache of that shape. The simulated L2 is
-/// what the timed figures feel and the instruction count does not: a working set that does
-/// not fit it costs a trip to L3 (some 40 cycles) per miss.
+/// (`size,ways,line`), its misses of a simulated cache of that shape: how much memory the
+/// work touches that L2 no longer holds, which an instruction count does not show. The
+/// simulation has no prefetcher: a sequential walk through fresh memory (an allocator going
+/// round its pages) counts in full, though hardware would hide much of it.
 fn counted<T>(
     server: &Server,
     s: &Settings,

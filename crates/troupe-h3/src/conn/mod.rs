@@ -98,14 +98,20 @@ fn internal(e: h3::Error) -> AppError {
     }
 }
 
-/// A stream no parked actor took: what a new stream actor starts with, and what its route
-/// needs once it runs ([`H3App::open_stream`], [`H3App::spawn_for`]).
-struct NewStream {
-    args: Box<StreamArgs>,
+/// What a new stream's route holds besides its actor ([`H3App::route`]).
+struct RouteSeed {
     read: ReadCredit,
     write: Outbound,
     key: Priority,
+    stats: StreamStats,
     signal: Option<Arc<PriorityCell>>,
+}
+
+/// A stream no parked actor took: what a new stream actor starts with, and its route's seed
+/// ([`H3App::open_stream`], [`H3App::spawn_for`]).
+struct NewStream {
+    args: Box<StreamArgs>,
+    seed: RouteSeed,
 }
 
 /// A new stream actor's meter.
@@ -223,19 +229,20 @@ impl H3App {
             stats: stats.clone(),
             credit,
         });
+        let seed = RouteSeed {
+            read,
+            write,
+            key,
+            stats,
+            signal,
+        };
         loop {
             let Some(p) = parked.take() else {
-                return Some(Box::new(NewStream {
-                    args,
-                    read,
-                    write,
-                    key,
-                    signal,
-                }));
+                return Some(Box::new(NewStream { args, seed }));
             };
             match p.cast(StreamMsg::Start(StreamStart(args))) {
                 Ok(()) => {
-                    self.route(cx, stream_id, p, read, write, key, stats, signal);
+                    self.route(cx, stream_id, p, seed);
                     return None;
                 }
                 // Gone meanwhile: the next parked one, or a new one.
@@ -258,21 +265,14 @@ impl H3App {
     /// routes it; resets the stream with H3_INTERNAL_ERROR if the spawn fails. Callers box this
     /// future (see `open_stream`).
     async fn spawn_for(&mut self, cx: &mut ConnCx<'_, H3Msg>, new: Box<NewStream>) {
-        let NewStream {
-            args,
-            read,
-            write,
-            key,
-            signal,
-        } = *new;
+        let NewStream { args, seed } = *new;
         let stream_id = args.stream_id;
-        let stats = args.stats.clone();
         let meter = args.meter.clone();
         match Actor::spawn_linked(None, StreamActor, *args, cx.myself.get_cell()).await {
             Ok((actor, _)) => {
                 cx.metrics.stream_actor_spawned();
                 let actor = troupe_transport::Tracked::new(actor, meter);
-                self.route(cx, stream_id, actor, read, write, key, stats, signal);
+                self.route(cx, stream_id, actor, seed);
             }
             Err(e) => {
                 warn!(stream_id, "cannot spawn stream actor: {e}");
@@ -282,18 +282,20 @@ impl H3App {
     }
 
     /// Routes a stream to the actor that took it.
-    #[allow(clippy::too_many_arguments)]
     fn route(
         &mut self,
         cx: &mut ConnCx<'_, H3Msg>,
         stream_id: u64,
         actor: troupe_transport::Tracked<StreamMsg>,
-        read: ReadCredit,
-        write: Outbound,
-        key: Priority,
-        stats: StreamStats,
-        signal: Option<Arc<PriorityCell>>,
+        seed: RouteSeed,
     ) {
+        let RouteSeed {
+            read,
+            write,
+            key,
+            stats,
+            signal,
+        } = seed;
         self.by_actor.insert(actor.actor().get_id(), stream_id);
         self.routes.insert(
             stream_id,

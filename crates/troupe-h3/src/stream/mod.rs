@@ -725,18 +725,14 @@ impl StreamState {
             }
             let interim = Arc::new(InterimQueue::default());
             // Everything the handler may use of its stream, in one extension.
-            request.extensions_mut().insert(StreamControl {
-                actor: self.me.clone(),
-                stream_id: self.id,
-                turn: self.turn,
-                conn: self.conn.actor().get_id(),
-                stats: self.stats.clone(),
-                priority: Some(PrioritySignal::new(priority)),
-                interim: Some(Interim {
+            let control = self.control(
+                Some(PrioritySignal::new(priority)),
+                Some(Interim {
                     queue: interim.clone(),
                     waker: self.waker.clone(),
                 }),
-            });
+            );
+            request.extensions_mut().insert(control);
             self.producer = Producer::Handler {
                 // Boxed by the handler already.
                 future: handler.call(request),
@@ -745,6 +741,20 @@ impl StreamState {
         }
         self.drive(myself);
         self.sync_audit();
+    }
+
+    /// The application's handle to this stream (a server's carries the priority signal and
+    /// the interim sender).
+    fn control(&self, priority: Option<PrioritySignal>, interim: Option<Interim>) -> StreamControl {
+        StreamControl {
+            actor: self.me.clone(),
+            stream_id: self.id,
+            turn: self.turn,
+            conn: self.conn.actor().get_id(),
+            stats: self.stats.clone(),
+            priority,
+            interim,
+        }
     }
 
     fn open_recv(&mut self) -> RecvBody {
@@ -1074,15 +1084,7 @@ impl StreamState {
                 self.recv_fin();
             }
             let mut resp = Response::from_parts(parts, body);
-            resp.extensions_mut().insert(StreamControl {
-                actor: self.me.clone(),
-                stream_id: self.id,
-                turn: self.turn,
-                conn: self.conn.actor().get_id(),
-                stats: self.stats.clone(),
-                priority: None,
-                interim: None,
-            });
+            resp.extensions_mut().insert(self.control(None, None));
             if let Some(flow) = self.flow.take() {
                 resp.extensions_mut().insert(flow);
             }

@@ -1116,6 +1116,8 @@ impl<A: ConnectionApp> ConnState<A> {
     /// Sends everything quiche has, runs of equal-size packets to one destination as GSO
     /// sends (one syscall for up to `max_segments` packets; see [`GsoBatcher`]).
     async fn flush_packets(&mut self) {
+        // The worker thread's send buffer, not one per connection (see `gso`).
+        self.batcher.attach(crate::gso::borrow_buffer());
         loop {
             let ready = match self.conn.send(self.batcher.slot()) {
                 Ok((n, info)) => self.batcher.commit(n, info.to),
@@ -1130,6 +1132,7 @@ impl<A: ConnectionApp> ConnState<A> {
         }
         let last = self.batcher.finish();
         self.send_ready(last).await;
+        crate::gso::return_buffer(self.batcher.detach());
     }
 
     /// Sends the batch the batcher completed, and any that completes right after it.

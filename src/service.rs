@@ -49,9 +49,13 @@ fn pattern() -> Bytes {
     .clone()
 }
 
-/// A body of exactly `n` pattern bytes, produced chunk by chunk.
+/// A body of exactly `n` pattern bytes: one slice when it fits in a chunk (a whole body, no
+/// stream to poll), else produced chunk by chunk.
 pub fn pattern_body(n: u64) -> Body {
     let chunk = pattern();
+    if n <= PATTERN_CHUNK as u64 {
+        return Body::from(chunk.slice(..n as usize));
+    }
     let s = futures::stream::unfold(n, move |left| {
         let chunk = chunk.clone();
         async move {

@@ -434,7 +434,9 @@ pub struct RecvBodyStats {
 /// [`RecvBody::collect`]. Dropping it before the end tells the peer to stop sending
 /// (STOP_SENDING with H3_REQUEST_CANCELLED).
 pub struct RecvBody {
-    shared: Arc<Shared>,
+    /// The buffer the stream actor fills; `None` for a body that ended with the message head
+    /// (its HEADERS frame carried FIN): nothing to buffer, report or cancel.
+    shared: Option<Arc<Shared>>,
     stream_id: u64,
     /// Which of its stream actor's streams this is (what `RecvDropped` names).
     turn: crate::stream::Turn,
@@ -465,7 +467,7 @@ impl RecvBody {
         window: usize,
     ) -> Self {
         RecvBody {
-            shared,
+            shared: Some(shared),
             stream_id,
             turn,
             conn: Some(conn),
@@ -478,6 +480,22 @@ impl RecvBody {
         }
     }
 
+    /// The body of a message whose head carried FIN: already over, empty, without trailers.
+    /// Holds no buffer and no actor reference (most GET requests: one allocation and two
+    /// reference counts less per request).
+    pub(crate) fn ended(stream_id: u64, turn: crate::stream::Turn) -> Self {
+        RecvBody {
+            shared: None,
+            stream_id,
+            turn,
+            conn: None,
+            actor: None,
+            unreported: 0,
+            errored: false,
+            report_at: 1,
+        }
+    }
+
     /// The QUIC stream this body arrives on.
     pub fn stream_id(&self) -> u64 {
         self.stream_id
@@ -485,7 +503,10 @@ impl RecvBody {
 
     /// Buffer figures for this body.
     pub fn stats(&self) -> RecvBodyStats {
-        let g = self.shared.lock();
+        let Some(shared) = &self.shared else {
+            return RecvBodyStats::default();
+        };
+        let g = shared.lock();
         RecvBodyStats {
             received: g.received,
             buffered: g.buffered,
@@ -495,7 +516,7 @@ impl RecvBody {
 
     /// Trailers, once the body has ended (if the peer sent any).
     pub fn trailers(&self) -> Option<http::HeaderMap> {
-        self.shared.lock().trailers.clone()
+        self.shared.as_ref()?.lock().trailers.clone()
     }
 
     /// The next chunk; `None` at the end of the body.
@@ -533,8 +554,11 @@ impl Stream for RecvBody {
         if self.errored {
             return Poll::Ready(None);
         }
+        let Some(shared) = &self.shared else {
+            return Poll::Ready(None);
+        };
         let (chunk, end) = {
-            let mut g = self.shared.lock();
+            let mut g = shared.lock();
             match g.chunks.pop_front() {
                 Some(c) => {
                     g.buffered -= c.len();
@@ -578,7 +602,7 @@ impl Stream for RecvBody {
 
 impl Drop for RecvBody {
     fn drop(&mut self) {
-        let ended = self.shared.lock().end.is_some();
+        let ended = self.shared.as_ref().is_none_or(|s| s.lock().end.is_some());
         if !ended {
             if let Some(a) = &self.actor {
                 let _ = a.cast(StreamMsg::RecvDropped(self.turn));

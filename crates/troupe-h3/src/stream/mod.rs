@@ -649,7 +649,7 @@ impl StreamState {
             } => {
                 st.kind = Kind::Server;
                 st.content_length = content_length(&head.headers);
-                let body = st.open_recv();
+                let body = if fin { st.ended_recv() } else { st.open_recv() };
                 let mut request = Request::from_parts(head, body);
                 if let Some(flow) = flow {
                     request.extensions_mut().insert(flow);
@@ -755,6 +755,13 @@ impl StreamState {
             priority,
             interim,
         }
+    }
+
+    /// The request body of a server stream whose HEADERS frame carried FIN: over before it
+    /// began, so no buffer is shared (`begin` then takes the FIN as its own event).
+    fn ended_recv(&mut self) -> RecvBody {
+        let _ = self.recv.on_headers(false);
+        RecvBody::ended(self.id, self.turn)
     }
 
     fn open_recv(&mut self) -> RecvBody {

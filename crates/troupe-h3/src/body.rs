@@ -610,3 +610,25 @@ impl Drop for RecvBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request whose HEADERS frame carried FIN: its body is over before it began, and it
+    /// behaves as an ended body in every way a handler can look at it.
+    #[tokio::test]
+    async fn an_ended_body_is_empty_without_trailers_and_silent_when_dropped() {
+        let mut b = RecvBody::ended(4, crate::stream::Turn(0));
+        assert_eq!(b.stream_id(), 4);
+        assert_eq!(b.stats(), RecvBodyStats::default());
+        assert!(b.trailers().is_none());
+        assert!(b.chunk().await.is_none(), "no chunk: the end at once");
+        assert!(b.chunk().await.is_none(), "and again: fused");
+        // Nothing to tell anyone on drop (it holds no actor to send RecvDropped to).
+        assert!(b.actor.is_none() && b.conn.is_none());
+        drop(b);
+        let whole = RecvBody::ended(8, crate::stream::Turn(0));
+        assert!(whole.collect().await.unwrap().is_empty());
+    }
+}

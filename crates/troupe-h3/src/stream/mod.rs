@@ -126,7 +126,7 @@ pub enum StreamMsg {
 /// streams it takes. A stream ID would not do: a parked actor serves streams of any
 /// connection of its worker, and every connection numbers its streams from 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Turn(u64);
+pub struct Turn(pub(crate) u64);
 
 /// A new stream for a parked stream actor (opaque: only the connection makes one).
 pub struct StreamStart(pub(crate) Box<StreamArgs>);

@@ -616,10 +616,16 @@ fn main() {
 const SEND_CALLS: [&str; 3] = ["sendmsg", "sendmmsg", "sendto"];
 const RECV_CALLS: [&str; 3] = ["recvmsg", "recvmmsg", "recvfrom"];
 const WAIT_CALLS: [&str; 1] = ["epoll_wait"];
+/// Not a call: the times the server's threads were switched out, by the kernel's software
+/// event. Most are the server blocking in `epoll_wait` with nothing to do, then woken by a
+/// packet: each costs the scheduler's switch out and back (and on a virtual machine, an idle
+/// exit), so two servers with as many `epoll_wait`s can spend different time in the kernel.
+const SWITCHES: [&str; 1] = ["context-switches"];
 
 /// Server system calls per unit of work, counted by the kernel's tracepoints through `perf
 /// stat` (a third view beside CPU time and instructions, steady like the counts: it moves
-/// only with how the work falls into wake-ups): sends, receives and readiness waits per 1,000
+/// only with how the work falls into wake-ups): sends, receives, readiness waits and context
+/// switches (see [`SWITCHES`]) per 1,000
 /// small requests (1x100 and 50x10), per MB downloaded and uploaded, per handshake. Each
 /// server runs each load once under `perf stat`, from its start (a few calls) to its exit.
 /// Needs `perf` and the right to trace (root); skipped otherwise. `BENCH_NO_SYSCALLS=1` skips it,
@@ -630,6 +636,7 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
         .chain(&RECV_CALLS)
         .chain(&WAIT_CALLS)
         .map(|c| format!("syscalls:sys_enter_{c}"))
+        .chain(SWITCHES.iter().map(|e| e.to_string()))
         .collect();
     let events = events.join(",");
     let usable = Command::new("perf")
@@ -668,7 +675,7 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
     let requests = |conns: usize| ((s.requests / conns).max(1) * conns) as f64 / 1e3;
     let mb = s.bulk as f64 / 1e6;
     // Stream limit, the load, units of work, the three figures' labels.
-    let loads: [(usize, Load<'_>, f64, [&'static str; 3]); 5] = [
+    let loads: [(usize, Load<'_>, f64, [&'static str; 4]); 5] = [
         (
             100,
             small(1),
@@ -677,6 +684,7 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
                 "1x100 small: server send calls per 1k requests",
                 "1x100 small: server receive calls per 1k requests",
                 "1x100 small: server epoll_waits per 1k requests",
+                "1x100 small: server context switches per 1k requests",
             ],
         ),
         (
@@ -687,6 +695,7 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
                 "50x10 small: server send calls per 1k requests",
                 "50x10 small: server receive calls per 1k requests",
                 "50x10 small: server epoll_waits per 1k requests",
+                "50x10 small: server context switches per 1k requests",
             ],
         ),
         (
@@ -699,6 +708,7 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
                 "download: server send calls per MB",
                 "download: server receive calls per MB",
                 "download: server epoll_waits per MB",
+                "download: server context switches per MB",
             ],
         ),
         (
@@ -711,6 +721,7 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
                 "upload: server send calls per MB",
                 "upload: server receive calls per MB",
                 "upload: server epoll_waits per MB",
+                "upload: server context switches per MB",
             ],
         ),
         (
@@ -723,6 +734,7 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
                 "handshakes: server send calls per handshake",
                 "handshakes: server receive calls per handshake",
                 "handshakes: server epoll_waits per handshake",
+                "handshakes: server context switches per handshake",
             ],
         ),
     ];
@@ -737,14 +749,20 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
                     .map(|c| counts.get(*c).copied().unwrap_or(0) as f64)
                     .sum()
             };
-            for (label, calls) in
-                labels
-                    .iter()
-                    .zip([&SEND_CALLS[..], &RECV_CALLS[..], &WAIT_CALLS[..]])
-            {
+            for (label, calls) in labels.iter().zip([
+                &SEND_CALLS[..],
+                &RECV_CALLS[..],
+                &WAIT_CALLS[..],
+                &SWITCHES[..],
+            ]) {
                 let per = sum(calls) / units;
                 println!("  {:>13}: {label} {per:.3}", server.name);
-                round.push((fig(label, "calls", true), per));
+                let unit = if calls == &SWITCHES[..] {
+                    "switches"
+                } else {
+                    "calls"
+                };
+                round.push((fig(label, unit, true), per));
             }
         }
         results.push(vec![round]);
@@ -785,7 +803,8 @@ fn traced(
         .filter_map(|l| {
             let mut f = l.split(',');
             let n = f.next()?.trim().parse().ok()?;
-            let event = f.nth(1)?.strip_prefix("syscalls:sys_enter_")?;
+            let event = f.nth(1)?;
+            let event = event.strip_prefix("syscalls:sys_enter_").unwrap_or(event);
             Some((event.to_string(), n))
         })
         .collect()

@@ -674,7 +674,7 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
     };
     let requests = |conns: usize| ((s.requests / conns).max(1) * conns) as f64 / 1e3;
     let mb = s.bulk as f64 / 1e6;
-    // Stream limit, the load, units of work, the three figures' labels.
+    // Stream limit, the load, units of work, the four figures' labels.
     let loads: [(usize, Load<'_>, f64, [&'static str; 4]); 5] = [
         (
             100,
@@ -749,19 +749,14 @@ fn syscalls(servers: &[Server], s: &Settings, out: &Path) {
                     .map(|c| counts.get(*c).copied().unwrap_or(0) as f64)
                     .sum()
             };
-            for (label, calls) in labels.iter().zip([
-                &SEND_CALLS[..],
-                &RECV_CALLS[..],
-                &WAIT_CALLS[..],
-                &SWITCHES[..],
+            for (label, (calls, unit)) in labels.iter().zip([
+                (&SEND_CALLS[..], "calls"),
+                (&RECV_CALLS[..], "calls"),
+                (&WAIT_CALLS[..], "calls"),
+                (&SWITCHES[..], "switches"),
             ]) {
                 let per = sum(calls) / units;
                 println!("  {:>13}: {label} {per:.3}", server.name);
-                let unit = if calls == &SWITCHES[..] {
-                    "switches"
-                } else {
-                    "calls"
-                };
                 round.push((fig(label, unit, true), per));
             }
         }

@@ -163,7 +163,7 @@ impl GsoBatcher {
             1
         };
         GsoBatcher {
-            // None until a flush attaches its thread's buffer, which grows as batches need it
+            // Empty until a flush attaches its thread's buffer, which grows as batches need it
             // (up to `payload * max_segments`).
             buf: Vec::new(),
             payload,

@@ -625,8 +625,8 @@ const SWITCHES: [&str; 1] = ["context-switches"];
 /// Server system calls per unit of work, counted by the kernel's tracepoints through `perf
 /// stat` (a third view beside CPU time and instructions, steady like the counts: it moves
 /// only with how the work falls into wake-ups): sends, receives, readiness waits and context
-/// switches (see [`SWITCHES`]) per 1,000
-/// small requests (1x100 and 50x10), per MB downloaded and uploaded, per handshake. Each
+/// switches (see [`SWITCHES`]) per 1,000 small requests (1x100 and 50x10), per MB downloaded
+/// and uploaded, per handshake. Each
 /// server runs each load once under `perf stat`, from its start (a few calls) to its exit.
 /// Needs `perf` and the right to trace (root); skipped otherwise. `BENCH_NO_SYSCALLS=1` skips it,
 /// `BENCH_SYSCALLS_ONLY=1` runs only it.

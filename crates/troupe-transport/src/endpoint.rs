@@ -18,8 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::io::IoSliceMut;
-
 use bytes::BytesMut;
 use quinn_udp::RecvMeta;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -35,6 +33,7 @@ use crate::connection::{
 use crate::error::{ConnectError, EndpointError};
 use crate::metrics::DropReason;
 use crate::observe::{ActorKind, ActorMeter, Tracked};
+use crate::recv_storage::RecvStorage;
 use crate::retry::RetryTokens;
 use crate::route::{short_header_dcid, Inbox, Offer, Packet, RouteMemo, Routes};
 use crate::settings::QuicSettings;
@@ -42,8 +41,9 @@ use crate::stats::{bump, EndpointStats, EndpointStatsSnapshot};
 use crate::tls::{Identity, TlsConfig};
 use crate::udp::Socket;
 
-/// Receive buffers filled per `recvmmsg`. 32: quinn-udp's batch size on Linux; with GRO each
-/// buffer may carry many datagrams, so one syscall can bring in hundreds of packets.
+/// Receive buffers filled per `recvmmsg`, at most. 32: quinn-udp's batch size on Linux; with
+/// GRO each buffer may carry many datagrams, so one syscall can bring in hundreds of packets.
+/// A loop starts with one and grows to this as its traffic fills them ([`RecvStorage`]).
 const RECV_BATCH: usize = 32;
 
 /// Size of one receive buffer: the largest UDP payload, which is also the most GRO coalesces.
@@ -1230,14 +1230,14 @@ impl<A: ConnectionApp> RecvLoop<A> {
             gro = self.socket.gro_segments(),
             "receive loop started"
         );
-        let mut storage = vec![0u8; RECV_SLOT * RECV_BATCH];
+        let mut storage = RecvStorage::new(RECV_SLOT, RECV_BATCH);
         let mut meta = vec![RecvMeta::default(); RECV_BATCH];
         let mut memo = RouteMemo::default();
         loop {
             let filled = {
-                let mut bufs: Vec<IoSliceMut<'_>> =
-                    storage.chunks_mut(RECV_SLOT).map(IoSliceMut::new).collect();
-                self.socket.recv(&mut bufs, &mut meta).await
+                let slots = storage.slots();
+                let mut bufs = storage.io_slices();
+                self.socket.recv(&mut bufs, &mut meta[..slots]).await
             };
             if self.inject_panic.swap(false, Ordering::AcqRel) {
                 panic!("injected receive loop panic");
@@ -1251,8 +1251,9 @@ impl<A: ConnectionApp> RecvLoop<A> {
                     continue;
                 }
             };
+            storage.note_filled(filled);
             for (i, m) in meta.iter().enumerate().take(filled) {
-                let data = &storage[i * RECV_SLOT..i * RECV_SLOT + m.len];
+                let data = storage.filled(i, m.len);
                 for dgram in data.chunks(m.stride.max(1)) {
                     bump(&self.routes.stats.worker_datagrams[self.worker]);
                     // One small allocation per packet: the allocator's fast path. (Carving

@@ -18,6 +18,7 @@ pub mod eyeballs;
 pub mod gso;
 pub mod metrics;
 pub mod observe;
+mod recv_storage;
 pub mod render;
 mod retry;
 mod route;

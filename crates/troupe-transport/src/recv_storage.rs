@@ -11,29 +11,29 @@
 
 use std::io::IoSliceMut;
 
-/// Receive buffers for one receive loop: `slots` buffers of `slot` bytes, at most `max`.
+/// Receive buffers for one receive loop: buffers of `slot` bytes, one after another in `buf`,
+/// at most `max` of them.
 #[derive(Debug)]
 pub(crate) struct RecvStorage {
     buf: Vec<u8>,
     slot: usize,
-    slots: usize,
     max: usize,
 }
 
 impl RecvStorage {
-    /// One buffer of `slot` bytes, growing to at most `max` (at least one).
+    /// One buffer of `slot` bytes (more than zero), growing to at most `max` (at least one).
     pub(crate) fn new(slot: usize, max: usize) -> Self {
+        assert!(slot > 0, "a receive buffer holds at least one byte");
         RecvStorage {
             buf: vec![0; slot],
             slot,
-            slots: 1,
             max: max.max(1),
         }
     }
 
     /// How many buffers the next receive offers.
     pub(crate) fn slots(&self) -> usize {
-        self.slots
+        self.buf.len() / self.slot
     }
 
     /// The buffers, one per slot, for the next receive.
@@ -51,11 +51,12 @@ impl RecvStorage {
     }
 
     /// Called after each receive with how many buffers it filled: when that was all of them
-    /// and the batch allows more, the next receive offers twice as many.
+    /// and the batch allows more, the next receive offers twice as many. What the receive
+    /// filled stays readable through [`RecvStorage::filled`].
     pub(crate) fn note_filled(&mut self, filled: usize) {
-        if filled >= self.slots && self.slots < self.max {
-            self.slots = (self.slots * 2).min(self.max);
-            self.buf.resize(self.slots * self.slot, 0);
+        let slots = self.slots();
+        if filled >= slots && slots < self.max {
+            self.buf.resize((slots * 2).min(self.max) * self.slot, 0);
         }
     }
 }
@@ -108,6 +109,22 @@ mod tests {
     fn a_maximum_of_one_or_zero_never_grows() {
         assert_eq!(after(&[1, 1, 1], 1).slots(), 1);
         assert_eq!(after(&[1, 1], 0).slots(), 1, "zero means one");
+    }
+
+    #[test]
+    fn what_a_receive_filled_survives_the_growth_it_triggers() {
+        // The receive loop's order: receive into every slot, note it (which grows the
+        // storage, maybe moving it), then read what was received.
+        let mut s = RecvStorage::new(4, 8);
+        s.note_filled(1);
+        for (i, b) in s.io_slices().iter_mut().enumerate() {
+            b.fill(0xa0 + i as u8);
+        }
+        s.note_filled(2);
+        assert_eq!(s.slots(), 4);
+        assert_eq!(s.filled(0, 4), &[0xa0; 4]);
+        assert_eq!(s.filled(1, 3), &[0xa1; 3]);
+        assert_eq!(s.filled(3, 4), &[0; 4], "a new slot starts zeroed");
     }
 
     #[test]

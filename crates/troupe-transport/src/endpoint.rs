@@ -1235,9 +1235,9 @@ impl<A: ConnectionApp> RecvLoop<A> {
         let mut memo = RouteMemo::default();
         loop {
             let filled = {
-                let slots = storage.slots();
                 let mut bufs = storage.io_slices();
-                self.socket.recv(&mut bufs, &mut meta[..slots]).await
+                let n = bufs.len();
+                self.socket.recv(&mut bufs, &mut meta[..n]).await
             };
             if self.inject_panic.swap(false, Ordering::AcqRel) {
                 panic!("injected receive loop panic");

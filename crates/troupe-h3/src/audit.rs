@@ -245,11 +245,11 @@ impl StreamStats {
         a.send_state = end.name();
     }
 
-    /// Marks the stream over (both directions ended, or its actor gone).
-    pub(crate) fn end(&self) {
+    /// Marks the stream over at `now` (both directions ended, or its actor gone).
+    pub(crate) fn end(&self, now: Instant) {
         let mut g = self.lock();
         if g.ended.is_none() {
-            g.ended = Some(Instant::now());
+            g.ended = Some(now);
         }
     }
 

@@ -2,6 +2,7 @@
 //! (HTTP/3 in `troupe-h3`). The connection actor does I/O and timers; the application reacts.
 
 use std::future::Future;
+use std::time::Instant;
 
 use ractor::{ActorRef, SupervisionEvent};
 
@@ -24,6 +25,34 @@ pub struct ConnCx<'a, M: Send + 'static> {
     pub metrics: &'a dyn crate::metrics::Metrics,
     pub(crate) failures: &'a mut FailureRing,
     pub(crate) endpoint: &'a crate::stats::EndpointStats,
+    /// The time of this turn of the connection actor, read once (see [`TurnClock`]).
+    pub clock: &'a mut TurnClock,
+}
+
+/// The time of one turn of a connection actor: the clock is read on the first
+/// [`TurnClock::now`] of the turn and that instant serves the rest of it, as nginx caches its
+/// time once per event-loop pass.
+///
+/// Why: a small request used to read the clock four times (its stream opened, its first
+/// response headers written, its end, the actor's hand-over), each a vDSO call that costs
+/// about as much here as the rest of the bookkeeping it stamps. A turn lasts microseconds
+/// (hooks must not block), so the figures it stamps (a stream's time to first byte, how long
+/// its headers waited, its duration) lose nothing anyone reads; a figure that spans turns
+/// (headers that waited for flow control) still measures the wait. Reset when each turn
+/// begins, so no instant outlives the turn that read it.
+#[derive(Debug, Default)]
+pub struct TurnClock(Option<Instant>);
+
+impl TurnClock {
+    /// This turn's time: the clock read now if nothing read it earlier in the turn.
+    pub fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+
+    /// A new turn begins: the next [`TurnClock::now`] reads the clock.
+    pub(crate) fn reset(&mut self) {
+        self.0 = None;
+    }
 }
 
 impl<M: Send + 'static> ConnCx<'_, M> {
@@ -71,6 +100,20 @@ pub trait ConnectionApp: Send + 'static {
         cx: &mut ConnCx<'_, Self::Msg>,
     ) -> impl Future<Output = Result<(), AppError>> + Send;
 
+    /// One packet of a batch was fed to quiche on an established connection and more of the
+    /// batch follow; [`ConnectionApp::on_readable`] still runs once the batch is in. An
+    /// application may read here what the packet made readable, so that what it reads per
+    /// call stays small: quiche's HTTP/3 `poll` lists every readable stream on each call, so
+    /// reading a batch of many new requests at its end costs a pass over all of them per
+    /// request. Only what is cheap per packet belongs here. The default does nothing.
+    fn on_packet_fed(
+        &mut self,
+        cx: &mut ConnCx<'_, Self::Msg>,
+    ) -> impl Future<Output = Result<(), AppError>> + Send {
+        let _ = cx;
+        std::future::ready(Ok(()))
+    }
+
     /// A message for the application arrived.
     fn on_message(
         &mut self,
@@ -109,5 +152,36 @@ pub trait ConnectionApp: Send + 'static {
     /// Default: none.
     fn datagram_drops(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TurnClock;
+    use std::time::Instant;
+
+    #[test]
+    fn a_turn_reads_the_clock_once_and_a_new_turn_reads_it_again() {
+        let before = Instant::now();
+        let mut clock = TurnClock::default();
+        // Nothing read yet: the first read is the clock's.
+        let first = clock.now();
+        assert!(first >= before);
+        // One read, then many: the turn's instant every time.
+        for _ in 0..3 {
+            assert_eq!(clock.now(), first);
+        }
+        // A new turn reads the clock anew, never earlier than the last.
+        while Instant::now() <= first {
+            std::hint::spin_loop();
+        }
+        clock.reset();
+        let second = clock.now();
+        assert!(second > first, "a reset clock kept the old turn's time");
+        assert_eq!(clock.now(), second);
+        // A reset with no read in between leaves nothing behind.
+        clock.reset();
+        clock.reset();
+        assert!(clock.now() >= second);
     }
 }

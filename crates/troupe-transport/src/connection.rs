@@ -13,7 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info_span, trace, warn, Instrument};
 
-use crate::app::{AppError, ConnCx, ConnectionApp};
+use crate::app::{AppError, ConnCx, ConnectionApp, TurnClock};
 use crate::gso::{GsoBatcher, Ready};
 use crate::observe::{ActorMeter, Tracked};
 use crate::route::{Inbox, Packet, Routes};
@@ -453,6 +453,8 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     failures: FailureRing,
     /// When a packet last arrived (the idle timer restarts then).
     last_recv: Instant,
+    /// This turn's time, read at most once per turn (reset as each turn and the close begin).
+    clock: TurnClock,
     idle_timeout: Duration,
     max_streams_bidi: u64,
 }
@@ -468,6 +470,7 @@ macro_rules! cx {
             metrics: &*$st.routes.stats.metrics,
             failures: &mut $st.failures,
             endpoint: &$st.routes.stats,
+            clock: &mut $st.clock,
         }
     };
 }
@@ -584,6 +587,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
             registry: args.registry,
             failures: FailureRing::default(),
             last_recv: now,
+            clock: TurnClock::default(),
             idle_timeout: args.idle_timeout,
             max_streams_bidi: args.max_streams_bidi,
         })
@@ -900,26 +904,38 @@ impl<A: ConnectionApp> ConnState<A> {
         if self.stage == Stage::Closed {
             return;
         }
+        self.clock.reset();
         let mut force_rearm = false;
         let mut app_result = Ok(());
         match ev {
             Event::Packets => {
                 self.inbox.drain(&mut self.packets);
                 let mut fed = 0usize;
+                // Between the packets of a batch the application may read what each made
+                // readable (`ConnectionApp::on_packet_fed`); after the last, `on_readable`.
+                let interleave = self.is_established();
                 while let Some(mut p) = self.packets.pop_front() {
                     let info = quiche::RecvInfo {
                         from: p.from,
                         to: p.to,
                     };
-                    match self.conn.recv(&mut p.data, info) {
-                        Ok(_) => fed += 1,
-                        Err(quiche::Error::Done) => {}
-                        Err(e) => trace!("packet rejected by quiche: {e}"),
+                    let took = match self.conn.recv(&mut p.data, info) {
+                        Ok(_) => true,
+                        Err(quiche::Error::Done) => false,
+                        Err(e) => {
+                            trace!("packet rejected by quiche: {e}");
+                            false
+                        }
+                    };
+                    fed += usize::from(took);
+                    if took && interleave && app_result.is_ok() && !self.packets.is_empty() {
+                        let mut cx = cx!(self, myself);
+                        app_result = self.app.on_packet_fed(&mut cx).await;
                     }
                 }
                 trace!(packets = fed, "fed packets");
                 if fed > 0 {
-                    self.last_recv = Instant::now();
+                    self.last_recv = self.clock.now();
                 }
                 self.keep_session();
                 if matches!(self.stage, Stage::Handshake { .. }) && self.conn.is_established() {
@@ -927,7 +943,7 @@ impl<A: ConnectionApp> ConnState<A> {
                     // included) would otherwise enlarge every turn's.
                     Box::pin(self.check_established(myself)).await;
                 }
-                if self.is_established() {
+                if self.is_established() && app_result.is_ok() {
                     let mut cx = cx!(self, myself);
                     app_result = self.app.on_readable(&mut cx).await;
                 }
@@ -1182,6 +1198,7 @@ impl<A: ConnectionApp> ConnState<A> {
 
     /// The connection is over: tell the application, stop the children in order, stop.
     async fn finish(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, reason: CloseReason) {
+        self.clock.reset();
         self.leave_handshake();
         self.stage = Stage::Closed;
         self.close_reason = Some(reason.clone());

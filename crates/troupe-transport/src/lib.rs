@@ -30,7 +30,7 @@ pub mod supervision;
 mod tls;
 pub mod udp;
 
-pub use app::{AppError, ConnCx, ConnectionApp};
+pub use app::{AppError, ConnCx, ConnectionApp, TurnClock};
 pub use bufs::QuicConnection;
 pub use connection::{
     CloseReason, ConnMsg, Connection, ConnectionInfo, ErrorSpace, Stage, LOCAL_CID_LEN,

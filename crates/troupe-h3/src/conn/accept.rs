@@ -2,7 +2,6 @@
 //! or when malformed), the per-connection request limit, and the post-accept timeout.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use quiche::h3::Header;
 use tracing::debug;
@@ -120,7 +119,7 @@ impl H3App {
             signalled = Some(p);
         }
         let signal = PriorityCell::new(signalled);
-        let stats = StreamStats::new(stream_id, Instant::now());
+        let stats = StreamStats::new(stream_id, cx.clock.now());
         stats.set_request(head.method.clone(), path_of(&head.uri));
         let role = Role::Server {
             head,

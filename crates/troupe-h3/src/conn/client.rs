@@ -118,7 +118,8 @@ impl H3App {
                     req.head.method.clone(),
                     super::accept::path_of(&req.head.uri),
                 );
-                stats.update(|a| a.headers_wait = Some(req.created.elapsed()));
+                let now = cx.clock.now();
+                stats.update(|a| a.headers_wait = Some(now.saturating_duration_since(req.created)));
                 let flow = req
                     .head
                     .extensions

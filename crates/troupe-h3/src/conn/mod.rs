@@ -78,7 +78,8 @@ pub struct H3App {
     /// now ended, with how: retired at the end of the write pass (kept so it allocates
     /// nothing).
     tails: Vec<(u64, crate::stream::SendState)>,
-    /// Streams to read again after the next `h3::poll` (see `read_stream`).
+    /// Streams to read at the end of the packet batch: after a read that ended on a partial
+    /// frame (see `read_stream`), or whose data came in the batch (`Bodies::Defer`).
     rescan: Vec<u64>,
     /// The connection's trace id, shared with its stream actors' spans.
     trace_id: Arc<str>,
@@ -343,7 +344,7 @@ impl H3App {
         };
         if let Some((id, route)) = self.unroute(actor_id) {
             let actor = route.actor.clone();
-            route.retire(cx.metrics);
+            route.retire(cx.metrics, cx.clock.now());
             self.note_ended(cx.conn, id);
             trace!(stream_id = id, "stream actor parked");
             // Even after GOAWAY: the worker's other connections take it.
@@ -492,37 +493,21 @@ impl ConnectionApp for H3App {
         Ok(())
     }
 
-    async fn on_readable(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
-        loop {
-            let Some(h3) = self.h3.as_mut() else {
-                return Ok(());
-            };
-            let (stream_id, event) = match h3.poll(cx.conn) {
-                Ok(ev) => ev,
-                Err(h3::Error::Done) => break,
-                Err(e) => {
-                    // quiche has already closed the connection with the right code.
-                    debug!("h3 poll: {e}");
-                    break;
-                }
-            };
-            match event {
-                h3::Event::Headers { list, more_frames } => {
-                    self.on_headers(cx, stream_id, list, more_frames).await
-                }
-                h3::Event::Data => self.read_stream(cx.conn, stream_id),
-                h3::Event::Finished => self.on_finished(cx.conn, stream_id),
-                h3::Event::Reset(code) => self.on_peer_reset(cx.conn, stream_id, code),
-                h3::Event::PriorityUpdate => self.on_priority_update(cx.conn, stream_id),
-                h3::Event::GoAway => {
-                    debug!(id = stream_id, "GOAWAY received");
-                    if let Side::Client(c) = &mut self.side {
-                        c.on_goaway(stream_id);
-                    }
-                    self.close_flows(crate::flow::FlowEnd::GoingAway);
-                }
-            }
+    /// New requests are taken packet by packet (quiche's `poll` lists every readable stream on
+    /// each call: 100 new requests read at the end of their batch cost 100 passes over up to
+    /// 100 streams); body reads wait for the batch's end, so a stream's body still goes to
+    /// its actor in one message per batch, not one per packet. A packet that made nothing
+    /// readable (an ACK, say) costs one check, and one that only added to bodies already
+    /// noted (an upload's next packet) a listing of the readable streams, not a poll.
+    async fn on_packet_fed(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        if cx.conn.is_readable() && cx.conn.readable().len() > self.rescan.len() {
+            self.poll_events(cx, Bodies::Defer).await;
         }
+        Ok(())
+    }
+
+    async fn on_readable(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        self.poll_events(cx, Bodies::Read).await;
         for id in std::mem::take(&mut self.rescan) {
             self.read_stream(cx.conn, id);
         }
@@ -664,7 +649,7 @@ impl ConnectionApp for H3App {
                 if let Some((id, route)) = self.unroute(cell.get_id()) {
                     // Both directions were terminal; any STOP_SENDING or RESET it asked for
                     // arrives as a message of its own (supervision events overtake messages).
-                    route.retire(cx.metrics);
+                    route.retire(cx.metrics, cx.clock.now());
                     self.note_ended(cx.conn, id);
                     trace!(stream_id = id, "stream actor stopped");
                 }
@@ -686,7 +671,7 @@ impl ConnectionApp for H3App {
                         a.recv_end
                             .get_or_insert(StreamEnd::StopSendingSent(H3_INTERNAL_ERROR));
                     });
-                    route.retire(cx.metrics);
+                    route.retire(cx.metrics, cx.clock.now());
                     warn!(conn_id = %self.trace_id, stream_id = id, "stream actor failed, resetting the stream: {err}");
                     shutdown_both(cx.conn, id, H3_INTERNAL_ERROR);
                 }
@@ -737,7 +722,7 @@ impl ConnectionApp for H3App {
                     .cast(troupe_transport::ConnMsg::App(H3Msg::DrainCheck));
             }
         }
-        self.write_streams(cx.conn);
+        self.write_streams(cx.conn, cx.clock);
         self.retire_tails(cx);
         Ok(())
     }
@@ -772,7 +757,7 @@ impl ConnectionApp for H3App {
         // The actors are drained, not supervised, from here: report the streams now.
         self.by_actor.clear();
         for (_, route) in self.routes.drain() {
-            route.retire(cx.metrics);
+            route.retire(cx.metrics, cx.clock.now());
         }
         if let Side::Server(ServerSide {
             events: Some(sink), ..
@@ -807,4 +792,56 @@ impl H3App {
                 .await;
         }
     }
+
+    /// Handles every event quiche's HTTP/3 layer has for what was fed so far (new requests,
+    /// body data, ends, resets, priority updates, GOAWAY). With [`Bodies::Defer`] a stream
+    /// with body data is noted for the batch's end (`rescan`) instead of read now: quiche
+    /// reports no new `Data` for it until it is read, and no `Finished` while its data waits.
+    async fn poll_events(&mut self, cx: &mut ConnCx<'_, H3Msg>, bodies: Bodies) {
+        loop {
+            let Some(h3) = self.h3.as_mut() else {
+                return;
+            };
+            let (stream_id, event) = match h3.poll(cx.conn) {
+                Ok(ev) => ev,
+                Err(h3::Error::Done) => break,
+                Err(e) => {
+                    // quiche has already closed the connection with the right code.
+                    debug!("h3 poll: {e}");
+                    break;
+                }
+            };
+            match event {
+                h3::Event::Headers { list, more_frames } => {
+                    self.on_headers(cx, stream_id, list, more_frames).await
+                }
+                h3::Event::Data => match bodies {
+                    Bodies::Read => self.read_stream(cx.conn, stream_id),
+                    Bodies::Defer => {
+                        if !self.rescan.contains(&stream_id) {
+                            self.rescan.push(stream_id);
+                        }
+                    }
+                },
+                h3::Event::Finished => self.on_finished(cx.conn, stream_id),
+                h3::Event::Reset(code) => self.on_peer_reset(cx.conn, stream_id, code),
+                h3::Event::PriorityUpdate => self.on_priority_update(cx.conn, stream_id),
+                h3::Event::GoAway => {
+                    debug!(id = stream_id, "GOAWAY received");
+                    if let Side::Client(c) = &mut self.side {
+                        c.on_goaway(stream_id);
+                    }
+                    self.close_flows(crate::flow::FlowEnd::GoingAway);
+                }
+            }
+        }
+    }
+}
+
+/// Whether [`H3App::poll_events`] reads a stream's body when quiche reports data, or leaves it
+/// for the end of the packet batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bodies {
+    Read,
+    Defer,
 }

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use troupe_transport::Tracked;
 
@@ -106,10 +107,10 @@ impl Route {
         None
     }
 
-    /// The stream is over for the connection: its figures are final and reported, and anyone
-    /// waiting for a priority change learns no more will come.
-    pub(super) fn retire(self, metrics: &dyn troupe_transport::Metrics) {
-        self.stats.end();
+    /// The stream is over for the connection (at `now`, the turn's time): its figures are
+    /// final and reported, and anyone waiting for a priority change learns no more will come.
+    pub(super) fn retire(self, metrics: &dyn troupe_transport::Metrics, now: Instant) {
+        self.stats.end(now);
         metrics.stream_closed(&self.stats.summary());
         if let Some(p) = &self.signal {
             p.close();

@@ -4,12 +4,12 @@
 //! quiche took everything and reports room. Nothing here grows with a stream's send window.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use bytes::Buf;
 use quiche::h3;
 use tracing::debug;
 use troupe_transport::bufs::QuicBuf;
+use troupe_transport::TurnClock;
 
 use super::msg::{OutFrame, Section};
 use super::route::{AfterHeld, Outbound};
@@ -51,6 +51,7 @@ fn write_frames(
     route_key: Priority,
     stats: &crate::audit::StreamStats,
     frames: &mut VecDeque<OutFrame>,
+    clock: &mut TurnClock,
 ) -> Wrote {
     let mut w = Wrote::default();
     while let Some(frame) = frames.front_mut() {
@@ -96,8 +97,8 @@ fn write_frames(
                 };
                 r.map(|()| {
                     if let Some(handed) = *opening {
-                        let now = Instant::now();
-                        stats.first_headers(now, Some(now - handed));
+                        let now = clock.now();
+                        stats.first_headers(now, Some(now.saturating_duration_since(handed)));
                     }
                     w.fin |= fin;
                     true
@@ -241,7 +242,11 @@ impl H3App {
     /// Serves the scheduled streams in RFC 9218 order: writes what they handed over into
     /// quiche as far as it takes it, and grants more credit, most urgent first, from the room
     /// quiche reports. Each actor hears at most once per flush.
-    pub(super) fn write_streams(&mut self, conn: &mut troupe_transport::QuicConnection) {
+    pub(super) fn write_streams(
+        &mut self,
+        conn: &mut troupe_transport::QuicConnection,
+        clock: &mut TurnClock,
+    ) {
         if self.scheduler.is_empty() {
             return;
         }
@@ -264,7 +269,7 @@ impl H3App {
             // their way: the room is theirs.
             let admitted = gate.admits(route.key);
             if let (true, Outbound::Held { frames, then }) = (admitted, &mut route.write) {
-                wrote = write_frames(h3, conn, id, route.key, &route.stats, frames);
+                wrote = write_frames(h3, conn, id, route.key, &route.stats, frames, clock);
                 if wrote.fin {
                     route.write = Outbound::Closed;
                 } else if wrote.stopped.is_none() && frames.is_empty() {

@@ -33,9 +33,10 @@ pub struct ConnCx<'a, M: Send + 'static> {
 /// [`TurnClock::now`] of the turn and that instant serves the rest of it, as nginx caches its
 /// time once per event-loop pass.
 ///
-/// Why: a small request used to read the clock four times (its stream opened, its first
-/// response headers written, its end, the actor's hand-over), each a vDSO call that costs
-/// about as much here as the rest of the bookkeeping it stamps. A turn lasts microseconds
+/// Why: a small request's connection used to read the clock three times (its stream opened,
+/// its first response headers written, its end), each a vDSO call that costs about as much
+/// here as the rest of the bookkeeping it stamps; now they share the turn's one read (the
+/// stream actor's stamp of its hand-over is its own). A turn lasts microseconds
 /// (hooks must not block), so the figures it stamps (a stream's time to first byte, how long
 /// its headers waited, its duration) lose nothing anyone reads; a figure that spans turns
 /// (headers that waited for flow control) still measures the wait. Reset when each turn

@@ -817,11 +817,7 @@ impl H3App {
                 }
                 h3::Event::Data => match bodies {
                     Bodies::Read => self.read_stream(cx.conn, stream_id),
-                    Bodies::Defer => {
-                        if !self.rescan.contains(&stream_id) {
-                            self.rescan.push(stream_id);
-                        }
-                    }
+                    Bodies::Defer => read::rescan_later(&mut self.rescan, stream_id),
                 },
                 h3::Event::Finished => self.on_finished(cx.conn, stream_id),
                 h3::Event::Reset(code) => self.on_peer_reset(cx.conn, stream_id, code),

@@ -62,6 +62,13 @@ pub(super) fn end_of_stream(
     }
 }
 
+/// Notes `stream_id` to be read at the end of the packet batch (`H3App::rescan`), once.
+pub(super) fn rescan_later(rescan: &mut Vec<u64>, stream_id: u64) {
+    if !rescan.contains(&stream_id) {
+        rescan.push(stream_id);
+    }
+}
+
 impl H3App {
     /// Reads a stream's body from quiche while it has credit, and hands it over in one message
     /// (with the FIN or the reset behind it, if that was reached).
@@ -130,13 +137,8 @@ impl H3App {
         // (bytes readable, no DATA payload yet): no new Data event would come for the rest of
         // the frame. Such a stream is read again after the next h3::poll. (Out of credit with
         // bytes left is different: the returning credit resumes the read.)
-        if credit > CHUNK_OVERHEAD
-            && !fin
-            && reset.is_none()
-            && conn.stream_readable(stream_id)
-            && !self.rescan.contains(&stream_id)
-        {
-            self.rescan.push(stream_id);
+        if credit > CHUNK_OVERHEAD && !fin && reset.is_none() && conn.stream_readable(stream_id) {
+            rescan_later(&mut self.rescan, stream_id);
         }
         route.read = if fin || reset.is_some() {
             ReadCredit::Closed

@@ -93,6 +93,47 @@ async fn trailers_both_ways() {
     assert_eq!(got["x-checksum"], "abc123");
 }
 
+/// Trailers that reach the server in the same packet batch as the end of a body the connection
+/// deferred to that batch's end (it reads bodies once per batch) are still reported: quiche
+/// parses what follows a DATA frame only once the frame is read, and reports it only from its
+/// poll. Sixteen requests at once, each body many packets long, make such a batch near certain;
+/// a missed trailer section leaves its request hanging, caught by the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_behind_a_body_read_at_the_batch_end() {
+    let server = server(|req| http::Response::new(Body::from(req.into_body()))).await;
+    let (_ep, client) = connect(&server).await;
+    let requests = (0..16u8).map(|i| {
+        let client = client.clone();
+        let uri = url(&server, "/echo");
+        async move {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-request", HeaderValue::from(u16::from(i)));
+            let frames: Vec<Result<Frame, std::io::Error>> = vec![
+                Ok(Frame::Data(Bytes::from(vec![i; 30_000]))),
+                Ok(Frame::Data(Bytes::from(vec![i; 500]))),
+                Ok(Frame::Trailers(trailers)),
+            ];
+            let req = http::Request::post(uri)
+                .body(Body::from_frames(futures::stream::iter(frames)))
+                .unwrap();
+            let mut body = client.send(req).await.unwrap().into_body();
+            let mut n = 0;
+            while let Some(c) = body.chunk().await {
+                n += c.unwrap().len();
+            }
+            assert_eq!(n, 30_500, "request {i}");
+            let got = body.trailers().expect("response trailers");
+            assert_eq!(got["x-request"], i.to_string().as_str(), "request {i}");
+        }
+    });
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        futures::future::join_all(requests),
+    )
+    .await
+    .expect("every request's trailers arrived within 10 s");
+}
+
 /// An error that belongs to one request fails that request alone, reported to its caller: a
 /// request the client cannot encode, and a response the server resets, leave the connection
 /// and a concurrent request untouched.

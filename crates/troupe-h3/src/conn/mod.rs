@@ -78,8 +78,12 @@ pub struct H3App {
     /// now ended, with how: retired at the end of the write pass (kept so it allocates
     /// nothing).
     tails: Vec<(u64, crate::stream::SendState)>,
-    /// Streams to read at the end of the packet batch: after a read that ended on a partial
-    /// frame (see `read_stream`), or whose data came in the batch (`Bodies::Defer`).
+    /// Streams whose body data came between the packets of this batch (`Bodies::Defer`): read
+    /// at the batch's end, before its last HTTP/3 poll, which reports what lies behind the
+    /// body (trailers, the end).
+    deferred: Vec<u64>,
+    /// Streams whose last read ended on a partial frame (see `read_stream`): read at the
+    /// batch's end after its last HTTP/3 poll, which parses the rest of the frame's header.
     rescan: Vec<u64>,
     /// The connection's trace id, shared with its stream actors' spans.
     trace_id: Arc<str>,
@@ -166,6 +170,7 @@ impl H3App {
             scheduler: WriteScheduler::default(),
             order: Vec::new(),
             tails: Vec::new(),
+            deferred: Vec::new(),
             rescan: Vec::new(),
             trace_id: Arc::from(""),
             datagrams: Default::default(),
@@ -465,6 +470,7 @@ impl H3App {
     fn unroute(&mut self, actor: ActorId) -> Option<(u64, Route)> {
         let id = self.by_actor.remove(&actor)?;
         self.scheduler.remove(id);
+        self.deferred.retain(|s| *s != id);
         self.rescan.retain(|s| *s != id);
         let route = self.routes.remove(&id)?;
         if route.flow.is_some() {
@@ -500,13 +506,25 @@ impl ConnectionApp for H3App {
     /// readable (an ACK, say) costs one check, and one that only added to bodies already
     /// noted (an upload's next packet) a listing of the readable streams, not a poll.
     async fn on_packet_fed(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
-        if cx.conn.is_readable() && cx.conn.readable().len() > self.rescan.len() {
+        let noted = self.deferred.len() + self.rescan.len();
+        if cx.conn.is_readable() && cx.conn.readable().len() > noted {
             self.poll_events(cx, Bodies::Defer).await;
         }
         Ok(())
     }
 
+    /// The batch's end. Order matters: a deferred body is read before the poll (quiche parses
+    /// what follows a DATA frame, trailers or the end, only once its payload has been read,
+    /// and reports it only from `poll`); a partial frame is read after it (the poll completes
+    /// its header).
     async fn on_readable(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
+        let mut deferred = std::mem::take(&mut self.deferred);
+        for &id in &deferred {
+            self.read_stream(cx.conn, id);
+        }
+        deferred.clear();
+        // Keep the allocation for the next batch.
+        self.deferred = deferred;
         self.poll_events(cx, Bodies::Read).await;
         for id in std::mem::take(&mut self.rescan) {
             self.read_stream(cx.conn, id);
@@ -795,7 +813,7 @@ impl H3App {
 
     /// Handles every event quiche's HTTP/3 layer has for what was fed so far (new requests,
     /// body data, ends, resets, priority updates, GOAWAY). With [`Bodies::Defer`] a stream
-    /// with body data is noted for the batch's end (`rescan`) instead of read now: quiche
+    /// with body data is noted for the batch's end (`deferred`) instead of read now: quiche
     /// reports no new `Data` for it until it is read, and no `Finished` while its data waits.
     async fn poll_events(&mut self, cx: &mut ConnCx<'_, H3Msg>, bodies: Bodies) {
         loop {
@@ -817,7 +835,7 @@ impl H3App {
                 }
                 h3::Event::Data => match bodies {
                     Bodies::Read => self.read_stream(cx.conn, stream_id),
-                    Bodies::Defer => read::rescan_later(&mut self.rescan, stream_id),
+                    Bodies::Defer => read::note_once(&mut self.deferred, stream_id),
                 },
                 h3::Event::Finished => self.on_finished(cx.conn, stream_id),
                 h3::Event::Reset(code) => self.on_peer_reset(cx.conn, stream_id, code),

@@ -62,10 +62,11 @@ pub(super) fn end_of_stream(
     }
 }
 
-/// Notes `stream_id` to be read at the end of the packet batch (`H3App::rescan`), once.
-pub(super) fn rescan_later(rescan: &mut Vec<u64>, stream_id: u64) {
-    if !rescan.contains(&stream_id) {
-        rescan.push(stream_id);
+/// Notes `stream_id` in a list of streams to read at the end of the packet batch
+/// (`H3App::deferred` or `H3App::rescan`), once.
+pub(super) fn note_once(list: &mut Vec<u64>, stream_id: u64) {
+    if !list.contains(&stream_id) {
+        list.push(stream_id);
     }
 }
 
@@ -138,7 +139,7 @@ impl H3App {
         // the frame. Such a stream is read again after the next h3::poll. (Out of credit with
         // bytes left is different: the returning credit resumes the read.)
         if credit > CHUNK_OVERHEAD && !fin && reset.is_none() && conn.stream_readable(stream_id) {
-            rescan_later(&mut self.rescan, stream_id);
+            note_once(&mut self.rescan, stream_id);
         }
         route.read = if fin || reset.is_some() {
             ReadCredit::Closed

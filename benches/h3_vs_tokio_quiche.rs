@@ -33,7 +33,8 @@
 //!
 //! Server CPU time is read from /proc, so the figures that matter (server CPU per request, per
 //! GB, per handshake) do not depend on the client's speed. Every scenario runs `BENCH_ROUNDS`
-//! times (default 5) against every server, each run on a server started for it; the servers
+//! times (default 5; the small-request ones three times as many) against every server, each
+//! run on a server started for it; the servers
 //! take turns scenario by scenario (their runs seconds apart) and every other round in the
 //! reverse order. One table gives each figure's median and min-max over the rounds, and each
 //! ratio to tokio-quiche (the median of the per-round ratios: a round's two runs are adjacent,
@@ -69,7 +70,7 @@ use procs::{
 
 #[path = "support/stats.rs"]
 mod stats;
-use stats::spread;
+use stats::{paired_ratios, spread};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -223,14 +224,21 @@ fn load_of<'a>(
 /// One scenario: what it measures against a server just started, and appends to a round.
 type Scenario = fn(SocketAddr, &str, &Settings, &mut Round);
 
-/// The scenarios in table order, each with the stream limit its servers start with.
-const SCENARIOS: [(&str, usize, Scenario); 6] = [
-    ("1x100 small", 100, small_wide),
-    ("download", 100, download),
-    ("upload", 100, upload),
-    ("handshakes", 100, handshaking),
-    ("memory", 100, memory),
-    ("50x10 small", 10, narrow),
+/// How many times `BENCH_ROUNDS` the small-request scenarios run. A round of theirs takes a
+/// second or two, and their per-round CPU ratios spread the widest on this machine (from
+/// 0.65x-1.02x to 0.72x-1.18x within a run, where a transfer's spread about 0.85x-1.15x):
+/// three times the rounds make their medians steadier for about two minutes more.
+const SMALL_ROUNDS: usize = 3;
+
+/// The scenarios in table order, each with the stream limit its servers start with and how
+/// many times `BENCH_ROUNDS` it runs.
+const SCENARIOS: [(&str, usize, usize, Scenario); 6] = [
+    ("1x100 small", 100, SMALL_ROUNDS, small_wide),
+    ("download", 100, 1, download),
+    ("upload", 100, 1, upload),
+    ("handshakes", 100, 1, handshaking),
+    ("memory", 100, 1, memory),
+    ("50x10 small", 10, SMALL_ROUNDS, narrow),
 ];
 
 /// Small requests on one connection, 100 streams in flight.
@@ -457,17 +465,19 @@ impl Server {
     }
 }
 
-/// Every scenario, `rounds` times, against every server, each run on a server started for it:
-/// `results[server][round]`. The servers take turns scenario by scenario, so the runs a ratio
-/// compares are seconds apart, and every other round reverses their order (troupe, then
-/// tokio-quiche; then tokio-quiche, then troupe), so a steady drift in this machine's speed
-/// weighs on both alike.
+/// Every scenario, `rounds` times (the small-request ones [`SMALL_ROUNDS`] times as many),
+/// against every server, each run on a server started for it: `results[server][round]`, a
+/// round holding the figures of the scenarios it ran. The servers take turns scenario by
+/// scenario, so the runs a ratio compares are seconds apart, and every other round reverses
+/// their order (troupe, then tokio-quiche; then tokio-quiche, then troupe), so a steady drift
+/// in this machine's speed weighs on both alike.
 fn timed(servers: &[Server], s: &Settings, rounds: usize) -> Vec<Vec<Round>> {
     // [round][server] while measuring; the table wants [server][round].
-    let mut by_round = vec![vec![Round::new(); servers.len()]; rounds];
-    for (name, limit, scenario) in SCENARIOS {
+    let most = SCENARIOS.iter().map(|sc| sc.2).max().unwrap_or(1);
+    let mut by_round = vec![vec![Round::new(); servers.len()]; rounds * most];
+    for (name, limit, times, scenario) in SCENARIOS {
         println!("{name}");
-        for (round, row) in by_round.iter_mut().enumerate() {
+        for (round, row) in by_round.iter_mut().enumerate().take(rounds * times) {
             let mut order: Vec<usize> = (0..servers.len()).collect();
             if round % 2 == 1 {
                 order.reverse();
@@ -1153,13 +1163,15 @@ impl Table {
 /// ratio to `names[base]` (the median of the per-round ratios, with their range).
 fn summary(names: &[&str], results: &[Vec<Round>], base: usize) -> Table {
     let tq = base;
+    // The first round runs every scenario.
     let order: Vec<Figure> = results[0][0].iter().map(|(f, _)| *f).collect();
-    let values = |server: usize, label: &str| -> Vec<f64> {
+    // Per round, `None` where the round did not run the figure's scenario.
+    let values = |server: usize, label: &str| -> Vec<Option<f64>> {
         results[server]
             .iter()
             .map(|round| {
                 let m: BTreeMap<&str, f64> = round.iter().map(|(f, v)| (f.label, *v)).collect();
-                m[label]
+                m.get(label).copied()
             })
             .collect()
     };
@@ -1183,7 +1195,11 @@ fn summary(names: &[&str], results: &[Vec<Round>], base: usize) -> Table {
         let compare = !f.unit.starts_with('%');
         for (i, name) in names.iter().enumerate() {
             let v = values(i, f.label);
-            let s = spread(&v);
+            let measured: Vec<f64> = v.iter().flatten().copied().collect();
+            if i == 0 {
+                row.insert("rounds".into(), measured.len().into());
+            }
+            let s = spread(&measured);
             text += &format!(
                 "  {name:>13}: {:>10.1}  ({:.1} - {:.1})",
                 s.median, s.min, s.max
@@ -1193,12 +1209,7 @@ fn summary(names: &[&str], results: &[Vec<Round>], base: usize) -> Table {
                 serde_json::json!({ "median": s.median, "min": s.min, "max": s.max }),
             );
             if i != tq && compare {
-                let ratios: Vec<f64> = v
-                    .iter()
-                    .zip(values(tq, f.label))
-                    .map(|(a, b)| a / b)
-                    .collect();
-                let r = spread(&ratios);
+                let r = spread(&paired_ratios(&v, &values(tq, f.label)));
                 text += &format!(
                     "   ratio to {} {:.2}x ({:.2} - {:.2})",
                     names[tq], r.median, r.min, r.max

@@ -40,3 +40,29 @@ fn many_rounds_and_extreme_values() {
     let s = spread(&[f64::MAX, f64::MIN, 0.0]);
     assert_eq!((s.median, s.min, s.max), (0.0, f64::MIN, f64::MAX));
 }
+
+#[test]
+fn no_rounds_pair_to_no_ratios() {
+    assert!(stats::paired_ratios(&[], &[]).is_empty());
+    assert!(stats::paired_ratios(&[None, None], &[None, None]).is_empty());
+}
+
+#[test]
+fn one_round_pairs_to_its_ratio() {
+    assert_eq!(stats::paired_ratios(&[Some(3.0)], &[Some(2.0)]), vec![1.5]);
+}
+
+#[test]
+fn rounds_pair_by_index_and_skip_what_either_did_not_measure() {
+    let a = [Some(2.0), None, Some(6.0), Some(1.0), Some(9.0)];
+    let b = [Some(1.0), Some(5.0), Some(3.0), None, Some(3.0)];
+    assert_eq!(stats::paired_ratios(&a, &b), vec![2.0, 2.0, 3.0]);
+}
+
+#[test]
+fn rounds_past_the_shorter_list_are_left_out() {
+    let a = [Some(4.0), Some(4.0), Some(4.0)];
+    let b = [Some(2.0)];
+    assert_eq!(stats::paired_ratios(&a, &b), vec![2.0]);
+    assert_eq!(stats::paired_ratios(&b, &a), vec![0.5]);
+}

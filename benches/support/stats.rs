@@ -37,3 +37,14 @@ pub fn spread(values: &[f64]) -> Spread {
         max: v[n - 1],
     }
 }
+
+/// The per-round ratios `a / b` of two servers' values of one figure, over the rounds in which
+/// both measured it (`None`: the round did not run that figure's scenario). Rounds are paired
+/// by index, so a ratio compares two runs seconds apart; rounds past the shorter list are left
+/// out.
+pub fn paired_ratios(a: &[Option<f64>], b: &[Option<f64>]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter_map(|(x, y)| Some((*x)? / (*y)?))
+        .collect()
+}

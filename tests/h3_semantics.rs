@@ -134,6 +134,54 @@ async fn trailers_behind_a_body_read_at_the_batch_end() {
     .expect("every request's trailers arrived within 10 s");
 }
 
+/// A peer's frames split across packets at awkward places: a trailer section whose first bytes
+/// come with the body and the rest later, and a DATA frame header cut after its type. Each
+/// time the server has read the body before the split (its echo arrives), so the rest arrives
+/// in a later packet batch, and after the last packet the client sends nothing more: a
+/// trailer section or an end left unreported would leave the request hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_split_across_packets_still_end_the_request() {
+    use common::raw::{RawClient, StreamOutcome};
+    let server = server(|req| http::Response::new(Body::from(req.into_body()))).await;
+    // QPACK: no dynamic table (two zero bytes), then `x-c: abc` as a literal name and value.
+    let section: &[u8] = &[0x00, 0x00, 0x23, b'x', b'-', b'c', 0x03, b'a', b'b', b'c'];
+    let trailers = [&[0x01, section.len() as u8][..], section].concat();
+    let data = |body: &[u8]| [&[0x00, body.len() as u8][..], body].concat();
+    let authority = format!("localhost:{}", server.local_addr().port());
+    // (what goes with the body, what follows later)
+    let splits: [(Vec<u8>, Vec<u8>); 2] = [
+        // The trailer section cut after its first three bytes.
+        (
+            [data(b"hello"), trailers[..3].to_vec()].concat(),
+            trailers[3..].to_vec(),
+        ),
+        // The next DATA frame's header cut after its type, then that frame and the trailers.
+        (
+            [data(b"hello"), vec![0x00]].concat(),
+            [&data(b"abc")[1..], &trailers[..]].concat(),
+        ),
+    ];
+    for (i, (first, rest)) in splits.into_iter().enumerate() {
+        let mut c = RawClient::connect(server.local_addr()).await;
+        let id = c.request_open(&[
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", &authority),
+            (":path", "/echo"),
+        ]);
+        c.conn.stream_send(id, &first, false).unwrap();
+        let mut o = StreamOutcome::default();
+        c.drive_until(id, &mut o, "echo of the first part", |o| o.data.len() >= 5)
+            .await;
+        c.conn.stream_send(id, &rest, true).unwrap();
+        c.drive_until(id, &mut o, "end of the response", |o| o.finished)
+            .await;
+        let want: &[u8] = if i == 0 { b"hello" } else { b"helloabc" };
+        assert_eq!(o.data, want, "split {i}");
+        assert_eq!(o.status.as_deref(), Some("200"), "split {i}");
+    }
+}
+
 /// An error that belongs to one request fails that request alone, reported to its caller: a
 /// request the client cannot encode, and a response the server resets, leave the connection
 /// and a concurrent request untouched.

@@ -82,8 +82,10 @@ pub struct H3App {
     /// at the batch's end, before its last HTTP/3 poll, which reports what lies behind the
     /// body (trailers, the end).
     deferred: Vec<u64>,
-    /// Streams whose last read ended on a partial frame (see `read_stream`): read at the
-    /// batch's end after its last HTTP/3 poll, which parses the rest of the frame's header.
+    /// Streams whose last read stopped with bytes still readable and quiche's `Data` event
+    /// still armed (see `read_stream`): before a frame only `h3::poll` takes (the trailer
+    /// section behind a body), or on a partial frame. Read at the batch's end after its last
+    /// HTTP/3 poll, which takes that frame or completes the partial one.
     rescan: Vec<u64>,
     /// The connection's trace id, shared with its stream actors' spans.
     trace_id: Arc<str>,
@@ -515,8 +517,8 @@ impl ConnectionApp for H3App {
 
     /// The batch's end. Order matters: a deferred body is read before the poll (quiche parses
     /// what follows a DATA frame, trailers or the end, only once its payload has been read,
-    /// and reports it only from `poll`); a partial frame is read after it (the poll completes
-    /// its header).
+    /// and reports it only from `poll`); a stream in `rescan` is read after it (the poll takes
+    /// the frame its last read stopped before).
     async fn on_readable(&mut self, cx: &mut ConnCx<'_, H3Msg>) -> Result<(), AppError> {
         let mut deferred = std::mem::take(&mut self.deferred);
         for &id in &deferred {

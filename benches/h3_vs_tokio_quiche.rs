@@ -33,12 +33,13 @@
 //!
 //! Server CPU time is read from /proc, so the figures that matter (server CPU per request, per
 //! GB, per handshake) do not depend on the client's speed. Every scenario runs `BENCH_ROUNDS`
-//! times (default 5; the small-request ones three times as many) against every server, each
+//! times (default 5; the small-request ones six times as many) against every server, each
 //! run on a server started for it; the servers
 //! take turns scenario by scenario (their runs seconds apart) and every other round in the
 //! reverse order. One table gives each figure's median and min-max over the rounds, and each
 //! ratio to tokio-quiche (the median of the per-round ratios: a round's two runs are adjacent,
-//! so its ratio compares like with like); it is also written as JSON to
+//! so its ratio compares like with like), with the interval that holds that median with 90%
+//! confidence when there are rounds enough; it is also written as JSON to
 //! `target/bench/h3_vs_tokio_quiche.json`.
 //!
 //! Environment: `BENCH_ROUNDS` (5); `BENCH_REQUESTS` (50000) small requests per scenario;
@@ -70,7 +71,7 @@ use procs::{
 
 #[path = "support/stats.rs"]
 mod stats;
-use stats::{paired_ratios, spread};
+use stats::{median_interval, paired_ratios, spread};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -225,10 +226,19 @@ fn load_of<'a>(
 type Scenario = fn(SocketAddr, &str, &Settings, &mut Round);
 
 /// How many times `BENCH_ROUNDS` the small-request scenarios run. A round of theirs takes a
-/// second or two, and their per-round CPU ratios spread the widest on this machine (from
-/// 0.65x-1.02x to 0.72x-1.18x within a run, where a transfer's spread about 0.85x-1.15x):
-/// three times the rounds make their medians steadier for about two minutes more.
-const SMALL_ROUNDS: usize = 3;
+/// second or two, and their per-round CPU ratios spread the widest on this machine: from
+/// 0.65x-1.02x to 0.59x-1.40x within a run (12 pairs on 50 connections in a slow spell had a
+/// standard deviation of 0.21), where a transfer's spread about 0.85x-1.15x. With fifteen
+/// rounds the interval that holds their median with 90% confidence (see [`MEDIAN_CONFIDENCE`])
+/// runs from the 4th to the 12th ratio in order; with thirty, from the 11th to the 20th, about
+/// a third narrower, for about five minutes more.
+const SMALL_ROUNDS: usize = 6;
+
+/// The confidence of the interval given for each ratio's median (distribution-free, from the
+/// ranks of the per-round ratios: [`median_interval`]). A ratio whose interval lies wholly
+/// below 1.0 is troupe's beyond this machine's noise; one whose interval straddles 1.0 is not
+/// told apart from a tie by this run.
+const MEDIAN_CONFIDENCE: f64 = 0.9;
 
 /// The scenarios in table order, each with the stream limit its servers start with and how
 /// many times `BENCH_ROUNDS` it runs.
@@ -1209,14 +1219,31 @@ fn summary(names: &[&str], results: &[Vec<Round>], base: usize) -> Table {
                 serde_json::json!({ "median": s.median, "min": s.min, "max": s.max }),
             );
             if i != tq && compare {
-                let r = spread(&paired_ratios(&v, &values(tq, f.label)));
+                let ratios = paired_ratios(&v, &values(tq, f.label));
+                let r = spread(&ratios);
                 text += &format!(
                     "   ratio to {} {:.2}x ({:.2} - {:.2})",
                     names[tq], r.median, r.min, r.max
                 );
+                let within = median_interval(&ratios, MEDIAN_CONFIDENCE);
+                if let Some(i) = within {
+                    text += &format!(
+                        ", median within {:.2} - {:.2} ({:.0}%)",
+                        i.lo,
+                        i.hi,
+                        i.coverage * 100.0
+                    );
+                }
                 row.insert(
                     format!("{name}/{}", names[tq]),
-                    serde_json::json!({ "median": r.median, "min": r.min, "max": r.max }),
+                    serde_json::json!({
+                        "median": r.median,
+                        "min": r.min,
+                        "max": r.max,
+                        "median_within": within.map(|i| serde_json::json!({
+                            "lo": i.lo, "hi": i.hi, "coverage": i.coverage
+                        })),
+                    }),
                 );
             }
             text += "\n";

@@ -66,3 +66,63 @@ fn rounds_past_the_shorter_list_are_left_out() {
     assert_eq!(stats::paired_ratios(&a, &b), vec![2.0]);
     assert_eq!(stats::paired_ratios(&b, &a), vec![0.5]);
 }
+
+/// Values 0.0, 1.0, ... in a scrambled order, so a bound is read off its rank.
+fn ranks(n: usize) -> Vec<f64> {
+    (0..n).map(|i| ((i * 7919) % n) as f64).collect()
+}
+
+#[test]
+fn no_values_or_too_few_have_no_interval() {
+    assert_eq!(stats::median_interval(&[], 0.9), None);
+    assert_eq!(stats::median_interval(&[1.0], 0.9), None);
+    assert_eq!(
+        stats::median_interval(&[f64::NAN, f64::INFINITY], 0.5),
+        None
+    );
+    // Four values: the full range holds the median with probability 1 - 2/16 = 0.875.
+    assert_eq!(stats::median_interval(&ranks(4), 0.9), None);
+}
+
+#[test]
+fn three_values_reach_three_quarters_with_their_range() {
+    // The median lies outside [min, max] only when all three fall on one side: 2/8.
+    let i = stats::median_interval(&[3.0, 1.0, 2.0], 0.75).unwrap();
+    assert_eq!((i.lo, i.hi, i.coverage), (1.0, 3.0, 0.75));
+    assert_eq!(stats::median_interval(&[3.0, 1.0, 2.0], 0.76), None);
+}
+
+#[test]
+fn fifteen_values_at_ninety_percent_take_the_fourth_from_each_end() {
+    // P(Bin(15, 1/2) <= 3) = 576/32768; the fifth from each end covers only 88.2%.
+    let i = stats::median_interval(&ranks(15), 0.9).unwrap();
+    assert_eq!((i.lo, i.hi), (3.0, 11.0));
+    assert!((i.coverage - (1.0 - 2.0 * 576.0 / 32768.0)).abs() < 1e-12);
+    let wide = stats::median_interval(&ranks(15), 0.99).unwrap();
+    assert_eq!((wide.lo, wide.hi), (2.0, 12.0));
+}
+
+#[test]
+fn thirty_values_at_ninety_percent_take_the_eleventh_from_each_end() {
+    let i = stats::median_interval(&ranks(30), 0.9).unwrap();
+    assert_eq!((i.lo, i.hi), (10.0, 19.0));
+    assert!(i.coverage >= 0.9 && i.coverage < 0.91, "{}", i.coverage);
+}
+
+#[test]
+fn many_values_narrow_around_the_median_without_underflow() {
+    let n = 10_001;
+    let i = stats::median_interval(&ranks(n), 0.9).unwrap();
+    // About 1.645 standard deviations (sqrt(n)/2 = 50) either side of the middle rank, 5000.
+    assert!((4910.0..=4925.0).contains(&i.lo), "{}", i.lo);
+    assert_eq!(i.lo + i.hi, 10_000.0);
+    assert!(i.coverage >= 0.9 && i.coverage < 0.905, "{}", i.coverage);
+}
+
+#[test]
+fn non_finite_values_are_left_out_of_the_interval() {
+    let mut v = ranks(15);
+    v.extend([f64::NAN, f64::INFINITY, f64::NEG_INFINITY]);
+    let i = stats::median_interval(&v, 0.9).unwrap();
+    assert_eq!((i.lo, i.hi), (3.0, 11.0));
+}

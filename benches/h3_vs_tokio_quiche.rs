@@ -235,9 +235,10 @@ type Scenario = fn(SocketAddr, &str, &Settings, &mut Round);
 const SMALL_ROUNDS: usize = 6;
 
 /// The confidence of the interval given for each ratio's median (distribution-free, from the
-/// ranks of the per-round ratios: [`median_interval`]). A ratio whose interval lies wholly
-/// below 1.0 is troupe's beyond this machine's noise; one whose interval straddles 1.0 is not
-/// told apart from a tie by this run.
+/// ranks of the per-round ratios: [`median_interval`]). A ratio whose interval lies wholly on
+/// troupe's side of 1.0 (below it for a cost such as CPU per request, above it for a rate) is
+/// troupe's beyond this machine's noise; one whose interval straddles 1.0 is not told apart
+/// from a tie by this run.
 const MEDIAN_CONFIDENCE: f64 = 0.9;
 
 /// The scenarios in table order, each with the stream limit its servers start with and how

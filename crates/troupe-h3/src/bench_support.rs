@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
-use troupe_transport::{ActorKind, ActorMeter, ConnMsg, Tracked};
+use troupe_transport::{ActorKind, ActorMeter, ConnMailbox, ConnMsg, Outbox, Tracked};
 
 use crate::audit::StreamStats;
 use crate::conn::{H3Msg, OutFrame};
@@ -79,7 +79,7 @@ struct StandInState {
     grant: usize,
     settings: Arc<H3Settings>,
     trace_id: Arc<str>,
-    mailbox: Tracked<ConnMsg<H3Msg>>,
+    mailbox: ConnMailbox<H3Msg>,
     /// The actor serving the current stream.
     actor: Option<ActorRef<StreamMsg>>,
     run: Run,
@@ -126,6 +126,39 @@ impl StandInState {
         }
     }
 
+    /// One message from the stream actor.
+    fn on_app(&mut self, msg: H3Msg) {
+        match msg {
+            H3Msg::Send {
+                frames, more, last, ..
+            } => {
+                let (mut bytes, mut fin) = (0, false);
+                for f in &frames {
+                    match f {
+                        OutFrame::Data { bytes: b, fin: f } => {
+                            bytes += b.len();
+                            fin |= *f;
+                        }
+                        OutFrame::Headers { section, .. } => fin |= section.ends_stream(),
+                    }
+                }
+                let credit = if more { self.grant } else { 0 };
+                if last {
+                    // The actor parked with these frames: the request is over.
+                    self.run.last_hand_overs += 1;
+                    self.next_request();
+                } else if let Some(a) = &self.actor {
+                    if bytes > 0 || fin || credit > 0 {
+                        self.run.written += 1;
+                        let _ = a.cast(StreamMsg::Written { bytes, fin, credit });
+                    }
+                }
+            }
+            H3Msg::Parked { .. } => self.next_request(),
+            _ => {}
+        }
+    }
+
     fn finished(&mut self) {
         if let Some(d) = self.done.take() {
             let _ = d.send(self.run);
@@ -151,7 +184,10 @@ impl Actor for StandIn {
             grant: args.grant,
             settings: Arc::new(H3Settings::default()),
             trace_id: "bench".into(),
-            mailbox: Tracked::new(myself, ActorMeter::new(ActorKind::Connection, &["message"])),
+            mailbox: ConnMailbox::new(
+                Tracked::new(myself, ActorMeter::new(ActorKind::Connection, &["message"])),
+                Arc::new(Outbox::new()),
+            ),
             actor: None,
             run: Run::default(),
             done: Some(args.done),
@@ -179,36 +215,16 @@ impl Actor for StandIn {
         msg: Self::Msg,
         st: &mut StandInState,
     ) -> Result<(), ActorProcessingErr> {
-        let ConnMsg::App(msg) = msg else {
-            return Ok(());
-        };
         match msg {
-            H3Msg::Send {
-                frames, more, last, ..
-            } => {
-                let (mut bytes, mut fin) = (0, false);
-                for f in &frames {
-                    match f {
-                        OutFrame::Data { bytes: b, fin: f } => {
-                            bytes += b.len();
-                            fin |= *f;
-                        }
-                        OutFrame::Headers { section, .. } => fin |= section.ends_stream(),
-                    }
-                }
-                let credit = if more { st.grant } else { 0 };
-                if last {
-                    // The actor parked with these frames: the request is over.
-                    st.run.last_hand_overs += 1;
-                    st.next_request();
-                } else if let Some(a) = &st.actor {
-                    if bytes > 0 || fin || credit > 0 {
-                        st.run.written += 1;
-                        let _ = a.cast(StreamMsg::Written { bytes, fin, credit });
-                    }
+            ConnMsg::App(m) => st.on_app(m),
+            ConnMsg::Outbox => {
+                // As the connection actor does: the whole burst, in the order posted.
+                let mut batch = Vec::new();
+                st.mailbox.outbox().drain(&mut batch);
+                for m in batch {
+                    st.on_app(m);
                 }
             }
-            H3Msg::Parked { .. } => st.next_request(),
             _ => {}
         }
         Ok(())

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use troupe_transport::ConnMsg;
-use troupe_transport::Tracked;
+use troupe_transport::{ConnMailbox, Tracked};
 
 use crate::conn::H3Msg;
 use crate::stream::StreamMsg;
@@ -440,7 +440,7 @@ pub struct RecvBody {
     stream_id: u64,
     /// Which of its stream actor's streams this is (what `RecvDropped` names).
     turn: crate::stream::Turn,
-    conn: Option<Tracked<ConnMsg<H3Msg>>>,
+    conn: Option<ConnMailbox<H3Msg>>,
     actor: Option<Tracked<StreamMsg>>,
     unreported: usize,
     report_at: usize,
@@ -462,7 +462,7 @@ impl RecvBody {
         shared: Arc<Shared>,
         stream_id: u64,
         turn: crate::stream::Turn,
-        conn: Tracked<ConnMsg<H3Msg>>,
+        conn: ConnMailbox<H3Msg>,
         actor: Tracked<StreamMsg>,
         window: usize,
     ) -> Self {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use troupe_transport::{ConnMsg, Tracked};
+use troupe_transport::{ConnMailbox, ConnMsg};
 
 use crate::conn::H3Msg;
 
@@ -205,7 +205,7 @@ pub const MAX_PENDING_DATAGRAMS: usize = 256;
 #[derive(Clone)]
 pub struct DatagramFlow {
     stream_id: u64,
-    conn: Tracked<ConnMsg<H3Msg>>,
+    conn: ConnMailbox<H3Msg>,
     shared: Arc<ConnDatagrams>,
     trace_id: Arc<str>,
     /// Datagrams sent and not yet taken by the connection actor (shared by clones).
@@ -223,7 +223,7 @@ impl std::fmt::Debug for DatagramFlow {
 impl DatagramFlow {
     pub(crate) fn new(
         stream_id: u64,
-        conn: Tracked<ConnMsg<H3Msg>>,
+        conn: ConnMailbox<H3Msg>,
         shared: Arc<ConnDatagrams>,
         trace_id: Arc<str>,
     ) -> DatagramFlow {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use ractor::{ActorRef, SupervisionEvent};
 
 use crate::connection::ConnMsg;
-use crate::observe::Tracked;
+use crate::outbox::ConnMailbox;
 use crate::supervision::{FailureKind, FailureRing};
 
 /// Everything an application hook may touch while the connection actor runs it.
@@ -18,7 +18,7 @@ pub struct ConnCx<'a, M: Send + 'static> {
     pub myself: &'a ActorRef<ConnMsg<M>>,
     /// The connection actor's counted mailbox: children and the application send through it,
     /// so the snapshot sees its depth.
-    pub mailbox: &'a Tracked<ConnMsg<M>>,
+    pub mailbox: &'a ConnMailbox<M>,
     /// quiche's trace id for this connection, for log fields.
     pub trace_id: &'a str,
     /// The endpoint's metrics sink.

@@ -16,6 +16,7 @@ use tracing::{debug, info_span, trace, warn, Instrument};
 use crate::app::{AppError, ConnCx, ConnectionApp, TurnClock};
 use crate::gso::{GsoBatcher, Ready};
 use crate::observe::{ActorMeter, Tracked};
+use crate::outbox::{ConnMailbox, Outbox};
 use crate::route::{Inbox, Packet, Routes};
 use crate::stats::bump;
 use crate::supervision::FailureRing;
@@ -200,8 +201,13 @@ pub enum ConnMsg<M> {
     Timeout,
     /// Flush what application messages queued (sent to self to coalesce flushes).
     Flush,
-    /// For the application layer.
+    /// For the application layer. Sent through a [`ConnMailbox`] it waits in the connection's
+    /// [`crate::Outbox`] and arrives with the rest of its burst; cast to the actor directly it
+    /// is handled on its own.
     App(M),
+    /// Application messages wait in the connection's outbox (cast by the first post into an
+    /// empty outbox; see [`crate::outbox`]).
+    Outbox,
     /// Close the connection.
     Close {
         /// The code's error space.
@@ -236,6 +242,7 @@ pub(crate) const CONN_MESSAGES: &[&str] = &[
     "snapshot",
     "child event",
     "start qlog",
+    "application messages",
 ];
 
 impl<M> ConnMsg<M> {
@@ -249,6 +256,7 @@ impl<M> ConnMsg<M> {
             ConnMsg::Info(_) => 5,
             ConnMsg::Snapshot(_) => 6,
             ConnMsg::StartQlog { .. } => 8,
+            ConnMsg::Outbox => 9,
         }
     }
 }
@@ -261,7 +269,7 @@ pub(crate) type Registry<M> = Arc<dashmap::DashMap<ractor::ActorId, Registered<M
 /// A live connection actor as the endpoint's registry holds it.
 pub(crate) struct Registered<M> {
     /// Its counted mailbox.
-    pub(crate) mailbox: Tracked<ConnMsg<M>>,
+    pub(crate) mailbox: ConnMailbox<M>,
     /// quiche's trace id (how logs, the snapshot and admin actions name it).
     pub(crate) trace_id: Arc<str>,
 }
@@ -281,7 +289,7 @@ pub(crate) type Closed = Option<Arc<ConnectionInfo>>;
 
 /// Handle to a live connection: its actor and a way to learn how it ended.
 pub struct Connection<M: Send + 'static> {
-    mailbox: Tracked<ConnMsg<M>>,
+    mailbox: ConnMailbox<M>,
     closed: watch::Receiver<Closed>,
     peer: SocketAddr,
 }
@@ -298,7 +306,7 @@ impl<M: Send + 'static> Clone for Connection<M> {
 
 impl<M: Send + 'static> Connection<M> {
     pub(crate) fn new(
-        mailbox: Tracked<ConnMsg<M>>,
+        mailbox: ConnMailbox<M>,
         closed: watch::Receiver<Closed>,
         peer: SocketAddr,
     ) -> Self {
@@ -314,8 +322,9 @@ impl<M: Send + 'static> Connection<M> {
         self.mailbox.actor()
     }
 
-    /// The connection actor's mailbox, its sends counted in its meter.
-    pub fn mailbox(&self) -> &Tracked<ConnMsg<M>> {
+    /// The connection actor's mailbox, its sends counted in its meter (application messages
+    /// through the connection's outbox).
+    pub fn mailbox(&self) -> &ConnMailbox<M> {
         &self.mailbox
     }
 
@@ -324,10 +333,11 @@ impl<M: Send + 'static> Connection<M> {
         self.peer
     }
 
-    /// Sends a message to the application layer of this connection.
+    /// Sends a message to the application layer of this connection (through its outbox:
+    /// handled in the order sent, with the rest of its burst).
     pub fn send(&self, msg: M) -> Result<(), CloseReason> {
         self.mailbox
-            .cast(ConnMsg::App(msg))
+            .post(msg)
             .map_err(|_| self.close_reason().unwrap_or(CloseReason::Aborted))
     }
 
@@ -389,6 +399,8 @@ pub(crate) struct ConnArgs<A: ConnectionApp> {
     pub(crate) conn: Box<crate::QuicConnection>,
     pub(crate) app: A,
     pub(crate) inbox: Arc<Inbox>,
+    /// Where the application's messages wait (shared with the handle the spawner returns).
+    pub(crate) outbox: Arc<Outbox<A::Msg>>,
     pub(crate) routes: Routes,
     pub(crate) socket: Arc<Socket>,
     pub(crate) handshake_timeout: Duration,
@@ -446,8 +458,11 @@ pub(crate) struct ConnState<A: ConnectionApp> {
     early: Vec<A::Msg>,
     trace_id: String,
     span: tracing::Span,
-    /// Counted references to this actor (timer, inbox, self-casts, children).
-    mailbox: Tracked<ConnMsg<A::Msg>>,
+    /// Counted references to this actor (timer, inbox, self-casts, children), with the
+    /// outbox its application messages wait in.
+    mailbox: ConnMailbox<A::Msg>,
+    /// The application messages of the outbox wake-up being handled (capacity kept).
+    outbox_batch: Vec<A::Msg>,
     registry: Registry<A::Msg>,
     /// The last failures of this connection's children.
     failures: FailureRing,
@@ -488,7 +503,7 @@ impl<A> Default for ConnectionActor<A> {
 /// and casts `Timeout`. Re-arming is a watch update, never a new task; a *later* deadline is
 /// stored without waking the task (it re-reads the deadline when its sleep ends), so the common
 /// case — quiche pushing its loss timer back after every packet — costs no wake-up at all.
-fn spawn_timer<M: Send + 'static>(me: Tracked<ConnMsg<M>>) -> watch::Sender<Option<Instant>> {
+fn spawn_timer<M: Send + 'static>(me: ConnMailbox<M>) -> watch::Sender<Option<Instant>> {
     let (tx, mut rx) = watch::channel::<Option<Instant>>(None);
     tokio::spawn(async move {
         loop {
@@ -534,7 +549,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         myself: ActorRef<Self::Msg>,
         args: ConnArgs<A>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mailbox = Tracked::new(myself.clone(), args.meter);
+        let mailbox = ConnMailbox::new(Tracked::new(myself.clone(), args.meter), args.outbox);
         let me = mailbox.clone();
         args.inbox.bind(
             myself.get_id(),
@@ -578,6 +593,7 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
                 .then(|| (args.keylog.clone(), args.qlog_dir.clone())),
             qlog_path: None,
             timer: spawn_timer(mailbox.clone()),
+            outbox_batch: Vec::new(),
             armed: None,
             flush_scheduled: false,
             early: Vec::new(),
@@ -643,10 +659,15 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let meter = st.mailbox.meter().clone();
-        let _busy = meter.begin(msg.code());
+        // The outbox's wake-up is not counted (its messages are, one by one, in `turn`).
+        let _busy = match msg {
+            ConnMsg::Outbox => meter.begin_event(msg.code()),
+            _ => meter.begin(msg.code()),
+        };
         let span = st.span.clone();
         let ev = match msg {
             ConnMsg::PacketsReady => Event::Packets,
+            ConnMsg::Outbox => Event::Outbox,
             ConnMsg::Timeout => Event::Timeout,
             ConnMsg::Flush => {
                 st.flush_scheduled = false;
@@ -703,12 +724,22 @@ enum Event<M> {
     Timeout,
     Flush,
     App(M),
+    /// The outbox has application messages.
+    Outbox,
     Child(SupervisionEvent),
     Close {
         space: ErrorSpace,
         code: u64,
         reason: Vec<u8>,
     },
+}
+
+impl<A: ConnectionApp> Drop for ConnState<A> {
+    /// However the actor ends (a panic skips `post_stop`), its outbox refuses later posts and
+    /// frees what waits in it.
+    fn drop(&mut self) {
+        self.mailbox.outbox().close();
+    }
 }
 
 impl<A: ConnectionApp> ConnState<A> {
@@ -902,6 +933,13 @@ impl<A: ConnectionApp> ConnState<A> {
     /// One actor turn: apply the event, let the application react, flush, re-arm the timer.
     async fn turn(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, ev: Event<A::Msg>) {
         if self.stage == Stage::Closed {
+            if matches!(ev, Event::Outbox) {
+                // Posted before the outbox closed: dropped unhandled, as a message cast to a
+                // closed connection is.
+                let mut batch = std::mem::take(&mut self.outbox_batch);
+                self.mailbox.outbox().drain(&mut batch);
+                self.mailbox.meter().handled(batch.len() as u64);
+            }
             return;
         }
         self.clock.reset();
@@ -963,22 +1001,34 @@ impl<A: ConnectionApp> ConnState<A> {
             }
             Event::Flush => {}
             Event::App(m) => {
-                if self.is_established() {
-                    let mut cx = cx!(self, myself);
-                    app_result = self.app.on_message(&mut cx, m).await;
-                } else if matches!(self.stage, Stage::Handshake { .. })
-                    && self.early.len() < EARLY_APP_MESSAGES
-                {
-                    self.early.push(m);
-                } else {
-                    debug!("application message dropped: connection not established");
+                app_result = self.app_message(myself, m).await;
+                return self.after_app(myself, app_result, 1).await;
+            }
+            Event::Outbox => {
+                // The whole burst in one turn, in the order posted, then one flush.
+                let mut batch = std::mem::take(&mut self.outbox_batch);
+                self.mailbox.outbox().drain(&mut batch);
+                let n = batch.len() as u64;
+                for m in batch.drain(..) {
+                    if self.stage == Stage::Closed {
+                        // An earlier message's error closed the connection: the rest are
+                        // dropped, as messages behind a close are.
+                        continue;
+                    }
+                    if let Err(e) = self.app_message(myself, m).await {
+                        self.app_error(e);
+                        self.flush(myself, false).await;
+                    }
                 }
-                return self.after_app(myself, app_result).await;
+                self.outbox_batch = batch;
+                self.mailbox.meter().handled(n);
+                // This wake-up itself is not counted: nothing else waits when the count is 0.
+                return self.after_app(myself, Ok(()), 0).await;
             }
             Event::Child(evt) => {
                 let mut cx = cx!(self, myself);
                 app_result = self.app.on_child_event(&mut cx, evt).await;
-                return self.after_app(myself, app_result).await;
+                return self.after_app(myself, app_result, 1).await;
             }
             Event::Close {
                 space,
@@ -1000,7 +1050,15 @@ impl<A: ConnectionApp> ConnState<A> {
     /// queued are handled. Nothing else waiting (the common case under light load): now, with
     /// no message; otherwise one `Flush` queued behind them. An application error closes the
     /// connection, which is flushed at once.
-    async fn after_app(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, r: Result<(), AppError>) {
+    ///
+    /// `alone` is the mailbox count at which nothing else waits: 1 while a counted message is
+    /// being handled, 0 after an outbox burst (whose messages are counted handled by then).
+    async fn after_app(
+        &mut self,
+        myself: &ActorRef<ConnMsg<A::Msg>>,
+        r: Result<(), AppError>,
+        alone: u64,
+    ) {
         if let Err(e) = r {
             self.app_error(e);
             self.flush(myself, false).await;
@@ -1009,12 +1067,31 @@ impl<A: ConnectionApp> ConnState<A> {
         if self.flush_scheduled {
             return;
         }
-        if self.mailbox.meter().queued() <= 1 {
+        if self.mailbox.meter().queued() <= alone {
             self.flush(myself, false).await;
         } else {
             self.flush_scheduled = true;
             let _ = self.mailbox.cast(ConnMsg::Flush);
         }
+    }
+
+    /// One application message: to the application once established; kept for it (up to
+    /// `EARLY_APP_MESSAGES`) during the handshake; dropped otherwise.
+    async fn app_message(
+        &mut self,
+        myself: &ActorRef<ConnMsg<A::Msg>>,
+        m: A::Msg,
+    ) -> Result<(), AppError> {
+        if self.is_established() {
+            let mut cx = cx!(self, myself);
+            return self.app.on_message(&mut cx, m).await;
+        }
+        if matches!(self.stage, Stage::Handshake { .. }) && self.early.len() < EARLY_APP_MESSAGES {
+            self.early.push(m);
+        } else {
+            debug!("application message dropped: connection not established");
+        }
+        Ok(())
     }
 
     fn app_error(&mut self, e: AppError) {
@@ -1220,6 +1297,9 @@ impl<A: ConnectionApp> ConnState<A> {
         );
         let mut cx = cx!(self, myself);
         self.app.on_closed(&mut cx, &info);
+        // From now on a post is refused (its sender learns the connection closed) and what
+        // waits is freed.
+        self.mailbox.outbox().close();
         if matches!(reason, CloseReason::HandshakeTimeout) {
             bump(&self.routes.stats.handshake_timeouts);
         }

@@ -33,6 +33,7 @@ use crate::connection::{
 use crate::error::{ConnectError, EndpointError};
 use crate::metrics::DropReason;
 use crate::observe::{ActorKind, ActorMeter, Tracked};
+use crate::outbox::{ConnMailbox, Outbox};
 use crate::recv_storage::RecvStorage;
 use crate::retry::RetryTokens;
 use crate::route::{short_header_dcid, Inbox, Offer, Packet, RouteMemo, Routes};
@@ -745,7 +746,7 @@ impl<A: ConnectionApp> Endpoint<A> {
 
     /// The live connection named `key`: its trace id (as logs and the snapshot show it) or its
     /// actor id. `None` when no live connection has that name.
-    pub fn find_connection(&self, key: &str) -> Option<Tracked<ConnMsg<A::Msg>>> {
+    pub fn find_connection(&self, key: &str) -> Option<ConnMailbox<A::Msg>> {
         self.registry
             .iter()
             .find(|e| &*e.value().trace_id == key || e.key().to_string() == key)
@@ -1044,10 +1045,12 @@ impl<A: ConnectionApp> Endpoint<A> {
         let (est_tx, est_rx) = oneshot::channel();
         let (closed_tx, closed_rx) = watch::channel(None);
         let meter = ActorMeter::new(ActorKind::Connection, CONN_MESSAGES);
+        let outbox = Arc::new(Outbox::new());
         let args = ConnArgs {
             conn,
             app,
             inbox,
+            outbox: outbox.clone(),
             routes: self.routes.clone(),
             socket: self.socket.clone(),
             handshake_timeout: self.settings.handshake_timeout,
@@ -1082,7 +1085,11 @@ impl<A: ConnectionApp> Endpoint<A> {
             }
         };
         Ok(PendingConnect {
-            handle: Some(Connection::new(Tracked::new(actor, meter), closed_rx, peer)),
+            handle: Some(Connection::new(
+                ConnMailbox::new(Tracked::new(actor, meter), outbox),
+                closed_rx,
+                peer,
+            )),
             established: est_rx,
             peer,
             ip,
@@ -1412,6 +1419,7 @@ impl<A: ConnectionApp> RecvLoop<A> {
             conn,
             app: server.factory.make(self.worker),
             inbox,
+            outbox: Arc::new(Outbox::new()),
             routes: self.routes.clone(),
             socket: self.socket.clone(),
             handshake_timeout: self.settings.handshake_timeout,

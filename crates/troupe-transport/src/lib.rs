@@ -18,6 +18,7 @@ pub mod eyeballs;
 pub mod gso;
 pub mod metrics;
 pub mod observe;
+pub mod outbox;
 mod recv_storage;
 pub mod render;
 mod retry;
@@ -42,6 +43,7 @@ pub use metrics::{
     DropReason, Metrics, NoMetrics, PrometheusMetrics, SharedMetrics, StreamEnd, StreamSummary,
 };
 pub use observe::{ActorKind, ActorMeter, MeterView, Tracked};
+pub use outbox::{ConnMailbox, Outbox};
 pub use retry::TOKEN_LIFETIME;
 pub use settings::{CongestionControl, QuicSettings, DATAGRAM_QUEUE_LEN};
 pub use snapshot::{

@@ -138,6 +138,25 @@ impl ActorMeter {
         }
     }
 
+    /// Takes back the count of a message whose send failed (never to be handled).
+    #[inline]
+    pub(crate) fn unsend(&self) {
+        self.sent.fetch_sub(1, Relaxed);
+    }
+
+    /// Counts `n` messages handled outside a [`Busy`] guard of their own (the application
+    /// messages of one outbox wake-up, handled in one turn).
+    #[inline]
+    pub(crate) fn handled(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let handled = self.handled.fetch_add(n, Relaxed) + n;
+        if self.sent.load(Relaxed) > handled {
+            self.head_since.store(ticks(), Relaxed);
+        }
+    }
+
     /// Messages sent and not yet handled, the one being handled included (a handler that sees
     /// 1 knows nothing else is waiting).
     #[inline]
@@ -293,7 +312,7 @@ impl<M: ractor::Message> Tracked<M> {
         let r = self.actor.cast(msg);
         if r.is_err() {
             // Never delivered: never to be handled either.
-            self.meter.sent.fetch_sub(1, Relaxed);
+            self.meter.unsend();
         }
         r
     }

@@ -21,7 +21,7 @@ use quiche::h3::Header;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::{debug, info_span, trace, warn, Instrument};
-use troupe_transport::{ActorMeter, ConnMsg, Tracked};
+use troupe_transport::{ActorMeter, ConnMailbox, ConnMsg, Tracked};
 
 use crate::audit::StreamStats;
 use crate::body::{Body, BodyCancelled, BodyWriter, End, Frame, RecvBody};
@@ -263,7 +263,7 @@ type ReplyTx = oneshot::Sender<Result<Response<RecvBody>, RequestError>>;
 /// What a stream actor starts with.
 pub(crate) struct StreamArgs {
     pub(crate) stream_id: u64,
-    pub(crate) conn: Tracked<ConnMsg<H3Msg>>,
+    pub(crate) conn: ConnMailbox<H3Msg>,
     /// This actor's meter (made by the connection, which keeps a counted reference).
     pub(crate) meter: Arc<ActorMeter>,
     pub(crate) settings: Arc<H3Settings>,
@@ -382,7 +382,7 @@ pub(crate) struct StreamState {
     /// Which of this actor's streams it is: what handles name.
     turn: Turn,
     kind: Kind,
-    conn: Tracked<ConnMsg<H3Msg>>,
+    conn: ConnMailbox<H3Msg>,
     /// Counted references to this actor, for what it hands out (waker, body, control).
     me: Tracked<StreamMsg>,
     settings: Arc<H3Settings>,

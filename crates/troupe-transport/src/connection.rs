@@ -738,7 +738,7 @@ impl<A: ConnectionApp> Drop for ConnState<A> {
     /// However the actor ends (a panic skips `post_stop`), its outbox refuses later posts and
     /// frees what waits in it.
     fn drop(&mut self) {
-        self.mailbox.outbox().close();
+        let _ = self.mailbox.outbox().close();
     }
 }
 
@@ -933,13 +933,7 @@ impl<A: ConnectionApp> ConnState<A> {
     /// One actor turn: apply the event, let the application react, flush, re-arm the timer.
     async fn turn(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, ev: Event<A::Msg>) {
         if self.stage == Stage::Closed {
-            if matches!(ev, Event::Outbox) {
-                // Posted before the outbox closed: dropped unhandled, as a message cast to a
-                // closed connection is.
-                let mut batch = std::mem::take(&mut self.outbox_batch);
-                self.mailbox.outbox().drain(&mut batch);
-                self.mailbox.meter().handled(batch.len() as u64);
-            }
+            // The outbox closed with the connection: nothing waits in it.
             return;
         }
         self.clock.reset();
@@ -1298,8 +1292,9 @@ impl<A: ConnectionApp> ConnState<A> {
         let mut cx = cx!(self, myself);
         self.app.on_closed(&mut cx, &info);
         // From now on a post is refused (its sender learns the connection closed) and what
-        // waits is freed.
-        self.mailbox.outbox().close();
+        // waits is freed, counted as handled so the tree shows no depth that never drains.
+        let dropped = self.mailbox.outbox().close();
+        self.mailbox.meter().handled(dropped as u64);
         if matches!(reason, CloseReason::HandshakeTimeout) {
             bump(&self.routes.stats.handshake_timeouts);
         }

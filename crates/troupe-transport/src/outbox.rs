@@ -101,14 +101,17 @@ impl<M> Outbox<M> {
     }
 
     /// The consumer is gone: refuse every later post and drop what is queued (outside the
-    /// lock, so a message's drop may post again without deadlock).
-    pub fn close(&self) {
+    /// lock, so a message's drop may post again without deadlock). Returns how many were
+    /// dropped.
+    pub fn close(&self) -> usize {
         let left = {
             let mut st = self.lock();
             st.stage = OutboxStage::Closed;
             std::mem::take(&mut st.queue)
         };
+        let n = left.len();
         drop(left);
+        n
     }
 
     /// How many messages wait.
@@ -297,7 +300,7 @@ mod tests {
             o2.post(held.clone(), || c.wake()).unwrap();
         }
         assert_eq!(std::sync::Arc::strong_count(&held), 4);
-        o2.close();
+        assert_eq!(o2.close(), 3, "close counts what it dropped");
         assert_eq!(
             std::sync::Arc::strong_count(&held),
             1,
@@ -306,8 +309,8 @@ mod tests {
         assert!(o2.post(held.clone(), || c.wake()).is_err());
         assert_eq!(std::sync::Arc::strong_count(&held), 1);
         // Closing an empty outbox, twice, is fine too.
-        o.close();
-        o.close();
+        assert_eq!(o.close(), 0);
+        assert_eq!(o.close(), 0);
         assert_eq!(o.post(5, || c.wake()), Err(Refused(5)));
         let mut got = Vec::new();
         o.drain(&mut got);

@@ -47,6 +47,8 @@
 //! (100) connections of 100 idle streams; `BENCH_NO_POOL=1` adds
 //! `troupe --stream-actor-pool 0` (what parked stream actors give); `BENCH_TROUPE_BASELINE` (a
 //! `troupe` binary built from an earlier commit, measured too, to show a change's effect);
+//! `BENCH_SCENARIOS` (a comma-separated list of the timed scenarios' names, such as
+//! `handshakes` or `1x100 small,50x10 small`) times only those;
 //! `BENCH_NO_SCALING=1` skips the scaling table, `BENCH_SCALING_ONLY=1` runs only it;
 //! `BENCH_NO_INSTRUCTIONS=1` skips the instruction counts, `BENCH_INSTRUCTIONS_ONLY=1` runs
 //! only them (what `cargo xtask bench --instructions` sets), `BENCH_INSTRUCTION_REQUESTS`
@@ -69,6 +71,8 @@ use procs::{
     build_release_binaries, can_pin, clock_ticks, cpu_secs, pin_self_to_core_1, start, start_on,
 };
 
+#[path = "support/select.rs"]
+mod select;
 #[path = "support/stats.rs"]
 mod stats;
 use stats::{median_interval, paired_ratios, spread};
@@ -482,11 +486,11 @@ impl Server {
 /// scenario, so the runs a ratio compares are seconds apart, and every other round reverses
 /// their order (troupe, then tokio-quiche; then tokio-quiche, then troupe), so a steady drift
 /// in this machine's speed weighs on both alike.
-fn timed(servers: &[Server], s: &Settings, rounds: usize) -> Vec<Vec<Round>> {
+fn timed(servers: &[Server], s: &Settings, rounds: usize, picked: &[usize]) -> Vec<Vec<Round>> {
     // [round][server] while measuring; the table wants [server][round].
-    let most = SCENARIOS.iter().map(|sc| sc.2).max().unwrap_or(1);
+    let most = picked.iter().map(|&i| SCENARIOS[i].2).max().unwrap_or(1);
     let mut by_round = vec![vec![Round::new(); servers.len()]; rounds * most];
-    for (name, limit, times, scenario) in SCENARIOS {
+    for &(name, limit, times, scenario) in picked.iter().map(|&i| &SCENARIOS[i]) {
         println!("{name}");
         for (round, row) in by_round.iter_mut().enumerate().take(rounds * times) {
             let mut order: Vec<usize> = (0..servers.len()).collect();
@@ -531,6 +535,17 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let scenario_names: Vec<&str> = SCENARIOS.iter().map(|sc| sc.0).collect();
+    let picked = match select::pick(
+        &scenario_names,
+        std::env::var("BENCH_SCENARIOS").ok().as_deref(),
+    ) {
+        Ok(picked) => picked,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     let release = build_release_binaries(&root());
     let pin = can_pin();
     if pin {
@@ -631,7 +646,7 @@ fn main() {
         let _ = std::fs::remove_file(&upload_file);
         return;
     }
-    let results = timed(&servers, &settings, rounds);
+    let results = timed(&servers, &settings, rounds, &picked);
     let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
     summary(&names, &results, 1).show(&out.join("h3_vs_tokio_quiche.json"));
     if std::env::var_os("BENCH_NO_SYSCALLS").is_none() {

@@ -126,3 +126,45 @@ fn non_finite_values_are_left_out_of_the_interval() {
     let i = stats::median_interval(&v, 0.9).unwrap();
     assert_eq!((i.lo, i.hi), (3.0, 11.0));
 }
+
+#[path = "../benches/support/select.rs"]
+mod select;
+
+const NAMES: [&str; 4] = ["1x100 small", "download", "upload", "handshakes"];
+
+#[test]
+fn no_list_or_an_empty_one_picks_every_scenario() {
+    assert_eq!(select::pick(&NAMES, None), Ok(vec![0, 1, 2, 3]));
+    assert_eq!(select::pick(&NAMES, Some("")), Ok(vec![0, 1, 2, 3]));
+    assert_eq!(select::pick(&NAMES, Some(" , ,")), Ok(vec![0, 1, 2, 3]));
+    assert_eq!(select::pick(&[], None), Ok(vec![]));
+}
+
+#[test]
+fn one_name_picks_that_scenario() {
+    assert_eq!(select::pick(&NAMES, Some("handshakes")), Ok(vec![3]));
+    assert_eq!(select::pick(&NAMES, Some(" 1x100 small ")), Ok(vec![0]));
+}
+
+#[test]
+fn several_names_keep_the_scenarios_order_and_count_once() {
+    assert_eq!(
+        select::pick(&NAMES, Some("upload,1x100 small, download,upload")),
+        Ok(vec![0, 1, 2])
+    );
+    assert_eq!(
+        select::pick(&NAMES, Some("handshakes,upload,download,1x100 small")),
+        Ok(vec![0, 1, 2, 3])
+    );
+}
+
+#[test]
+fn an_unknown_name_is_an_error_that_lists_the_scenarios() {
+    let e = select::pick(&NAMES, Some("download,handshake")).unwrap_err();
+    assert!(e.contains("`handshake`"), "{e}");
+    assert!(
+        e.contains("1x100 small, download, upload, handshakes"),
+        "{e}"
+    );
+    assert!(select::pick(&[], Some("download")).is_err());
+}

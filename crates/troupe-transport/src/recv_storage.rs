@@ -20,13 +20,12 @@
 
 use std::io::IoSliceMut;
 
-/// Receive buffers for one receive loop: buffers of `slot` bytes, one every `stride` bytes in
-/// `buf`, at most `max` of them.
+/// Receive buffers for one receive loop: buffers of `slot` bytes, one every
+/// [`stride_for`]`(slot)` bytes in `buf`, at most `max` of them.
 #[derive(Debug)]
 pub(crate) struct RecvStorage {
     buf: Vec<u8>,
     slot: usize,
-    stride: usize,
     max: usize,
 }
 
@@ -67,28 +66,27 @@ impl RecvStorage {
         RecvStorage {
             buf: vec![0; slot],
             slot,
-            stride: stride_for(slot),
             max: max.max(1),
         }
     }
 
     /// How many buffers the next receive offers.
     pub(crate) fn slots(&self) -> usize {
-        self.buf.len().div_ceil(self.stride)
+        self.buf.len().div_ceil(stride_for(self.slot))
     }
 
     /// The buffers, one per slot, for the next receive.
     pub(crate) fn io_slices(&mut self) -> Vec<IoSliceMut<'_>> {
         let slot = self.slot;
         self.buf
-            .chunks_mut(self.stride)
+            .chunks_mut(stride_for(slot))
             .map(|b| IoSliceMut::new(&mut b[..slot]))
             .collect()
     }
 
     /// The first `len` bytes of buffer `i`, as the last receive filled them.
     pub(crate) fn filled(&self, i: usize, len: usize) -> &[u8] {
-        let start = i * self.stride;
+        let start = i * stride_for(self.slot);
         &self.buf[start..start + len.min(self.slot)]
     }
 
@@ -100,7 +98,8 @@ impl RecvStorage {
         if filled >= slots && slots < self.max {
             let n = (slots * 2).min(self.max);
             // The last buffer needs no gap after it.
-            self.buf.resize((n - 1) * self.stride + self.slot, 0);
+            self.buf
+                .resize((n - 1) * stride_for(self.slot) + self.slot, 0);
         }
     }
 }

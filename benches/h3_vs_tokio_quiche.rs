@@ -26,8 +26,9 @@
 //! also written to `target/bench/workers_scaling.json`).
 //!
 //! Then instructions per small request, each server under valgrind's instruction counter
-//! (1x100 and 50x10; a third table, also written to `target/bench/instructions.json`): a
-//! count, unlike CPU time, does not move with this machine's load. The small-request runs
+//! (1x100, 50x10, and 1x1000, a thousand streams in flight, counted only; a third table, also
+//! written to `target/bench/instructions.json`): a count, unlike CPU time, does not move with
+//! this machine's load. The small-request runs
 //! also simulate an L2 cache of this machine's shape and count its misses: memory a request
 //! touches that L2 no longer holds, which an instruction count does not show.
 //!
@@ -857,15 +858,15 @@ fn traced(
 }
 
 /// Server instructions per unit of work, counted by valgrind (`--tool=cachegrind`): per small
-/// request (1x100 and 50x10), per MB of a download and of an upload, per handshake; for small
-/// requests also the misses of a simulated L2 cache shaped like this machine's (`--LL`, from
-/// /sys): how much memory a request touches that L2 no longer holds. Each server runs each load twice under the counter, at two sizes, and
-/// the difference, divided by the difference in work, leaves out start-up, the first
-/// handshakes and shutdown. Unlike CPU time, a count does not move with the machine's load
-/// (two runs agree within about 1%), so it shows changes of a few percent that the CPU
-/// figures' noise hides. It counts instructions, not cycles (a cache miss costs more than an
-/// add), and under valgrind a server runs some 50 times slower, so its batches are larger than
-/// in the timed runs: it is a second view, not a replacement.
+/// request (1x100, 50x10, and 1x1000: a thousand streams in flight), per MB of a download and of an
+/// upload, per handshake; for small requests also the misses of a simulated L2 cache shaped like
+/// this machine's (`--LL`, from /sys): how much memory a request touches that L2 no longer holds.
+/// Each server runs each load twice under the counter, at two sizes, and the difference, divided by
+/// the difference in work, leaves out start-up, the first handshakes and shutdown. Unlike CPU time,
+/// a count does not move with the machine's load (two runs agree within about 1%), so it shows
+/// changes of a few percent that the CPU figures' noise hides. It counts instructions, not cycles
+/// (a cache miss costs more than an add), and under valgrind a server runs some 50 times slower, so
+/// its batches are larger than in the timed runs: it is a second view, not a replacement.
 fn instructions(servers: &[Server], s: &Settings, out: &Path) {
     if Command::new("valgrind").arg("--version").output().is_err() {
         eprintln!("valgrind is missing: no instruction counts (cargo xtask bench installs it)");
@@ -911,6 +912,15 @@ fn instructions(servers: &[Server], s: &Settings, out: &Path) {
                 "50x10 small: server L2 misses per request, simulated",
                 50,
                 10,
+            ),
+            // Counted only: a thousand streams in flight on one connection, where a per-stream
+            // cost that grows with the streams open would show (the list of ended streams
+            // awaiting acknowledgement once made each request cost 1.27x tokio-quiche's here).
+            (
+                "1x1000 small: server instructions per request",
+                "1x1000 small: server L2 misses per request, simulated",
+                1,
+                1000,
             ),
         ] {
             let small = |n: usize| {

@@ -28,6 +28,41 @@ pub(crate) fn charge(n: usize) -> usize {
     n + CHUNK_OVERHEAD
 }
 
+/// When a reader hands consumed credit back: once a quarter of the window has gathered, and
+/// never sooner (not even when the reader has caught up), so a steady upload costs the
+/// connection one `Credit` message per quarter window instead of one per chunk it delivered.
+///
+/// That can never starve the stream. The connection stops reading a stream only when its
+/// credit is at most [`CHUNK_OVERHEAD`], that is when at least `window - CHUNK_OVERHEAD` bytes
+/// of credit are out (delivered and not yet handed back). A reader that has consumed all it was
+/// given holds all of that as unreported credit, and since a window is at least
+/// `2 * CHUNK_OVERHEAD + 1` ([`crate::H3Settings::validate`]), `window - CHUNK_OVERHEAD` is more
+/// than a quarter of it: it was handed back when the last of it was consumed. (Until then the
+/// connection still holds three quarters of the window: reading never waits on a reader that
+/// keeps up.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CreditReturn {
+    unreported: usize,
+    report_at: usize,
+}
+
+impl CreditReturn {
+    /// For a stream whose receive window is `window` bytes.
+    pub(crate) fn new(window: usize) -> Self {
+        CreditReturn {
+            unreported: 0,
+            report_at: (window / 4).max(1),
+        }
+    }
+
+    /// The reader consumed `n` bytes of credit: `Some(bytes)` to hand back now, or `None` to
+    /// keep gathering.
+    pub(crate) fn consumed(&mut self, n: usize) -> Option<usize> {
+        self.unreported = self.unreported.saturating_add(n);
+        (self.unreported >= self.report_at).then(|| std::mem::take(&mut self.unreported))
+    }
+}
+
 /// A boxed error, as body streams carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -442,8 +477,8 @@ pub struct RecvBody {
     turn: crate::stream::Turn,
     conn: Option<ConnMailbox<H3Msg>>,
     actor: Option<Tracked<StreamMsg>>,
-    unreported: usize,
-    report_at: usize,
+    /// The consumed credit not yet handed back.
+    credit: CreditReturn,
     /// The ending error was yielded: the stream is over (fused), not an error forever.
     errored: bool,
 }
@@ -472,11 +507,8 @@ impl RecvBody {
             turn,
             conn: Some(conn),
             actor: Some(actor),
-            unreported: 0,
             errored: false,
-            // Return credit in quarters of the window: few messages, and the connection never
-            // runs dry while the reader keeps up.
-            report_at: (window / 4).max(1),
+            credit: CreditReturn::new(window),
         }
     }
 
@@ -490,9 +522,8 @@ impl RecvBody {
             turn,
             conn: None,
             actor: None,
-            unreported: 0,
             errored: false,
-            report_at: 1,
+            credit: CreditReturn::new(1),
         }
     }
 
@@ -533,16 +564,12 @@ impl RecvBody {
         Ok(out.freeze())
     }
 
-    fn credit(&mut self, n: usize, force: bool) {
-        self.unreported += n;
-        if self.unreported > 0 && (force || self.unreported >= self.report_at) {
-            if let Some(conn) = &self.conn {
-                let _ = conn.cast(ConnMsg::App(H3Msg::Credit {
-                    stream_id: self.stream_id,
-                    bytes: self.unreported,
-                }));
-            }
-            self.unreported = 0;
+    fn consumed(&mut self, n: usize) {
+        if let (Some(bytes), Some(conn)) = (self.credit.consumed(n), &self.conn) {
+            let _ = conn.cast(ConnMsg::App(H3Msg::Credit {
+                stream_id: self.stream_id,
+                bytes,
+            }));
         }
     }
 }
@@ -575,8 +602,7 @@ impl Stream for RecvBody {
         };
         match (chunk, end) {
             (Some(c), _) => {
-                let n = charge(c.len());
-                self.credit(n, false);
+                self.consumed(charge(c.len()));
                 Poll::Ready(Some(Ok(c)))
             }
             (None, Some(End::Fin)) => {
@@ -591,11 +617,9 @@ impl Stream for RecvBody {
                 self.errored = true;
                 Poll::Ready(Some(Err(BodyError::Aborted(why))))
             }
-            (None, None) => {
-                // Nothing buffered: hand back what was consumed so the connection reads on.
-                self.credit(0, true);
-                Poll::Pending
-            }
+            // Nothing buffered: the stream actor wakes us with the next chunk (the credit
+            // gathered so far stays here: see `CreditReturn`).
+            (None, None) => Poll::Pending,
         }
     }
 }
@@ -614,6 +638,119 @@ impl Drop for RecvBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn nothing_consumed_hands_nothing_back() {
+        let mut c = CreditReturn::new(256 * 1024);
+        assert_eq!(c.consumed(0), None);
+        assert_eq!(c.consumed(0), None);
+    }
+
+    #[test]
+    fn credit_goes_back_a_quarter_window_at_a_time() {
+        let mut c = CreditReturn::new(400);
+        // One chunk of a quarter: at once.
+        assert_eq!(c.consumed(100), Some(100));
+        // Three smaller ones gather, the third crossing the quarter hands all three back.
+        assert_eq!(c.consumed(40), None);
+        assert_eq!(c.consumed(40), None);
+        assert_eq!(c.consumed(40), Some(120));
+        // And it starts gathering from zero again.
+        assert_eq!(c.consumed(99), None);
+        assert_eq!(c.consumed(1), Some(100));
+    }
+
+    #[test]
+    fn the_smallest_and_the_largest_windows() {
+        // A window under four bytes still has a quarter of one byte.
+        let mut c = CreditReturn::new(1);
+        assert_eq!(c.consumed(1), Some(1));
+        let mut c = CreditReturn::new(0);
+        assert_eq!(c.consumed(0), None);
+        assert_eq!(c.consumed(1), Some(1));
+        // The largest window: gathering saturates rather than wrapping.
+        let mut c = CreditReturn::new(usize::MAX);
+        assert_eq!(c.consumed(usize::MAX / 8), None);
+        assert_eq!(c.consumed(usize::MAX), Some(usize::MAX));
+    }
+
+    /// A reader that catches up with every chunk (its buffer empty between them) hands credit
+    /// back a quarter window at a time, not once per chunk: ten chunks cost two `Credit`
+    /// messages, and what it consumed since stays with it.
+    #[tokio::test]
+    async fn a_reader_that_catches_up_hands_credit_back_by_quarters() {
+        use crate::test_actors::sink;
+        use futures::FutureExt;
+        use troupe_transport::{ActorKind, ActorMeter, Outbox};
+        let conn = sink::<ConnMsg<H3Msg>>().await;
+        let actor = sink::<StreamMsg>().await;
+        let outbox = Arc::new(Outbox::new());
+        let mailbox = ConnMailbox::new(
+            Tracked::new(
+                conn.clone(),
+                ActorMeter::new(ActorKind::Connection, &["any"]),
+            ),
+            outbox.clone(),
+        );
+        let (writer, shared) = BodyWriter::new();
+        let window = 4000;
+        let mut body = RecvBody::new(
+            shared,
+            0,
+            crate::stream::Turn(0),
+            mailbox,
+            Tracked::new(actor.clone(), ActorMeter::new(ActorKind::Stream, &["any"])),
+            window,
+        );
+        for _ in 0..10 {
+            writer.push(vec![Bytes::from(vec![1u8; 200])]);
+            let chunk = body.chunk().await.expect("a chunk").expect("not an error");
+            assert_eq!(chunk.len(), 200);
+            // Caught up: nothing buffered, the next read waits.
+            assert!(body.chunk().now_or_never().is_none());
+        }
+        let mut sent = Vec::new();
+        outbox.drain(&mut sent);
+        let credits: Vec<usize> = sent
+            .iter()
+            .map(|m| match m {
+                H3Msg::Credit {
+                    stream_id: 0,
+                    bytes,
+                } => *bytes,
+                _ => panic!("only credit is sent"),
+            })
+            .collect();
+        // Each chunk is charged 264 bytes; a quarter of the window is 1000: four chunks.
+        assert_eq!(credits, vec![4 * charge(200), 4 * charge(200)]);
+        conn.stop(None);
+        actor.stop(None);
+    }
+
+    proptest! {
+        /// The connection reads a stream as `read_stream` does (a chunk at most its credit less
+        /// the overhead, while its credit exceeds the overhead) and the reader consumes every
+        /// chunk at once: the connection is never left without credit, and never holds more
+        /// than the window.
+        #[test]
+        fn a_reader_that_keeps_up_never_starves_its_stream(
+            window in (2 * CHUNK_OVERHEAD + 1)..(1usize << 20),
+            sizes in proptest::collection::vec(1usize..100_000, 0..300),
+        ) {
+            let mut credit = window;
+            let mut back = CreditReturn::new(window);
+            for size in sizes {
+                prop_assert!(credit > CHUNK_OVERHEAD, "stalled at {credit} of {window}");
+                let n = size.min(credit - CHUNK_OVERHEAD);
+                credit -= charge(n);
+                if let Some(b) = back.consumed(charge(n)) {
+                    credit += b;
+                }
+                prop_assert!(credit <= window);
+            }
+        }
+    }
 
     /// A request whose HEADERS frame carried FIN: its body is over before it began, and it
     /// behaves as an ended body in every way a handler can look at it.

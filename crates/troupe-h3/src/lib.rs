@@ -28,6 +28,8 @@ mod priority;
 mod server;
 mod settings;
 mod stream;
+#[cfg(test)]
+mod test_actors;
 
 pub use audit::{StreamAudit, StreamEnd, StreamStats};
 pub use body::{

@@ -33,7 +33,7 @@ pub(super) struct ServerSide {
     pub(super) recheck_armed: bool,
     /// Streams whose actor ended while quiche may still hold their data unacknowledged; a
     /// graceful close waits for quiche to collect them. Pruned as it grows.
-    pub(super) unacked: Vec<u64>,
+    pub(super) unacked: super::unacked::Unacked,
     /// The peer's SETTINGS have been reported.
     pub(super) settings_seen: bool,
 }
@@ -48,7 +48,7 @@ impl ServerSide {
             goaway: Goaway::NotSent,
             drain_check_due: false,
             recheck_armed: false,
-            unacked: Vec::new(),
+            unacked: Default::default(),
             settings_seen: false,
         }
     }

@@ -6,10 +6,6 @@ use troupe_transport::ConnCx;
 
 use super::{H3App, H3Msg, Side};
 
-/// Size at which the list of ended-but-unacknowledged streams is pruned. Twice quiche's default
-/// concurrent stream limit: pruning is O(n), so it runs about once per hundreds of streams.
-pub(super) const UNACKED_PRUNE_AT: usize = 256;
-
 /// How soon a drain check that found bytes still unacknowledged looks again. 25 ms: a few
 /// loopback round trips, and a handful of wake-ups per second on a real path. The check is
 /// re-armed only while draining with no stream left, and the drain deadline bounds it; without
@@ -75,24 +71,23 @@ impl H3App {
             return true;
         };
         let mut scratch = [0u8; 4096];
-        s.unacked.retain(|id| {
+        s.unacked.prune(|id| {
             // A stream whose reading we stopped (STOP_SENDING) stays readable once the peer's
             // RESET_STREAM (or late data) arrives, and quiche collects a readable stream only
             // when it is read: read and discard what is left, so a complete stream is
             // collected instead of holding the drain until its deadline. Bounded: at most
             // 64 KiB per check.
             for _ in 0..16 {
-                match conn.stream_recv(*id, &mut scratch) {
+                match conn.stream_recv(id, &mut scratch) {
                     Ok((_, false)) => {}
                     Ok((_, true)) | Err(_) => break,
                 }
             }
             !matches!(
-                conn.stream_capacity(*id),
+                conn.stream_capacity(id),
                 Err(quiche::Error::InvalidStreamState(_))
             )
-        });
-        s.unacked.is_empty()
+        })
     }
 
     /// Server: a stream's actor ended; its bytes may still be unacknowledged.
@@ -100,8 +95,7 @@ impl H3App {
         let Side::Server(s) = &mut self.side else {
             return;
         };
-        s.unacked.push(id);
-        if s.unacked.len() > UNACKED_PRUNE_AT {
+        if s.unacked.note(id) {
             self.all_delivered(conn);
         }
     }

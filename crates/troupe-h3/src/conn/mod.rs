@@ -26,6 +26,7 @@ pub(crate) mod pool;
 mod read;
 mod route;
 mod scheduler;
+mod unacked;
 mod write;
 
 use rustc_hash::FxHashMap;

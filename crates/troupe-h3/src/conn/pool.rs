@@ -436,32 +436,20 @@ mod tests {
         assert!(p.trim().is_empty());
     }
 
-    /// An idle actor taking `StreamMsg`, standing in for a parked stream actor.
-    struct Idle;
-
-    impl ractor::Actor for Idle {
-        type Msg = StreamMsg;
-        type State = ();
-        type Arguments = ();
-
-        async fn pre_start(
-            &self,
-            _: ractor::ActorRef<StreamMsg>,
-            _: (),
-        ) -> Result<(), ractor::ActorProcessingErr> {
-            Ok(())
-        }
-    }
-
     /// A parent to link under, as a connection would be (an idle actor will do).
     async fn parent() -> ractor::ActorRef<StreamMsg> {
-        ractor::Actor::spawn(None, Idle, ()).await.unwrap().0
+        crate::test_actors::sink().await
     }
 
     async fn idle_actor(parent: &ActorCell) -> Tracked<StreamMsg> {
-        let (a, _) = ractor::Actor::spawn_linked(None, Idle, (), parent.clone())
-            .await
-            .unwrap();
+        let (a, _) = ractor::Actor::spawn_linked(
+            None,
+            crate::test_actors::Sink::<StreamMsg>::new(),
+            (),
+            parent.clone(),
+        )
+        .await
+        .unwrap();
         let meter = troupe_transport::ActorMeter::new(troupe_transport::ActorKind::Stream, &[]);
         Tracked::new(a, meter)
     }

@@ -714,7 +714,9 @@ impl<A: ConnectionApp> Actor for ConnectionActor<A> {
         let meter = st.mailbox.meter().clone();
         let _busy = meter.begin_event(7);
         let span = st.span.clone();
-        st.turn(&myself, Event::Child(evt)).instrument(span).await;
+        // Boxed: a child's exit is rare (parked stream actors do not exit), and a turn's
+        // future inline here would make every message's future ractor builds this large.
+        Box::pin(st.turn(&myself, Event::Child(evt)).instrument(span)).await;
         Ok(())
     }
 }
@@ -930,6 +932,22 @@ impl<A: ConnectionApp> ConnState<A> {
         }
     }
 
+    /// Gives one packet to quiche; whether quiche took it.
+    fn feed(&mut self, mut p: crate::route::Packet) -> bool {
+        let info = quiche::RecvInfo {
+            from: p.from,
+            to: p.to,
+        };
+        match self.conn.recv(&mut p.data, info) {
+            Ok(_) => true,
+            Err(quiche::Error::Done) => false,
+            Err(e) => {
+                trace!("packet rejected by quiche: {e}");
+                false
+            }
+        }
+    }
+
     /// One actor turn: apply the event, let the application react, flush, re-arm the timer.
     async fn turn(&mut self, myself: &ActorRef<ConnMsg<A::Msg>>, ev: Event<A::Msg>) {
         if self.stage == Stage::Closed {
@@ -946,19 +964,13 @@ impl<A: ConnectionApp> ConnState<A> {
                 // Between the packets of a batch the application may read what each made
                 // readable (`ConnectionApp::on_packet_fed`); after the last, `on_readable`.
                 let interleave = self.is_established();
-                while let Some(mut p) = self.packets.pop_front() {
-                    let info = quiche::RecvInfo {
-                        from: p.from,
-                        to: p.to,
+                loop {
+                    // The packet is gone before the await below: a packet held across it
+                    // would enlarge the future of every turn.
+                    let Some(p) = self.packets.pop_front() else {
+                        break;
                     };
-                    let took = match self.conn.recv(&mut p.data, info) {
-                        Ok(_) => true,
-                        Err(quiche::Error::Done) => false,
-                        Err(e) => {
-                            trace!("packet rejected by quiche: {e}");
-                            false
-                        }
-                    };
+                    let took = self.feed(p);
                     fed += usize::from(took);
                     if took && interleave && app_result.is_ok() && !self.packets.is_empty() {
                         let mut cx = cx!(self, myself);

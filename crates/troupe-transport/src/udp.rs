@@ -139,7 +139,28 @@ impl Socket {
 
     /// Sends `contents` to `to`; with `segment` set, as GSO segments of that size (the last may
     /// be shorter). Falls back to one datagram per segment if the kernel refuses GSO.
+    ///
+    /// The send is tried at once; only a socket whose buffer is full (or a kernel refusing
+    /// GSO, which sent nothing) takes the waiting path, boxed, so the future a caller holds
+    /// across this call stays a few words (a connection actor sends on every turn).
     pub async fn send(
+        &self,
+        to: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        let (t, gso) = transmit(to, contents, segment);
+        match self.try_send_one(&t) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || gso_refused(&e, gso) => {
+                Box::pin(self.send_waiting(to, contents, segment)).await
+            }
+            r => r,
+        }
+    }
+
+    /// [`send`](Self::send)'s waiting path: waits for room, and falls back to one datagram per
+    /// segment if the kernel refuses GSO.
+    async fn send_waiting(
         &self,
         to: SocketAddr,
         contents: &[u8],
@@ -350,6 +371,36 @@ mod tests {
             let (got, ()) = tokio::join!(recv, sent);
             assert_eq!(got, vec![round]);
         }
+    }
+
+    /// One send of three segments (GSO where the kernel has it, one datagram each where it
+    /// refuses): three datagrams arrive, in order, the last one shorter.
+    #[tokio::test]
+    async fn a_segmented_send_arrives_as_its_segments() {
+        let (rx, tx) = pair();
+        let mut contents = vec![0u8; 100];
+        contents.extend([1u8; 100]);
+        contents.extend([2u8; 40]);
+        tx.send(rx.local_addr(), &contents, Some(100))
+            .await
+            .expect("send");
+        let mut storage = vec![0u8; 2048 * 4];
+        let mut meta = vec![RecvMeta::default(); 4];
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                storage.chunks_mut(2048).map(IoSliceMut::new).collect();
+            let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut bufs, &mut meta))
+                .await
+                .expect("the segments arrive")
+                .expect("receive");
+            for (m, b) in meta.iter().zip(&bufs).take(n) {
+                for d in b[..m.len].chunks(m.stride.max(1)) {
+                    got.push((d[0], d.len()));
+                }
+            }
+        }
+        assert_eq!(got, vec![(0, 100), (1, 100), (2, 40)]);
     }
 
     /// Zero datagrams: nothing is returned, the receive waits (until the deadline here).

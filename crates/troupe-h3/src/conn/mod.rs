@@ -535,7 +535,10 @@ impl ConnectionApp for H3App {
         self.check_peer_settings(cx);
         self.read_datagrams(cx)?;
         self.notice_stopped_streams(cx.conn);
-        self.start_waiting_requests(cx).await;
+        if self.has_waiting_requests() {
+            // Boxed, and only when a client has requests waiting (as above).
+            Box::pin(self.start_waiting_requests(cx)).await;
+        }
         // While draining, ACKs may have completed the last streams.
         self.check_drained();
         Ok(())
@@ -654,7 +657,9 @@ impl ConnectionApp for H3App {
                     &why,
                 );
             }
-            H3Msg::Request(req) => self.on_request(cx, *req).await,
+            // Boxed: a client's own path, which would otherwise size every server message's
+            // future (see `ConnectionActor` on future sizes).
+            H3Msg::Request(req) => Box::pin(self.on_request(cx, *req)).await,
             H3Msg::Parked { stream_id } => self.on_parked(cx, stream_id),
         }
         Ok(())

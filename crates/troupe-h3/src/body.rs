@@ -32,14 +32,12 @@ pub(crate) fn charge(n: usize) -> usize {
 /// never sooner (not even when the reader has caught up), so a steady upload costs the
 /// connection one `Credit` message per quarter window instead of one per chunk it delivered.
 ///
-/// That can never starve the stream. The connection stops reading a stream only when its
-/// credit is at most [`CHUNK_OVERHEAD`], that is when at least `window - CHUNK_OVERHEAD` bytes
-/// of credit are out (delivered and not yet handed back). A reader that has consumed all it was
-/// given holds all of that as unreported credit, and since a window is at least
-/// `2 * CHUNK_OVERHEAD + 1` ([`crate::H3Settings::validate`]), `window - CHUNK_OVERHEAD` is more
-/// than a quarter of it: it was handed back when the last of it was consumed. (Until then the
-/// connection still holds three quarters of the window: reading never waits on a reader that
-/// keeps up.)
+/// That can never starve the stream. After each chunk it consumes, a reader holds less than a
+/// quarter window unreported; so once its buffer is empty (and its `Credit` messages are
+/// handled) the connection holds more than three quarters of the window, which for any valid
+/// window (at least `2 * CHUNK_OVERHEAD + 1`, [`crate::H3Settings::validate`]) is more than the
+/// [`CHUNK_OVERHEAD`] a read needs. A stream stalls only while its reader has not consumed what
+/// it was given, and consuming it hands the credit back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CreditReturn {
     unreported: usize,
@@ -729,10 +727,10 @@ mod tests {
     }
 
     proptest! {
-        /// The connection reads a stream as `read_stream` does (a chunk at most its credit less
-        /// the overhead, while its credit exceeds the overhead) and the reader consumes every
-        /// chunk at once: the connection is never left without credit, and never holds more
-        /// than the window.
+        /// The connection reads a stream as `read_stream` does (conn/read.rs: a chunk of at
+        /// most its credit less the overhead and at most `MAX_READ`, while its credit exceeds
+        /// the overhead; this mirrors that loop) and the reader consumes every chunk at once:
+        /// the connection is never left without credit, and never holds more than the window.
         #[test]
         fn a_reader_that_keeps_up_never_starves_its_stream(
             window in (2 * CHUNK_OVERHEAD + 1)..(1usize << 20),
@@ -742,7 +740,7 @@ mod tests {
             let mut back = CreditReturn::new(window);
             for size in sizes {
                 prop_assert!(credit > CHUNK_OVERHEAD, "stalled at {credit} of {window}");
-                let n = size.min(credit - CHUNK_OVERHEAD);
+                let n = size.min(credit - CHUNK_OVERHEAD).min(crate::conn::read::MAX_READ);
                 credit -= charge(n);
                 if let Some(b) = back.consumed(charge(n)) {
                     credit += b;

@@ -140,8 +140,8 @@ impl Socket {
     /// Sends `contents` to `to`; with `segment` set, as GSO segments of that size (the last may
     /// be shorter). Falls back to one datagram per segment if the kernel refuses GSO.
     ///
-    /// The send is tried at once; only a socket whose buffer is full (or a kernel refusing
-    /// GSO, which sent nothing) takes the waiting path, boxed, so the future a caller holds
+    /// The send is tried at once; only a socket whose buffer is full, or a kernel refusing GSO
+    /// (either way nothing was sent), takes a waiting path, boxed, so the future a caller holds
     /// across this call stays a few words (a connection actor sends on every turn).
     pub async fn send(
         &self,
@@ -151,15 +151,16 @@ impl Socket {
     ) -> io::Result<()> {
         let (t, gso) = transmit(to, contents, segment);
         match self.try_send_one(&t) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || gso_refused(&e, gso) => {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 Box::pin(self.send_waiting(to, contents, segment)).await
             }
+            Err(e) if gso_refused(&e, gso) => Box::pin(self.send_each(to, contents, gso)).await,
             r => r,
         }
     }
 
-    /// [`send`](Self::send)'s waiting path: waits for room, and falls back to one datagram per
-    /// segment if the kernel refuses GSO.
+    /// [`send`](Self::send) once the socket had no room: waits for it, and falls back to one
+    /// datagram per segment if the kernel refuses GSO.
     async fn send_waiting(
         &self,
         to: SocketAddr,
@@ -168,14 +169,23 @@ impl Socket {
     ) -> io::Result<()> {
         let (t, segment) = transmit(to, contents, segment);
         match self.send_one(&t).await {
-            Err(e) if gso_refused(&e, segment) => {
-                for chunk in contents.chunks(segment.unwrap_or(contents.len())) {
-                    self.send_one(&transmit(to, chunk, None).0).await?;
-                }
-                Ok(())
-            }
+            Err(e) if gso_refused(&e, segment) => self.send_each(to, contents, segment).await,
             r => r,
         }
+    }
+
+    /// Sends `contents` one datagram per `segment` bytes (the whole as one without a segment),
+    /// waiting for room as needed.
+    async fn send_each(
+        &self,
+        to: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        for chunk in contents.chunks(segment.unwrap_or(contents.len()).max(1)) {
+            self.send_one(&transmit(to, chunk, None).0).await?;
+        }
+        Ok(())
     }
 
     /// Sends like [`send`](Self::send) but never waits: `WouldBlock` when the socket's
@@ -401,6 +411,11 @@ mod tests {
             }
         }
         assert_eq!(got, vec![(0, 100), (1, 100), (2, 40)]);
+        // And nothing else: no segment was sent twice.
+        let mut bufs = [IoSliceMut::new(&mut storage)];
+        let more =
+            tokio::time::timeout(Duration::from_millis(50), rx.recv(&mut bufs, &mut meta)).await;
+        assert!(more.is_err(), "a fourth datagram arrived: {more:?}");
     }
 
     /// Zero datagrams: nothing is returned, the receive waits (until the deadline here).

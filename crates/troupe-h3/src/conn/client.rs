@@ -74,12 +74,12 @@ impl H3App {
         }
     }
 
-    /// Client: put waiting requests on the wire while the peer allows new streams.
     /// Whether a client has requests waiting for room on the connection.
     pub(super) fn has_waiting_requests(&self) -> bool {
         matches!(&self.side, Side::Client(c) if !c.waiting.is_empty())
     }
 
+    /// Client: put waiting requests on the wire while the peer allows new streams.
     pub(super) async fn start_waiting_requests(&mut self, cx: &mut ConnCx<'_, H3Msg>) {
         loop {
             let Side::Client(c) = &mut self.side else {

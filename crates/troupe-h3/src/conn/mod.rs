@@ -23,7 +23,7 @@ mod datagrams;
 mod goaway;
 mod msg;
 pub(crate) mod pool;
-mod read;
+pub(crate) mod read;
 mod route;
 mod scheduler;
 mod unacked;
@@ -536,7 +536,8 @@ impl ConnectionApp for H3App {
         self.read_datagrams(cx)?;
         self.notice_stopped_streams(cx.conn);
         if self.has_waiting_requests() {
-            // Boxed, and only when a client has requests waiting (as above).
+            // A client's path, boxed and taken only with requests waiting, so it does not
+            // size every server turn's future (ARCHITECTURE.md, "Future sizes").
             Box::pin(self.start_waiting_requests(cx)).await;
         }
         // While draining, ACKs may have completed the last streams.
@@ -658,7 +659,7 @@ impl ConnectionApp for H3App {
                 );
             }
             // Boxed: a client's own path, which would otherwise size every server message's
-            // future (see `ConnectionActor` on future sizes).
+            // future (ARCHITECTURE.md, "Future sizes").
             H3Msg::Request(req) => Box::pin(self.on_request(cx, *req)).await,
             H3Msg::Parked { stream_id } => self.on_parked(cx, stream_id),
         }

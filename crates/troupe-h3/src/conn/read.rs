@@ -13,7 +13,7 @@ use crate::stream::StreamMsg;
 
 /// Largest single read from quiche for one stream. 64 KiB: many packets' worth of body in one
 /// chunk and one message.
-pub(super) const MAX_READ: usize = 64 * 1024;
+pub(crate) const MAX_READ: usize = 64 * 1024;
 
 /// How a chunk read from quiche is handed on: in the buffer it was read into, or copied to an
 /// exactly sized one.

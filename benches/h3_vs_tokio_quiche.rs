@@ -19,7 +19,11 @@
 //!    in the benchmark's process (a gtlsclient process per handshake spends its time starting);
 //! 6. memory: 100 connections with 100 open, idle streams each (`POST /discard` whose body
 //!    never ends, sent by troupe's client): the server's resident memory per stream, from
-//!    /proc, once it stopped growing, less what the connections alone took.
+//!    /proc, once it stopped growing, less what the connections alone took;
+//! 7. small requests, 50 connections with 1,000 in flight on each (a stream limit of 1,000,
+//!    `BENCH_REQUESTS / 50` requests per connection, all at once): a burst that takes the
+//!    server to half a GB resident, so the cost of the memory it touches (page faults, huge
+//!    pages) shows in its CPU per request.
 //!
 //! Then worker scaling, troupe alone: `troupe serve --workers 2` against `--workers 1` on
 //! scenario 2, with servers and load generators unpinned, sharing every core (a second table,
@@ -248,13 +252,14 @@ const MEDIAN_CONFIDENCE: f64 = 0.9;
 
 /// The scenarios in table order, each with the stream limit its servers start with and how
 /// many times `BENCH_ROUNDS` it runs.
-const SCENARIOS: [(&str, usize, usize, Scenario); 6] = [
+const SCENARIOS: [(&str, usize, usize, Scenario); 7] = [
     ("1x100 small", 100, SMALL_ROUNDS, small_wide),
     ("download", 100, 1, download),
     ("upload", 100, 1, upload),
     ("handshakes", 100, 1, handshaking),
     ("memory", 100, 1, memory),
     ("50x10 small", 10, SMALL_ROUNDS, narrow),
+    ("50x1000 small", 1000, SMALL_ROUNDS, crowded),
 ];
 
 /// Small requests on one connection, 100 streams in flight.
@@ -452,17 +457,44 @@ async fn idle_streams_kb(addr: SocketAddr, pid: &str, conns: usize) -> f64 {
 
 /// The scenario on a server started with a stream limit of 10: 50 connections x 10 streams.
 fn narrow(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
+    let labels = [
+        "50x10 small: requests/s",
+        "50x10 small: server CPU per request",
+        "50x10 small: load generator CPU",
+    ];
+    fifty_connections(labels, addr, pid, s, out);
+}
+
+/// The scenario on a server started with a stream limit of 1,000: 50 connections, each with
+/// `BENCH_REQUESTS / 50` requests (1,000 by default) in flight at once. Half a GB resident at
+/// the peak: what a burst costs the server's memory, page faults included.
+fn crowded(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
+    let labels = [
+        "50x1000 small: requests/s",
+        "50x1000 small: server CPU per request",
+        "50x1000 small: load generator CPU",
+    ];
+    fifty_connections(labels, addr, pid, s, out);
+}
+
+/// Small requests on 50 connections, `BENCH_REQUESTS / 50` each, as many in flight as the
+/// server's stream limit lets: the rate, the server's CPU per request and the load generator's
+/// share, under `labels` in that order.
+fn fifty_connections(
+    labels: [&'static str; 3],
+    addr: SocketAddr,
+    pid: &str,
+    s: &Settings,
+    out: &mut Round,
+) {
     const CONNS: usize = 50;
     let per = (s.requests / CONNS).max(1);
     let load = |streams| load_of(addr, s, "/bytes/1024", streams, CONNS, None);
     load(20).run(); // warm-up
     let [rate, cpu, client] = measured(pid, s, (per * CONNS) as f64, || load(per).run());
-    out.push((fig("50x10 small: requests/s", "req/s", false), rate));
-    out.push((fig("50x10 small: server CPU per request", "us", true), cpu));
-    out.push((
-        fig("50x10 small: load generator CPU", "% of a core", false),
-        client,
-    ));
+    out.push((fig(labels[0], "req/s", false), rate));
+    out.push((fig(labels[1], "us", true), cpu));
+    out.push((fig(labels[2], "% of a core", false), client));
 }
 
 struct Server {

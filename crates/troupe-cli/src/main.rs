@@ -17,9 +17,33 @@ use troupe::transport::{Identity, QuicSettings, TlsConfig, Verify};
 mod proxy;
 
 /// mimalloc: per-stream actors allocate and free small channel blocks at a high rate; the
-/// system allocator spent 17% of a server's CPU on them in the first profile.
+/// system allocator spent 17% of a server's CPU on them in the first profile. Built with
+/// `no_thp` (see [`no_huge_pages`]).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`), before anything
+/// large is allocated.
+///
+/// Why: mimalloc reserves a 1 GiB arena and, unless built with `no_thp` (as here), asks for
+/// huge pages on it (`MADV_HUGEPAGE`); on a host whose THP mode is `always` the kernel gives
+/// them without asking. A server's memory churns in small pieces (an actor of a few KB per
+/// stream), and mimalloc hands freed 64 KiB pages back to the kernel after 10 ms
+/// (`MADV_DONTNEED`). Inside a huge page that splits it; the next growth faults in a fresh
+/// 2 MiB page, zeroed whole. With 50 connections of 1,000 streams in flight each (half a GB
+/// resident), that cost 270 huge-page faults and as many splits per 50,000 requests, and
+/// 0.4-1.6 s of kernel time where 4 KiB pages cost 0.4 s: the server's CPU per request went
+/// from 1.26x tokio-quiche's to 0.87x without them (`cargo xtask bench`, the "50x1000 small"
+/// rows, measures it). How slow a huge-page fault is also depends on how fragmented the
+/// host's free memory is, which made the figure swing run to run; 4 KiB pages do not.
+///
+/// A failure (a kernel before 3.15, a seccomp filter) leaves the host's policy in place.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("troupe: transparent huge pages stay as the host set them (prctl: {e})");
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -270,6 +294,7 @@ fn parse_resolve(s: &str) -> Result<ResolveEntry, String> {
 }
 
 fn main() -> ExitCode {
+    no_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

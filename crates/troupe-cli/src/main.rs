@@ -31,11 +31,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// stream), and mimalloc hands freed 64 KiB pages back to the kernel after 10 ms
 /// (`MADV_DONTNEED`). Inside a huge page that splits it; the next growth faults in a fresh
 /// 2 MiB page, zeroed whole. With 50 connections of 1,000 streams in flight each (half a GB
-/// resident), that cost 270 huge-page faults and as many splits per 50,000 requests, and
-/// 0.4-1.6 s of kernel time where 4 KiB pages cost 0.4 s: the server's CPU per request went
-/// from 1.26x tokio-quiche's to 0.87x without them (`cargo xtask bench`, the "50x1000 small"
-/// rows, measures it). How slow a huge-page fault is also depends on how fragmented the
-/// host's free memory is, which made the figure swing run to run; 4 KiB pages do not.
+/// resident), that cost some 270 huge-page faults and as many splits per 50,000 requests, and
+/// between 0.14 s and 1.7 s of kernel time (how slow a huge-page fault is depends on how
+/// fragmented the host's free memory is), where 4 KiB pages cost 0.4 s every time: the
+/// server's CPU per request went from 1.19x tokio-quiche's to 0.93x (twelve rounds of the
+/// "50x1000 small" rows of `cargo xtask bench`).
 ///
 /// A failure (a kernel before 3.15, a seccomp filter) leaves the host's policy in place.
 fn no_huge_pages() {

@@ -219,6 +219,20 @@ fn admin_mistakes_are_clear() {
     }
 }
 
+/// The server runs without transparent huge pages (`no_huge_pages` in main.rs: with them,
+/// mimalloc's purges split huge pages and a burst's CPU per request swung with the host's
+/// memory). The kernel reports the process flag in /proc (Linux 6.0 and later; older kernels
+/// lack the line and the check is skipped there).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_server_runs_without_transparent_huge_pages() {
+    let (server, _port, _cert) = serve(&[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id())).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+}
+
 #[test]
 fn serve_then_get_with_the_printed_certificate() {
     let (_server, port, cert) = serve(&[]);

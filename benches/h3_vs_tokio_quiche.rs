@@ -466,8 +466,9 @@ fn narrow(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
 }
 
 /// The scenario on a server started with a stream limit of 1,000: 50 connections, each with
-/// `BENCH_REQUESTS / 50` requests (1,000 by default) in flight at once. Half a GB resident at
-/// the peak: what a burst costs the server's memory, page faults included.
+/// `BENCH_REQUESTS / 50` requests (1,000 by default) in flight at once: at the peak troupe holds
+/// about half a GB resident, tokio-quiche's server about 200 MB. What a burst costs in the memory
+/// a server touches, page faults included.
 fn crowded(addr: SocketAddr, pid: &str, s: &Settings, out: &mut Round) {
     let labels = [
         "50x1000 small: requests/s",

@@ -1280,10 +1280,15 @@ fn summary(names: &[&str], results: &[Vec<Round>], base: usize) -> Table {
             if i != tq && compare {
                 let ratios = paired_ratios(&v, &values(tq, f.label));
                 let r = spread(&ratios);
-                text += &format!(
-                    "   ratio to {} {:.2}x ({:.2} - {:.2})",
-                    names[tq], r.median, r.min, r.max
-                );
+                if r.median.is_finite() {
+                    text += &format!(
+                        "   ratio to {} {:.2}x ({:.2} - {:.2})",
+                        names[tq], r.median, r.min, r.max
+                    );
+                } else {
+                    // Every round's ratio divided by zero (a simulated cache that held all).
+                    text += &format!("   no ratio: {} measured 0", names[tq]);
+                }
                 let within = median_interval(&ratios, MEDIAN_CONFIDENCE);
                 if let Some(i) = within {
                     text += &format!(
